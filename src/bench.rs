@@ -1,0 +1,239 @@
+//! `switchboard bench embed`: latency of single prompts and throughput of concurrent batches
+//! through the same queue the server uses, beside the bare candle forward of the same inputs.
+//! Returns a report; printing is the binary's job.
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+
+use crate::embed::bert::Mode;
+use crate::embed::{EmbedError, Embedder};
+
+/// Words the synthetic prompts are made of (varied so no two prompts are equal).
+const WORDS: &[&str] = &[
+    "please",
+    "explain",
+    "how",
+    "the",
+    "router",
+    "chooses",
+    "a",
+    "model",
+    "for",
+    "each",
+    "request",
+    "given",
+    "its",
+    "budget",
+    "latency",
+    "and",
+    "quality",
+    "while",
+    "keeping",
+    "costs",
+    "low",
+    "across",
+    "several",
+    "providers",
+    "during",
+    "an",
+    "outage",
+    "of",
+    "one",
+    "region",
+    "write",
+    "code",
+    "that",
+];
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub min: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Stats {
+    pub fn from(samples: &mut [Duration]) -> Self {
+        samples.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples.get(i).copied().map(ms).unwrap_or(f64::NAN)
+        };
+        Self {
+            min: at(0.0),
+            p50: at(0.5),
+            p99: at(0.99),
+        }
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "min {:7.2}  p50 {:7.2}  p99 {:7.2} ms",
+            self.min, self.p50, self.p99
+        )
+    }
+}
+
+/// One single-prompt row.
+#[derive(Debug, Clone)]
+pub struct SingleRow {
+    pub tokens: usize,
+    pub end_to_end: Stats,
+    pub bare_forward: Stats,
+}
+
+/// The whole `bench embed` report.
+#[derive(Debug, Clone)]
+pub struct EmbedReport {
+    pub iterations: usize,
+    pub single: Vec<SingleRow>,
+    pub batch_size: usize,
+    pub batch_tokens: usize,
+    pub prompts_per_s: f64,
+    pub bare_batch_prompts_per_s: f64,
+    pub workers: usize,
+    pub threads: usize,
+}
+
+impl fmt::Display for EmbedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "workers {}, candle threads per forward {}, {} iterations",
+            self.workers, self.threads, self.iterations
+        )?;
+        for r in &self.single {
+            writeln!(
+                f,
+                "single {:>3} tokens  end-to-end {}",
+                r.tokens, r.end_to_end
+            )?;
+            writeln!(
+                f,
+                "                   bare fwd   {}   overhead (p50 ratio) {:.3}",
+                r.bare_forward,
+                r.end_to_end.p50 / r.bare_forward.p50
+            )?;
+        }
+        writeln!(
+            f,
+            "batched: {} concurrent prompts of {} tokens: {:.1} prompts/s through the queue; bare forward of the same batch on one caller: {:.1} prompts/s",
+            self.batch_size, self.batch_tokens, self.prompts_per_s, self.bare_batch_prompts_per_s
+        )
+    }
+}
+
+/// Builds a prompt of exactly `tokens` tokens (special tokens included) for `embedder`.
+pub fn prompt_of(embedder: &Embedder, tokens: usize, seed: usize) -> String {
+    let tok = embedder.tokenizer();
+    let mut words: Vec<&str> = Vec::new();
+    let mut i = seed;
+    while tok.count_tokens(&words.join(" ")) < tokens {
+        words.push(WORDS[i % WORDS.len()]);
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    words.join(" ")
+}
+
+/// Times the bare forward (no tokenization, queue or pooling) of one prompt.
+fn bare_forward(embedder: &Embedder, text: &str, iterations: usize) -> Result<Stats, EmbedError> {
+    let model = embedder.model();
+    let ids = embedder.tokenizer().encode(text)?.ids;
+    let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
+    let (t, m) = model.batch_tensors(&[&ids]).map_err(err)?;
+    let run = || -> Result<Tensor, EmbedError> {
+        model.bert().forward(&t, &m, Mode::Inference).map_err(err)
+    };
+    run()?;
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = Instant::now();
+        std::hint::black_box(run()?);
+        samples.push(start.elapsed());
+    }
+    Ok(Stats::from(&mut samples))
+}
+
+/// Runs the embed benchmark. Call from a multi-threaded tokio runtime.
+pub async fn embed(
+    embedder: &Embedder,
+    iterations: usize,
+    batch_rounds: usize,
+    workers: usize,
+) -> Result<EmbedReport, EmbedError> {
+    let mut single = Vec::new();
+    for tokens in [16usize, 64, 256] {
+        let text = prompt_of(embedder, tokens, tokens);
+        embedder.embed(&text).await?;
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let start = Instant::now();
+            embedder.embed(&text).await?;
+            samples.push(start.elapsed());
+        }
+        let end_to_end = Stats::from(&mut samples);
+        let e = embedder.clone();
+        let bare = tokio::task::spawn_blocking(move || bare_forward(&e, &text, iterations))
+            .await
+            .map_err(|e| EmbedError::Model(e.to_string()))??;
+        single.push(SingleRow {
+            tokens,
+            end_to_end,
+            bare_forward: bare,
+        });
+    }
+    let (batch_size, batch_tokens) = (32usize, 32usize);
+    let prompts: Vec<String> = (0..batch_size)
+        .map(|i| prompt_of(embedder, batch_tokens, i + 1))
+        .collect();
+    embedder.embed_many(&prompts).await?;
+    let start = Instant::now();
+    for _ in 0..batch_rounds {
+        let mut set = tokio::task::JoinSet::new();
+        for p in &prompts {
+            let e = embedder.clone();
+            let p = p.clone();
+            set.spawn(async move { e.embed(&p).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| EmbedError::Model(e.to_string()))??;
+        }
+    }
+    let prompts_per_s = (batch_rounds * batch_size) as f64 / start.elapsed().as_secs_f64();
+    let e = embedder.clone();
+    let bare_batch_prompts_per_s =
+        tokio::task::spawn_blocking(move || -> Result<f64, EmbedError> {
+            let model = e.model();
+            let ids: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| e.tokenizer().encode(p).map(|x| x.ids))
+                .collect::<Result<_, _>>()?;
+            let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+            let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
+            let (t, m) = model.batch_tensors(&seqs).map_err(err)?;
+            model.bert().forward(&t, &m, Mode::Inference).map_err(err)?;
+            let start = Instant::now();
+            for _ in 0..batch_rounds {
+                std::hint::black_box(model.bert().forward(&t, &m, Mode::Inference).map_err(err)?);
+            }
+            Ok((batch_rounds * seqs.len()) as f64 / start.elapsed().as_secs_f64())
+        })
+        .await
+        .map_err(|e| EmbedError::Model(e.to_string()))??;
+    Ok(EmbedReport {
+        iterations,
+        single,
+        batch_size,
+        batch_tokens,
+        prompts_per_s,
+        bare_batch_prompts_per_s,
+        workers,
+        threads: candle_core::utils::get_num_threads(),
+    })
+}

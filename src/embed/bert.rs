@@ -1,0 +1,301 @@
+//! A BERT encoder (all-MiniLM-L6-v2 and any BERT-family checkpoint with the same weight names).
+//! Written here rather than using candle-transformers' `BertModel` for two reasons: inference
+//! uses fused QKV and the fused softmax/layer-norm kernels, and training mode uses the
+//! differentiable ops (the stock model silently drops encoder gradients, see shared notes).
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// The fields of a Hugging Face `config.json` that the forward pass needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// Whether the graph must be differentiable (training) or fast (inference).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Inference,
+    /// Differentiable ops and dropout with this probability.
+    Train {
+        dropout: f32,
+    },
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, n: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(n, "weight")?,
+            bias: vb.get(n, "bias")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        match mode {
+            Mode::Inference => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps),
+            Mode::Train { .. } => {
+                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+            }
+        }
+    }
+}
+
+/// A dense layer applied to 2-D input `(rows, in)`.
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get((out, inp), "weight")?,
+            bias: vb.get(out, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+fn dropout(x: Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+    match mode {
+        Mode::Train { dropout } if dropout > 0.0 => candle_nn::ops::dropout(&x, dropout),
+        _ => Ok(x),
+    }
+}
+
+struct Layer {
+    qkv: Dense,
+    attn_out: Dense,
+    attn_ln: LayerNorm,
+    inter: Dense,
+    out: Dense,
+    out_ln: LayerNorm,
+    heads: usize,
+    exact_gelu: bool,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
+        let h = cfg.hidden_size;
+        let att = vb.pp("attention");
+        let sa = att.pp("self");
+        let q = Dense::load(sa.pp("query"), h, h)?;
+        let k = Dense::load(sa.pp("key"), h, h)?;
+        let v = Dense::load(sa.pp("value"), h, h)?;
+        // One (3h, h) matmul instead of three: fewer passes over the activations.
+        let qkv = Dense {
+            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+        };
+        let eps = cfg.layer_norm_eps;
+        Ok(Self {
+            qkv,
+            attn_out: Dense::load(att.pp("output").pp("dense"), h, h)?,
+            attn_ln: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?,
+            inter: Dense::load(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size)?,
+            out: Dense::load(vb.pp("output").pp("dense"), cfg.intermediate_size, h)?,
+            out_ln: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps)?,
+            heads: cfg.num_attention_heads,
+            exact_gelu: !matches!(
+                cfg.hidden_act.as_deref(),
+                Some("gelu_new" | "gelu_pytorch_tanh")
+            ),
+        })
+    }
+
+    /// `x`: (b*l, h) rows; `mask`: additive (b, 1, 1, l).
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        b: usize,
+        l: usize,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let h = x.dim(1)?;
+        let d = h / self.heads;
+        let qkv = self.qkv.forward(x)?.reshape((b, l, 3, self.heads, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = (qkv
+            .narrow(2, 0, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?
+            * scale)?;
+        let k = qkv
+            .narrow(2, 1, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = qkv
+            .narrow(2, 2, 1)?
+            .squeeze(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train { .. } => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = dropout(probs, mode)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * l, h))?;
+        let attn = dropout(self.attn_out.forward(&ctx)?, mode)?;
+        let x = self.attn_ln.forward(&(attn + x)?, mode)?;
+        let inter = self.inter.forward(&x)?;
+        let inter = if self.exact_gelu {
+            inter.gelu_erf()?
+        } else {
+            inter.gelu()?
+        };
+        let out = dropout(self.out.forward(&inter)?, mode)?;
+        self.out_ln.forward(&(out + x)?, mode)
+    }
+}
+
+/// The encoder: embeddings + transformer layers, producing one hidden vector per token.
+pub struct Bert {
+    word: candle_nn::Embedding,
+    position: candle_nn::Embedding,
+    token_type: candle_nn::Embedding,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    cfg: BertConfig,
+}
+
+impl Bert {
+    /// Loads weights with HF names, with or without a `bert.` prefix.
+    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
+        let h = cfg.hidden_size;
+        let e = vb.pp("embeddings");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            word: candle_nn::embedding(cfg.vocab_size, h, e.pp("word_embeddings"))?,
+            position: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                h,
+                e.pp("position_embeddings"),
+            )?,
+            token_type: candle_nn::embedding(
+                cfg.type_vocab_size,
+                h,
+                e.pp("token_type_embeddings"),
+            )?,
+            emb_ln: LayerNorm::load(e.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            layers,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// `ids`, `mask`: (b, l) u32. Returns hidden states (b, l, h).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let dev = ids.device();
+        let pos = Tensor::arange(0u32, l as u32, dev)?;
+        let flat = ids.flatten_all()?;
+        let x = self.word.forward(&flat)?.reshape((b, l, ()))?;
+        let x = x.broadcast_add(&self.position.forward(&pos)?)?;
+        // Single-segment input: token type 0 everywhere.
+        let tt = self
+            .token_type
+            .forward(&Tensor::zeros(1, DType::U32, dev)?)?;
+        let x = x.broadcast_add(&tt)?;
+        let h = x.dim(2)?;
+        let x = x.reshape((b * l, h))?;
+        let mut x = dropout(self.emb_ln.forward(&x, mode)?, mode)?;
+        let additive = additive_mask(mask)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &additive, b, l, mode)?;
+        }
+        x.reshape((b, l, h))
+    }
+}
+
+/// (b, l) 0/1 mask → (b, 1, 1, l) additive mask: 0 where attended, -1e4 on padding.
+/// A finite value, as HF uses, keeps the softmax free of NaN for any dtype.
+fn additive_mask(mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    ((m - 1.0)? * 1e4)?.reshape((b, 1, 1, l))
+}
+
+/// Attention-masked mean over tokens, then L2 normalisation: (b, l, h) → (b, h).
+pub fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let m = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+    let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    let mean = sum.broadcast_div(&count)?;
+    l2_normalize(&mean)
+}
+
+/// Row-wise L2 normalisation of (b, h).
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+/// Picks the compute device: CUDA when built with the `cuda` feature and a GPU is present,
+/// otherwise the CPU (with a log line saying why).
+pub fn select_device(prefer_gpu: bool) -> Device {
+    #[cfg(feature = "cuda")]
+    if prefer_gpu {
+        match Device::new_cuda(0) {
+            Ok(d) => {
+                tracing::info!("using CUDA device 0");
+                return d;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CUDA requested but unavailable; falling back to CPU")
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if prefer_gpu {
+        tracing::warn!(
+            "GPU requested but switchboard was built without the `cuda` feature; using CPU"
+        );
+    }
+    Device::Cpu
+}

@@ -1,0 +1,253 @@
+//! Prompt → embedding. Owns the tokenizer, the candle encoder, its worker threads and the
+//! batching queue. Async callers get `Embedder`; the model itself never runs on the runtime.
+pub mod bert;
+pub mod model;
+pub mod queue;
+pub mod tokenize;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub use model::{EncoderInfo, SentenceEncoder};
+pub use queue::BatchLimits;
+pub use tokenize::{Encoded, TextTokenizer, Truncation};
+
+/// Errors of the embedding layer. Messages name the limit or input that was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("text is empty")]
+    EmptyInput,
+    #[error("text is {bytes} bytes, over the limit of {limit} bytes (encoder.max_input_bytes)")]
+    InputTooLong { bytes: usize, limit: usize },
+    #[error("encoder queue is full ({capacity} waiting, encoder.queue_capacity); retry later")]
+    Overloaded { capacity: usize },
+    #[error("encoder is shutting down")]
+    Shutdown,
+    #[error("tokenizer failed: {0}")]
+    Tokenize(String),
+    #[error("encoder forward failed: {0}")]
+    Model(String),
+    #[error("cannot load encoder: {0}")]
+    Load(String),
+}
+
+impl EmbedError {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::EmptyInput => "empty_input",
+            Self::InputTooLong { .. } => "input_too_long",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Shutdown => "shutdown",
+            Self::Tokenize(_) => "tokenize",
+            Self::Model(_) => "model",
+            Self::Load(_) => "load",
+        }
+    }
+}
+
+/// Encoder settings (the `[encoder]` table of the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// Folder with config.json, tokenizer.json, model.safetensors.
+    pub model_dir: PathBuf,
+    /// Token budget per prompt, special tokens included (≤ the model's positions).
+    pub max_tokens: usize,
+    pub truncation: Truncation,
+    /// Inputs longer than this are refused before tokenization.
+    pub max_input_bytes: usize,
+    pub max_batch_items: usize,
+    /// Bound on items × longest sequence per batch.
+    pub max_batch_tokens: usize,
+    /// Queue bound; callers beyond it get `Overloaded` at once.
+    pub queue_capacity: usize,
+    /// Number of worker threads, each running whole forwards.
+    pub workers: usize,
+    /// Use the GPU when built with `cuda` and one is present.
+    pub use_gpu: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/all-MiniLM-L6-v2"
+            )),
+            max_tokens: 256,
+            truncation: Truncation::HeadTail,
+            max_input_bytes: 64 * 1024,
+            max_batch_items: 32,
+            max_batch_tokens: 4096,
+            queue_capacity: 1024,
+            workers: 2,
+            use_gpu: false,
+        }
+    }
+}
+
+/// One embedded prompt with its timings.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub vector: Vec<f32>,
+    pub tokens: usize,
+    pub queue_us: u64,
+    pub embed_us: u64,
+    pub batch_size: usize,
+}
+
+struct Inner {
+    shared: Arc<worker::Shared>,
+    tokenizer: TextTokenizer,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.ready.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Cheap-to-clone handle to the encoder service.
+#[derive(Clone)]
+pub struct Embedder {
+    inner: Arc<Inner>,
+}
+
+impl Embedder {
+    /// Loads the model and tokenizer and starts the workers.
+    pub fn start(cfg: &EncoderConfig) -> Result<Self, EmbedError> {
+        let device = bert::select_device(cfg.use_gpu);
+        let model = SentenceEncoder::load(&cfg.model_dir, &device)?;
+        let max_tokens = cfg.max_tokens.min(model.max_positions());
+        let tokenizer = TextTokenizer::load(
+            &cfg.model_dir.join("tokenizer.json"),
+            max_tokens,
+            cfg.truncation,
+            cfg.max_input_bytes,
+        )?;
+        let shared = Arc::new(worker::Shared {
+            queue: Mutex::new(queue::BatchQueue::new(cfg.queue_capacity)),
+            ready: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            limits: BatchLimits {
+                max_items: cfg.max_batch_items.max(1),
+                max_tokens: cfg.max_batch_tokens.max(max_tokens),
+            },
+            model: ArcSwap::from_pointee(model),
+            batches: AtomicU64::new(0),
+            batched_items: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        for i in 0..cfg.workers.max(1) {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("encoder-{i}"))
+                .spawn(move || worker::run(s))
+                .map_err(|e| EmbedError::Load(format!("cannot spawn encoder thread: {e}")))?;
+            threads.push(t);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                tokenizer,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    pub fn info(&self) -> EncoderInfo {
+        self.inner.shared.model.load().info().clone()
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// Entries waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.shared.lock().len()
+    }
+
+    /// (batches run, items embedded) since start.
+    pub fn batch_counts(&self) -> (u64, u64) {
+        let s = &self.inner.shared;
+        (
+            s.batches.load(Ordering::Relaxed),
+            s.batched_items.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The live model, for callers that run synchronous work beside the queue (benchmarks).
+    pub fn model(&self) -> Arc<SentenceEncoder> {
+        self.inner.shared.model.load_full()
+    }
+
+    /// Embeds one text through the queue.
+    pub async fn embed(&self, text: &str) -> Result<Embedded, EmbedError> {
+        let encoded = self.inner.tokenizer.encode(text)?;
+        self.embed_encoded(encoded.ids).await
+    }
+
+    /// Embeds already-tokenized ids (with special tokens, within the token budget).
+    pub async fn embed_encoded(&self, ids: Vec<u32>) -> Result<Embedded, EmbedError> {
+        let rx = self.submit(ids)?;
+        rx.await.map_err(|_| EmbedError::Shutdown)?
+    }
+
+    /// Embeds many texts, keeping at most half the queue's capacity in flight so a bulk job
+    /// (training) never starves online callers into `Overloaded`.
+    pub async fn embed_many(&self, texts: &[String]) -> Result<Vec<Embedded>, EmbedError> {
+        let window = (self.inner.shared.lock().capacity() / 2).max(1);
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(window) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for t in chunk {
+                let enc = self.inner.tokenizer.encode(t)?;
+                pending.push(self.submit(enc.ids)?);
+            }
+            for rx in pending {
+                out.push(rx.await.map_err(|_| EmbedError::Shutdown)??);
+            }
+        }
+        Ok(out)
+    }
+
+    fn submit(
+        &self,
+        ids: Vec<u32>,
+    ) -> Result<oneshot::Receiver<Result<Embedded, EmbedError>>, EmbedError> {
+        let shared = &self.inner.shared;
+        if shared.shutdown.load(Ordering::Acquire) {
+            return Err(EmbedError::Shutdown);
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = worker::Job {
+            ids,
+            reply: tx,
+            span: tracing::Span::current(),
+            enqueued: Instant::now(),
+        };
+        shared
+            .lock()
+            .push(job)
+            .map_err(|full| EmbedError::Overloaded {
+                capacity: full.capacity,
+            })?;
+        shared.ready.notify_one();
+        Ok(rx)
+    }
+}

@@ -1,0 +1,111 @@
+//! The encoder's owner threads. Each worker waits on the shared queue, takes a batch, runs the
+//! forward pass and answers every caller through its oneshot. Async code never blocks here.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+use tracing::Span;
+
+use super::model::SentenceEncoder;
+use super::queue::{BatchLimits, BatchQueue, Pending};
+use super::{EmbedError, Embedded};
+
+/// One sequence waiting to be embedded.
+pub(crate) struct Job {
+    pub ids: Vec<u32>,
+    pub reply: oneshot::Sender<Result<Embedded, EmbedError>>,
+    pub span: Span,
+    pub enqueued: Instant,
+}
+
+impl Pending for Job {
+    fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// State shared by callers and workers.
+pub(crate) struct Shared {
+    pub queue: Mutex<BatchQueue<Job>>,
+    pub ready: Condvar,
+    pub shutdown: AtomicBool,
+    pub limits: BatchLimits,
+    pub model: ArcSwap<SentenceEncoder>,
+    pub batches: AtomicU64,
+    pub batched_items: AtomicU64,
+}
+
+impl Shared {
+    /// Locks the queue; a poisoned lock (a panicking worker) still holds valid state.
+    pub fn lock(&self) -> MutexGuard<'_, BatchQueue<Job>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The loop each worker thread runs until shutdown.
+pub(crate) fn run(shared: Arc<Shared>) {
+    loop {
+        let batch = {
+            let mut q = shared.lock();
+            while q.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
+                q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.is_empty() {
+                return;
+            }
+            q.next_batch(shared.limits)
+        };
+        if !batch.is_empty() {
+            process(&shared, batch);
+        }
+    }
+}
+
+fn process(shared: &Shared, batch: Vec<Job>) {
+    let started = Instant::now();
+    let model = shared.model.load_full();
+    let seqs: Vec<&[u32]> = batch.iter().map(|j| j.ids.as_slice()).collect();
+    let padded = seqs.iter().map(|s| s.len()).max().unwrap_or(0) * seqs.len();
+    let result = model.embed_ids(&seqs);
+    let embed_us = started.elapsed().as_micros() as u64;
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    shared
+        .batched_items
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let size = batch.len();
+    match result {
+        Ok(vectors) => {
+            for (job, vector) in batch.into_iter().zip(vectors) {
+                let queue_us = started.duration_since(job.enqueued).as_micros() as u64;
+                job.span.in_scope(|| {
+                    tracing::debug!(
+                        batch_size = size,
+                        padded_tokens = padded,
+                        queue_us,
+                        embed_us,
+                        "embedded"
+                    );
+                });
+                // A send error means the caller is gone; nothing to do.
+                let _ = job.reply.send(Ok(Embedded {
+                    vector,
+                    tokens: job.ids.len(),
+                    queue_us,
+                    embed_us,
+                    batch_size: size,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch_size = size, "encoder forward failed");
+            for job in batch {
+                let _ = job.reply.send(Err(EmbedError::Model(e.to_string())));
+            }
+        }
+    }
+}
