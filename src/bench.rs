@@ -141,23 +141,45 @@ pub fn prompt_of(embedder: &Embedder, tokens: usize, seed: usize) -> String {
     words.join(" ")
 }
 
-/// Times the bare forward (no tokenization, queue or pooling) of one prompt.
-fn bare_forward(embedder: &Embedder, text: &str, iterations: usize) -> Result<Stats, EmbedError> {
+/// Times one bare forward (no tokenization, queue or pooling) of `ids`.
+fn bare_forward_once(embedder: &Embedder, ids: &[u32]) -> Result<Duration, EmbedError> {
     let model = embedder.model();
-    let ids = embedder.tokenizer().encode(text)?.ids;
     let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
-    let (t, m) = model.batch_tensors(&[&ids]).map_err(err)?;
-    let run = || -> Result<Tensor, EmbedError> {
-        model.bert().forward(&t, &m, Mode::Inference).map_err(err)
-    };
-    run()?;
-    let mut samples = Vec::with_capacity(iterations);
+    let (t, m) = model.batch_tensors(&[ids]).map_err(err)?;
+    let start = Instant::now();
+    let out: Tensor = model.bert().forward(&t, &m, Mode::Inference).map_err(err)?;
+    std::hint::black_box(out);
+    Ok(start.elapsed())
+}
+
+/// Single-prompt latency, end to end and bare, interleaved so drift hits both alike.
+async fn single(
+    embedder: &Embedder,
+    tokens: usize,
+    iterations: usize,
+) -> Result<SingleRow, EmbedError> {
+    let text = prompt_of(embedder, tokens, tokens);
+    let ids = embedder.tokenizer().encode(&text)?.ids;
+    embedder.embed(&text).await?;
+    let (mut e2e, mut bare) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
     for _ in 0..iterations {
         let start = Instant::now();
-        std::hint::black_box(run()?);
-        samples.push(start.elapsed());
+        embedder.embed(&text).await?;
+        e2e.push(start.elapsed());
+        let (e, ids) = (embedder.clone(), ids.clone());
+        let d = tokio::task::spawn_blocking(move || bare_forward_once(&e, &ids))
+            .await
+            .map_err(|e| EmbedError::Model(e.to_string()))??;
+        bare.push(d);
     }
-    Ok(Stats::from(&mut samples))
+    Ok(SingleRow {
+        tokens,
+        end_to_end: Stats::from(&mut e2e),
+        bare_forward: Stats::from(&mut bare),
+    })
 }
 
 /// Runs the embed benchmark. Call from a multi-threaded tokio runtime.
@@ -167,26 +189,9 @@ pub async fn embed(
     batch_rounds: usize,
     workers: usize,
 ) -> Result<EmbedReport, EmbedError> {
-    let mut single = Vec::new();
+    let mut rows = Vec::new();
     for tokens in [16usize, 64, 256] {
-        let text = prompt_of(embedder, tokens, tokens);
-        embedder.embed(&text).await?;
-        let mut samples = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let start = Instant::now();
-            embedder.embed(&text).await?;
-            samples.push(start.elapsed());
-        }
-        let end_to_end = Stats::from(&mut samples);
-        let e = embedder.clone();
-        let bare = tokio::task::spawn_blocking(move || bare_forward(&e, &text, iterations))
-            .await
-            .map_err(|e| EmbedError::Model(e.to_string()))??;
-        single.push(SingleRow {
-            tokens,
-            end_to_end,
-            bare_forward: bare,
-        });
+        rows.push(single(embedder, tokens, iterations).await?);
     }
     let (batch_size, batch_tokens) = (32usize, 32usize);
     let prompts: Vec<String> = (0..batch_size)
@@ -228,7 +233,7 @@ pub async fn embed(
         .map_err(|e| EmbedError::Model(e.to_string()))??;
     Ok(EmbedReport {
         iterations,
-        single,
+        single: rows,
         batch_size,
         batch_tokens,
         prompts_per_s,

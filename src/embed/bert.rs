@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::kernels;
+
 /// The fields of a Hugging Face `config.json` that the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -69,18 +71,34 @@ impl LayerNorm {
 struct Dense {
     weight: Tensor,
     bias: Tensor,
+    /// (in, out) contiguous copy for inference: gemm then needs no repacking of the weight.
+    /// Training uses `weight` so gradients reach the Var.
+    weight_t: Tensor,
 }
 
 impl Dense {
     fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
+        Self::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?)
+    }
+
+    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        let weight_t = weight.t()?.contiguous()?.detach();
         Ok(Self {
-            weight: vb.get((out, inp), "weight")?,
-            bias: vb.get(out, "bias")?,
+            weight,
+            bias,
+            weight_t,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    fn matmul(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        match mode {
+            Mode::Inference => x.matmul(&self.weight_t),
+            Mode::Train { .. } => x.matmul(&self.weight.t()?),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        self.matmul(x, mode)?.broadcast_add(&self.bias)
     }
 }
 
@@ -111,10 +129,10 @@ impl Layer {
         let k = Dense::load(sa.pp("key"), h, h)?;
         let v = Dense::load(sa.pp("value"), h, h)?;
         // One (3h, h) matmul instead of three: fewer passes over the activations.
-        let qkv = Dense {
-            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
-            bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
-        };
+        let qkv = Dense::new(
+            Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+        )?;
         let eps = cfg.layer_norm_eps;
         Ok(Self {
             qkv,
@@ -142,7 +160,10 @@ impl Layer {
     ) -> candle_core::Result<Tensor> {
         let h = x.dim(1)?;
         let d = h / self.heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, l, 3, self.heads, d))?;
+        let qkv = self
+            .qkv
+            .forward(x, mode)?
+            .reshape((b, l, 3, self.heads, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let q = (qkv
             .narrow(2, 0, 1)?
@@ -160,10 +181,10 @@ impl Layer {
             .squeeze(2)?
             .transpose(1, 2)?
             .contiguous()?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let scores = q.matmul(&k.t()?)?;
         let probs = match mode {
-            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Train { .. } => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Inference => kernels::masked_softmax(&scores, mask)?,
+            Mode::Train { .. } => candle_nn::ops::softmax(&scores.broadcast_add(mask)?, D::Minus1)?,
         };
         let probs = dropout(probs, mode)?;
         let ctx = probs
@@ -171,15 +192,16 @@ impl Layer {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * l, h))?;
-        let attn = dropout(self.attn_out.forward(&ctx)?, mode)?;
+        let attn = dropout(self.attn_out.forward(&ctx, mode)?, mode)?;
         let x = self.attn_ln.forward(&(attn + x)?, mode)?;
-        let inter = self.inter.forward(&x)?;
-        let inter = if self.exact_gelu {
-            inter.gelu_erf()?
-        } else {
-            inter.gelu()?
+        let inter = match (mode, self.exact_gelu) {
+            (Mode::Inference, true) => {
+                kernels::bias_gelu(&self.inter.matmul(&x, mode)?, &self.inter.bias)?
+            }
+            (_, true) => self.inter.forward(&x, mode)?.gelu_erf()?,
+            (_, false) => self.inter.forward(&x, mode)?.gelu()?,
         };
-        let out = dropout(self.out.forward(&inter)?, mode)?;
+        let out = dropout(self.out.forward(&inter, mode)?, mode)?;
         self.out_ln.forward(&(out + x)?, mode)
     }
 }

@@ -1,6 +1,7 @@
 //! Prompt → embedding. Owns the tokenizer, the candle encoder, its worker threads and the
 //! batching queue. Async callers get `Embedder`; the model itself never runs on the runtime.
 pub mod bert;
+pub mod kernels;
 pub mod model;
 pub mod queue;
 pub mod tokenize;
@@ -69,7 +70,8 @@ pub struct EncoderConfig {
     pub max_batch_tokens: usize,
     /// Queue bound; callers beyond it get `Overloaded` at once.
     pub queue_capacity: usize,
-    /// Number of worker threads, each running whole forwards.
+    /// Number of worker threads, each running whole forwards. One worker whose forward uses
+    /// every core measured faster here than one single-threaded worker per core (BENCHMARKS.md).
     pub workers: usize,
     /// Use the GPU when built with `cuda` and one is present.
     pub use_gpu: bool,
@@ -88,7 +90,7 @@ impl Default for EncoderConfig {
             max_batch_items: 32,
             max_batch_tokens: 4096,
             queue_capacity: 1024,
-            workers: 2,
+            workers: 1,
             use_gpu: false,
         }
     }

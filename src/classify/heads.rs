@@ -1,0 +1,102 @@
+//! The classifier heads: intent and domain (softmax) and complexity (sigmoid) on the sentence
+//! embedding plus a length feature. Shared by training (candle graph) and inference.
+use candle_core::{Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+/// Input features beyond the embedding: the prompt's length in tokens, log-scaled.
+pub const EXTRA_FEATURES: usize = 1;
+
+/// Length feature in [0, 1]: ln(tokens) / ln(512).
+pub fn length_feature(tokens: usize) -> f32 {
+    ((tokens.max(1) as f32).ln() / 512f32.ln()).min(1.0)
+}
+
+/// One head: optional hidden layer (ReLU) then a linear output.
+pub struct Mlp {
+    hidden: Option<Linear>,
+    out: Linear,
+}
+
+impl Mlp {
+    pub fn new(
+        vb: VarBuilder,
+        inputs: usize,
+        hidden: usize,
+        outputs: usize,
+    ) -> candle_core::Result<Self> {
+        if hidden == 0 {
+            return Ok(Self {
+                hidden: None,
+                out: candle_nn::linear(inputs, outputs, vb.pp("out"))?,
+            });
+        }
+        Ok(Self {
+            hidden: Some(candle_nn::linear(inputs, hidden, vb.pp("hidden"))?),
+            out: candle_nn::linear(hidden, outputs, vb.pp("out"))?,
+        })
+    }
+
+    /// `mask`: a seeded dropout mask (b, hidden), already scaled by 1/(1-p); training only.
+    /// candle's own dropout draws from an unseedable RNG, and training must be deterministic.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = match &self.hidden {
+            Some(h) => {
+                let y = h.forward(x)?.relu()?;
+                match mask {
+                    Some(m) => y.mul(m)?,
+                    None => y,
+                }
+            }
+            None => x.clone(),
+        };
+        self.out.forward(&x)
+    }
+}
+
+/// The three heads.
+pub struct Heads {
+    pub intent: Mlp,
+    pub domain: Mlp,
+    pub complexity: Mlp,
+}
+
+/// Raw outputs for a batch: logits (b, n_intent), logits (b, n_domain), logit (b, 1).
+pub struct HeadOutputs {
+    pub intent: Tensor,
+    pub domain: Tensor,
+    pub complexity: Tensor,
+}
+
+impl Heads {
+    pub fn new(
+        vb: VarBuilder,
+        inputs: usize,
+        hidden: usize,
+        n_intent: usize,
+        n_domain: usize,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            intent: Mlp::new(vb.pp("intent"), inputs, hidden, n_intent)?,
+            domain: Mlp::new(vb.pp("domain"), inputs, hidden, n_domain)?,
+            complexity: Mlp::new(vb.pp("complexity"), inputs, hidden, 1)?,
+        })
+    }
+
+    /// `masks`: per-head dropout masks (training only).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        masks: Option<&[Tensor; 3]>,
+    ) -> candle_core::Result<HeadOutputs> {
+        Ok(HeadOutputs {
+            intent: self.intent.forward(x, masks.map(|m| &m[0]))?,
+            domain: self.domain.forward(x, masks.map(|m| &m[1]))?,
+            complexity: self.complexity.forward(x, masks.map(|m| &m[2]))?,
+        })
+    }
+}
+
+/// Softmax of logits / temperature over the last dimension.
+pub fn calibrated_softmax(logits: &Tensor, temperature: f32) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax(&(logits / temperature as f64)?, D::Minus1)
+}

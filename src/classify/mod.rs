@@ -1,0 +1,306 @@
+//! Embedding → intent, domain, complexity. Owns the head artifact format (weights +
+//! `classifier.json` metadata), its validation against the live encoder, and inference.
+//! Training lives in `train`; this module must stay cheap enough for the request path.
+pub mod heads;
+pub mod input;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::embed::EncoderInfo;
+use heads::{calibrated_softmax, length_feature, Heads, EXTRA_FEATURES};
+
+pub const META_FILE: &str = "classifier.json";
+pub const WEIGHTS_FILE: &str = "heads.safetensors";
+
+/// Errors loading or running a classifier.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("{path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("classifier {path} was trained for encoder {want_name} (sha256 {want_sha}), but the live encoder is {have_name} (sha256 {have_sha})")]
+    EncoderMismatch {
+        path: PathBuf,
+        want_name: String,
+        want_sha: String,
+        have_name: String,
+        have_sha: String,
+    },
+    #[error("embedding has {got} values, classifier expects {want}")]
+    Dimension { got: usize, want: usize },
+    #[error("classifier forward failed: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+/// The encoder a head was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncoderRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Everything about a head that is not a weight. Stored as `classifier.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierMeta {
+    pub format: u32,
+    /// Content hash of weights + labels + encoder + calibration.
+    pub version: String,
+    pub encoder: EncoderRef,
+    pub intent_labels: Vec<String>,
+    pub domain_labels: Vec<String>,
+    pub inputs: usize,
+    pub hidden: usize,
+    pub intent_temperature: f32,
+    pub domain_temperature: f32,
+    pub abstain_threshold: f32,
+    /// Data hash, seed and hyper-parameters of the run that produced it.
+    pub training: BTreeMap<String, serde_json::Value>,
+    /// Dev-split metrics of that run.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One prompt's classification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub intent: String,
+    pub intent_probs: Vec<f32>,
+    pub domain: String,
+    pub domain_probs: Vec<f32>,
+    pub complexity: f32,
+    pub confidence: f32,
+    pub abstained: bool,
+}
+
+/// A loaded, validated classifier.
+pub struct Classifier {
+    pub meta: ClassifierMeta,
+    heads: Heads,
+    device: Device,
+    pub dir: PathBuf,
+}
+
+fn load_err(path: &Path, e: impl std::fmt::Display) -> ClassifyError {
+    ClassifyError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Content hash used as the version id.
+pub fn content_version(weights: &[u8], meta: &ClassifierMeta) -> String {
+    let mut h = Sha256::new();
+    h.update(weights);
+    let identity = serde_json::json!([
+        meta.encoder,
+        meta.intent_labels,
+        meta.domain_labels,
+        meta.hidden,
+        meta.intent_temperature,
+        meta.domain_temperature
+    ]);
+    h.update(identity.to_string().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+impl Classifier {
+    /// Loads `dir`, checking the encoder identity, shapes and finiteness of every weight.
+    pub fn load(dir: &Path, encoder: &EncoderInfo) -> Result<Self, ClassifyError> {
+        let meta_path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&meta_path).map_err(|e| load_err(&meta_path, e))?;
+        let meta: ClassifierMeta =
+            serde_json::from_str(&text).map_err(|e| load_err(&meta_path, e))?;
+        if meta.encoder.sha256 != encoder.weights_sha256 {
+            return Err(ClassifyError::EncoderMismatch {
+                path: dir.to_path_buf(),
+                want_name: meta.encoder.name.clone(),
+                want_sha: meta.encoder.sha256.clone(),
+                have_name: encoder.name.clone(),
+                have_sha: encoder.weights_sha256.clone(),
+            });
+        }
+        if meta.inputs != encoder.dim + EXTRA_FEATURES {
+            return Err(load_err(
+                &meta_path,
+                format!(
+                    "inputs {} != encoder dim {} + {EXTRA_FEATURES}",
+                    meta.inputs, encoder.dim
+                ),
+            ));
+        }
+        if meta.intent_labels.is_empty() || meta.domain_labels.is_empty() {
+            return Err(load_err(&meta_path, "empty label set"));
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights).map_err(|e| load_err(&weights, e))?;
+        Self::from_parts(meta, &bytes, dir)
+    }
+
+    /// Builds from metadata and safetensors bytes (a folder or an inline upload).
+    pub fn from_parts(
+        meta: ClassifierMeta,
+        weights: &[u8],
+        dir: &Path,
+    ) -> Result<Self, ClassifyError> {
+        let device = Device::Cpu;
+        let wpath = dir.join(WEIGHTS_FILE);
+        let tensors = candle_core::safetensors::load_buffer(weights, &device)
+            .map_err(|e| load_err(&wpath, e))?;
+        for (name, t) in &tensors {
+            let finite = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| load_err(&wpath, e))?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                return Err(load_err(&wpath, format!("tensor {name} holds NaN or Inf")));
+            }
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let heads = Heads::new(
+            vb,
+            meta.inputs,
+            meta.hidden,
+            meta.intent_labels.len(),
+            meta.domain_labels.len(),
+        )
+        .map_err(|e| load_err(&wpath, format!("shape mismatch with classifier.json: {e}")))?;
+        Ok(Self {
+            meta,
+            heads,
+            device,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Builds from a trained VarMap (training path).
+    pub fn from_varmap(
+        meta: ClassifierMeta,
+        varmap: &VarMap,
+        dir: &Path,
+    ) -> Result<Self, ClassifyError> {
+        let bytes = varmap_bytes(varmap)?;
+        Self::from_parts(meta, &bytes, dir)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.meta.version
+    }
+
+    /// Feature row for one prompt: embedding ⊕ length feature.
+    pub fn features(embedding: &[f32], tokens: usize) -> Vec<f32> {
+        let mut f = Vec::with_capacity(embedding.len() + EXTRA_FEATURES);
+        f.extend_from_slice(embedding);
+        f.push(length_feature(tokens));
+        f
+    }
+
+    /// Classifies a batch of feature rows (b, inputs).
+    pub fn predict_features(
+        &self,
+        x: &Tensor,
+        threshold: Option<f32>,
+    ) -> Result<Vec<Prediction>, ClassifyError> {
+        let out = self.heads.forward(x, None)?;
+        let ip = calibrated_softmax(&out.intent, self.meta.intent_temperature)?.to_vec2::<f32>()?;
+        let dp = calibrated_softmax(&out.domain, self.meta.domain_temperature)?.to_vec2::<f32>()?;
+        let cx = candle_nn::ops::sigmoid(&out.complexity)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let threshold = threshold.unwrap_or(self.meta.abstain_threshold);
+        Ok(ip
+            .into_iter()
+            .zip(dp)
+            .zip(cx)
+            .map(|((ip, dp), c)| {
+                let (ii, conf) = argmax(&ip);
+                let (di, _) = argmax(&dp);
+                Prediction {
+                    intent: self.meta.intent_labels[ii].clone(),
+                    domain: self.meta.domain_labels[di].clone(),
+                    intent_probs: ip,
+                    domain_probs: dp,
+                    complexity: c,
+                    confidence: conf,
+                    abstained: conf < threshold,
+                }
+            })
+            .collect())
+    }
+
+    /// Classifies one embedded prompt.
+    pub fn predict(
+        &self,
+        embedding: &[f32],
+        tokens: usize,
+        threshold: Option<f32>,
+    ) -> Result<Prediction, ClassifyError> {
+        let want = self.meta.inputs - EXTRA_FEATURES;
+        if embedding.len() != want {
+            return Err(ClassifyError::Dimension {
+                got: embedding.len(),
+                want,
+            });
+        }
+        let f = Self::features(embedding, tokens);
+        let x = Tensor::from_vec(f, (1, self.meta.inputs), &self.device)?;
+        let mut p = self.predict_features(&x, threshold)?;
+        p.pop()
+            .ok_or_else(|| ClassifyError::Model(candle_core::Error::Msg("empty prediction".into())))
+    }
+
+    /// Writes `classifier.json` and `heads.safetensors` into `dir`.
+    pub fn save_parts(
+        dir: &Path,
+        meta: &ClassifierMeta,
+        weights: &[u8],
+    ) -> Result<(), ClassifyError> {
+        std::fs::create_dir_all(dir).map_err(|e| load_err(dir, e))?;
+        let wpath = dir.join(WEIGHTS_FILE);
+        std::fs::write(&wpath, weights).map_err(|e| load_err(&wpath, e))?;
+        let mpath = dir.join(META_FILE);
+        let text = serde_json::to_string_pretty(meta).map_err(|e| load_err(&mpath, e))?;
+        std::fs::write(&mpath, text + "\n").map_err(|e| load_err(&mpath, e))
+    }
+}
+
+/// Serialises a VarMap's tensors to safetensors bytes (sorted names, deterministic).
+pub fn varmap_bytes(varmap: &VarMap) -> Result<Vec<u8>, ClassifyError> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    let mut named: Vec<(String, Tensor)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    drop(data);
+    let tmp = std::env::temp_dir().join(format!(
+        "switchboard-heads-{}.safetensors",
+        std::process::id()
+    ));
+    candle_core::safetensors::save(&named.into_iter().collect(), &tmp)?;
+    let bytes = std::fs::read(&tmp).map_err(|e| load_err(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(bytes)
+}
+
+/// Index and value of the largest element.
+pub fn argmax(v: &[f32]) -> (usize, f32) {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
+}

@@ -1,0 +1,332 @@
+//! The training loop for the heads on precomputed features: seeded init, seeded shuffling and
+//! dropout, AdamW, masked multi-task loss, early stopping on dev loss, temperature fitting.
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::classify::heads::{HeadOutputs, Heads};
+
+/// Feature rows with their (possibly missing) labels.
+#[derive(Debug, Default, Clone)]
+pub struct Dataset {
+    pub dim: usize,
+    pub x: Vec<f32>,
+    pub intent: Vec<u32>,
+    pub intent_mask: Vec<f32>,
+    pub domain: Vec<u32>,
+    pub domain_mask: Vec<f32>,
+    pub complexity: Vec<f32>,
+    pub complexity_mask: Vec<f32>,
+    /// Per-row loss weight (e.g. real prompts weigh more than template rows).
+    pub weight: Vec<f32>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.weight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weight.is_empty()
+    }
+
+    fn tensors(&self, idx: &[usize], dev: &Device) -> candle_core::Result<Batch> {
+        let d = self.dim;
+        let mut x = Vec::with_capacity(idx.len() * d);
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
+        }
+        let pick_u = |v: &[u32]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let pick_f = |v: &[f32]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        let n = idx.len();
+        Ok(Batch {
+            x: Tensor::from_vec(x, (n, d), dev)?,
+            intent: Tensor::from_vec(pick_u(&self.intent), n, dev)?,
+            intent_w: Tensor::from_vec(
+                mul(&pick_f(&self.intent_mask), &pick_f(&self.weight)),
+                n,
+                dev,
+            )?,
+            domain: Tensor::from_vec(pick_u(&self.domain), n, dev)?,
+            domain_w: Tensor::from_vec(
+                mul(&pick_f(&self.domain_mask), &pick_f(&self.weight)),
+                n,
+                dev,
+            )?,
+            cx: Tensor::from_vec(pick_f(&self.complexity), (n, 1), dev)?,
+            cx_w: Tensor::from_vec(pick_f(&self.complexity_mask), (n, 1), dev)?,
+        })
+    }
+}
+
+fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x * y).collect()
+}
+
+struct Batch {
+    x: Tensor,
+    intent: Tensor,
+    intent_w: Tensor,
+    domain: Tensor,
+    domain_w: Tensor,
+    cx: Tensor,
+    cx_w: Tensor,
+}
+
+/// Hyper-parameters.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FitConfig {
+    pub hidden: usize,
+    pub max_epochs: usize,
+    pub patience: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub dropout: f32,
+    pub seed: u64,
+}
+
+/// One epoch's numbers, for progress output.
+#[derive(Debug, Clone)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub dev_intent_accuracy: f64,
+}
+
+pub struct FitResult {
+    pub varmap: VarMap,
+    pub heads: Heads,
+    pub best_epoch: usize,
+    pub history: Vec<EpochLog>,
+}
+
+/// Weighted mean of per-row negative log-likelihood; 0 when no row has the label.
+fn masked_nll(logits: &Tensor, labels: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let denom = (w.sum_all()? + 1e-6)?;
+    (picked.neg()? * w)?.sum_all()?.broadcast_div(&denom)
+}
+
+/// Masked binary cross-entropy with logits.
+fn masked_bce(z: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let softplus = (z.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let loss = ((z.relu()? - (z * y)?)? + softplus)?;
+    let denom = (w.sum_all()? + 1e-6)?;
+    (loss * w)?.sum_all()?.broadcast_div(&denom)
+}
+
+fn loss(out: &HeadOutputs, b: &Batch) -> candle_core::Result<Tensor> {
+    let li = masked_nll(&out.intent, &b.intent, &b.intent_w)?;
+    let ld = masked_nll(&out.domain, &b.domain, &b.domain_w)?;
+    let lc = masked_bce(&out.complexity, &b.cx, &b.cx_w)?;
+    (li + ld)? + lc
+}
+
+/// Torch-style uniform init, drawn from our seeded RNG.
+fn seeded_varmap(
+    shapes: &[(String, Vec<usize>)],
+    rng: &mut StdRng,
+    dev: &Device,
+) -> candle_core::Result<VarMap> {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+        for (name, shape) in shapes {
+            let fan_in = if shape.len() == 2 {
+                shape[1]
+            } else {
+                shapes
+                    .iter()
+                    .find(|(n, _)| n == &name.replace(".bias", ".weight"))
+                    .map(|(_, s)| s[1])
+                    .unwrap_or(1)
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            data.insert(
+                name.clone(),
+                Var::from_tensor(&Tensor::from_vec(v, shape.as_slice(), dev)?)?,
+            );
+        }
+    }
+    Ok(varmap)
+}
+
+fn head_shapes(
+    inputs: usize,
+    hidden: usize,
+    n_intent: usize,
+    n_domain: usize,
+) -> Vec<(String, Vec<usize>)> {
+    let mut v = Vec::new();
+    for (head, outputs) in [
+        ("intent", n_intent),
+        ("domain", n_domain),
+        ("complexity", 1),
+    ] {
+        let out_in = if hidden == 0 { inputs } else { hidden };
+        if hidden > 0 {
+            v.push((format!("{head}.hidden.weight"), vec![hidden, inputs]));
+            v.push((format!("{head}.hidden.bias"), vec![hidden]));
+        }
+        v.push((format!("{head}.out.weight"), vec![outputs, out_in]));
+        v.push((format!("{head}.out.bias"), vec![outputs]));
+    }
+    v
+}
+
+fn dropout_masks(
+    rng: &mut StdRng,
+    n: usize,
+    hidden: usize,
+    p: f32,
+    dev: &Device,
+) -> candle_core::Result<Option<[Tensor; 3]>> {
+    if hidden == 0 || p <= 0.0 {
+        return Ok(None);
+    }
+    let scale = 1.0 / (1.0 - p);
+    let mut one = || -> candle_core::Result<Tensor> {
+        let v: Vec<f32> = (0..n * hidden)
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { scale })
+            .collect();
+        Tensor::from_vec(v, (n, hidden), dev)
+    };
+    Ok(Some([one()?, one()?, one()?]))
+}
+
+/// Dev loss and intent accuracy with the current weights (no dropout).
+pub fn evaluate(heads: &Heads, ds: &Dataset, dev: &Device) -> candle_core::Result<(f64, f64)> {
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let (mut total, mut hits, mut labelled) = (0.0, 0.0, 0.0);
+    for chunk in idx.chunks(4096) {
+        let b = ds.tensors(chunk, dev)?;
+        let out = heads.forward(&b.x, None)?;
+        total += loss(&out, &b)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let pred = out.intent.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        for (j, &i) in chunk.iter().enumerate() {
+            if ds.intent_mask[i] > 0.0 {
+                labelled += 1.0;
+                hits += f64::from(u8::from(pred[j] == ds.intent[i]));
+            }
+        }
+    }
+    Ok((
+        total / ds.len().max(1) as f64,
+        hits / f64::max(labelled, 1.0),
+    ))
+}
+
+/// Trains the heads. `progress` is called after every epoch.
+pub fn fit(
+    train: &Dataset,
+    dev_set: &Dataset,
+    n_intent: usize,
+    n_domain: usize,
+    cfg: &FitConfig,
+    progress: &mut dyn FnMut(&EpochLog),
+) -> candle_core::Result<FitResult> {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let shapes = head_shapes(train.dim, cfg.hidden, n_intent, n_domain);
+    let varmap = seeded_varmap(&shapes, &mut rng, &dev)?;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let heads = Heads::new(vb, train.dim, cfg.hidden, n_intent, n_domain)?;
+    let params = ParamsAdamW {
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(varmap.all_vars(), params)?;
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let (mut best, mut best_epoch, mut best_weights) = (f64::INFINITY, 0, snapshot(&varmap)?);
+    let mut history = Vec::new();
+    for epoch in 1..=cfg.max_epochs {
+        order.shuffle(&mut rng);
+        let mut sum = 0.0;
+        for chunk in order.chunks(cfg.batch_size.max(1)) {
+            let b = train.tensors(chunk, &dev)?;
+            let masks = dropout_masks(&mut rng, chunk.len(), cfg.hidden, cfg.dropout, &dev)?;
+            let l = loss(&heads.forward(&b.x, masks.as_ref())?, &b)?;
+            opt.backward_step(&l)?;
+            sum += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        }
+        let (dev_loss, acc) = evaluate(&heads, dev_set, &dev)?;
+        let log = EpochLog {
+            epoch,
+            train_loss: sum / train.len().max(1) as f64,
+            dev_loss,
+            dev_intent_accuracy: acc,
+        };
+        progress(&log);
+        history.push(log);
+        if dev_loss < best {
+            (best, best_epoch, best_weights) = (dev_loss, epoch, snapshot(&varmap)?);
+        } else if epoch - best_epoch >= cfg.patience {
+            break;
+        }
+    }
+    restore(&varmap, &best_weights)?;
+    Ok(FitResult {
+        varmap,
+        heads,
+        best_epoch,
+        history,
+    })
+}
+
+fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+fn restore(varmap: &VarMap, weights: &[(String, Tensor)]) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    for (k, t) in weights {
+        if let Some(v) = data.get(k) {
+            v.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Temperature minimising the NLL of `logits` (rows, classes) on labelled rows.
+pub fn fit_temperature(logits: &[Vec<f32>], labels: &[Option<usize>]) -> f32 {
+    let nll = |t: f32| -> f64 {
+        let mut s = 0.0;
+        for (row, y) in logits.iter().zip(labels) {
+            let Some(y) = y else { continue };
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|v| (((v - m) / t) as f64).exp()).sum();
+            s += z.ln() - ((row[*y] - m) / t) as f64;
+        }
+        s
+    };
+    let mut best = (1.0f32, f64::INFINITY);
+    let mut t = 0.25f32;
+    while t <= 5.0 {
+        let v = nll(t);
+        if v < best.1 {
+            best = (t, v);
+        }
+        t += 0.025;
+    }
+    best.0
+}
