@@ -7,8 +7,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use switchboard::config::Config;
 use switchboard::embed::{Embedder, EncoderConfig, Truncation};
 use switchboard::grpc::{self, ServeConfig};
+use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::proto::v1::{Preferences, RouteDecisionRequest};
+use switchboard::train::fit::FitConfig;
+use switchboard::train::run::TrainConfig;
 
 #[derive(Parser)]
 #[command(
@@ -26,10 +31,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gRPC service.
+    /// Run the gRPC service (and /metrics on the HTTP address).
     Serve {
         #[arg(long, env = "SWITCHBOARD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
         grpc_addr: SocketAddr,
+        #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+        http_addr: SocketAddr,
+        /// Catalog and settings (TOML); the bundled config/switchboard.toml when absent.
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check the config (and load the classifier it names), then exit.
+        #[arg(long)]
+        validate_config: bool,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Route one prompt and print the decision as a table.
+    Route {
+        prompt: String,
+        /// Server to ask.
+        #[arg(
+            long,
+            env = "SWITCHBOARD_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Run in-process instead of calling a server.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        trade_off: Option<f64>,
+        #[arg(long, default_value = "")]
+        policy: String,
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         encoder: EncoderArgs,
     },
@@ -39,6 +74,8 @@ enum Command {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// Train the classifier heads on labelled JSONL and write a head folder.
+    Train(TrainArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -57,6 +94,84 @@ enum BenchCommand {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// JSONL files (text, intent, domain, complexity); rows with the same id are merged.
+    #[arg(
+        long = "data",
+        required = true,
+        env = "SWITCHBOARD_TRAIN_DATA",
+        value_delimiter = ','
+    )]
+    data: Vec<PathBuf>,
+    /// Output head folder.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRAIN_OUT",
+        default_value = "models/classifier"
+    )]
+    out: PathBuf,
+    /// Embedding cache folder (inside the repo by default, so nothing lives outside it).
+    #[arg(long, env = "SWITCHBOARD_CACHE_DIR", default_value = ".cache")]
+    cache_dir: PathBuf,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value_t = 15)]
+    dev_percent: u32,
+    /// Hidden units per head (0 = linear heads).
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 60)]
+    max_epochs: usize,
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f32,
+    /// Loss weight of real user prompts (source = sharegpt).
+    #[arg(long, default_value_t = 3.0)]
+    real_weight: f32,
+    #[arg(long, default_value_t = 10)]
+    min_examples: usize,
+    #[arg(long, default_value_t = 0.4)]
+    abstain_threshold: f32,
+    /// Use only the first N rows (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[command(flatten)]
+    encoder: EncoderArgs,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            cache_dir: self.cache_dir.clone(),
+            dev_percent: self.dev_percent,
+            real_prompt_weight: self.real_weight,
+            min_examples: self.min_examples,
+            abstain_threshold: self.abstain_threshold,
+            limit: self.limit,
+            fit: FitConfig {
+                hidden: self.hidden,
+                max_epochs: self.max_epochs,
+                patience: self.patience,
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                batch_size: self.batch_size,
+                dropout: self.dropout,
+                seed: self.seed,
+            },
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -86,7 +201,11 @@ struct EncoderArgs {
 
 impl EncoderArgs {
     fn config(&self) -> EncoderConfig {
-        let mut c = EncoderConfig::default();
+        self.apply(EncoderConfig::default())
+    }
+
+    /// Flags given on the command line override `c` (the config file's `[encoder]`).
+    fn apply(&self, mut c: EncoderConfig) -> EncoderConfig {
         if let Some(v) = &self.model_dir {
             c.model_dir = v.clone();
         }
@@ -121,7 +240,10 @@ impl EncoderArgs {
 
 fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
     match cmd {
-        Command::Serve { encoder, .. } | Command::Embed { encoder, .. } => Some(encoder),
+        Command::Serve { encoder, .. }
+        | Command::Embed { encoder, .. }
+        | Command::Route { encoder, .. } => Some(encoder),
+        Command::Train(t) => Some(&t.encoder),
         Command::Bench {
             what: BenchCommand::Embed { encoder, .. },
         } => Some(encoder),
@@ -156,14 +278,65 @@ fn init_tracing(json: bool) {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { grpc_addr, encoder } => {
-            let cfg = ServeConfig {
+        Command::Serve {
+            grpc_addr,
+            http_addr,
+            config,
+            validate_config,
+            encoder,
+        } => {
+            let mut cfg = Config::read(config.as_deref())?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            if validate_config {
+                let engine = grpc::load_engine(cfg).await?;
+                println!(
+                    "config OK: {} backends, policies {:?}, classifier {}",
+                    engine.config.backends.len(),
+                    engine.config.policies.keys().collect::<Vec<_>>(),
+                    engine.classifier.load().version()
+                );
+                return Ok(());
+            }
+            let bound = grpc::bind(ServeConfig {
                 grpc_addr,
-                encoder: encoder.config(),
-            };
-            let bound = grpc::bind(&cfg).await?;
-            tracing::info!(addr = %bound.local_addr()?, "switchboard bound");
+                http_addr,
+                config: cfg,
+            })
+            .await?;
+            tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, "switchboard bound");
             grpc::run(bound, shutdown_signal()).await?;
+        }
+        Command::Route {
+            prompt,
+            server,
+            local,
+            trade_off,
+            policy,
+            config,
+            encoder,
+        } => {
+            let req = RouteDecisionRequest {
+                prompt,
+                policy,
+                preferences: Some(Preferences {
+                    trade_off,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let resp = if local {
+                let mut cfg = Config::read(config.as_deref())?;
+                cfg.encoder = encoder.apply(cfg.encoder);
+                let engine = grpc::load_engine(cfg).await?;
+                let o = engine
+                    .route(&grpc::to_route_request(req), &|_| Default::default())
+                    .await?;
+                grpc::to_response(&o, &engine)
+            } else {
+                let mut client = RouterClient::connect(server).await?;
+                client.route_decision(req).await?.into_inner()
+            };
+            print!("{}", switchboard::display::decision_table(&resp));
         }
         Command::Embed { text, encoder } => {
             let embedder = start(&encoder).await?;
@@ -188,6 +361,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 e.queue_us,
                 e.embed_us
             );
+        }
+        Command::Train(args) => {
+            let embedder = start(&args.encoder).await?;
+            let out = switchboard::train::run::train(&embedder, &args.config()).await?;
+            println!(
+                "embedded {} new prompts in {:.1} s; trained on {} rows (dev {}) in {:.1} s",
+                out.embedded, out.embed_secs, out.train_rows, out.dev_rows, out.fit_secs
+            );
+            println!(
+                "wrote {} (version {})",
+                args.out.display(),
+                out.classifier.version()
+            );
+            println!("{}", switchboard::train::report::table(&out.dev_report));
         }
         Command::Bench {
             what:

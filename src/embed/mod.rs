@@ -84,7 +84,7 @@ impl Default for EncoderConfig {
                 env!("CARGO_MANIFEST_DIR"),
                 "/models/all-MiniLM-L6-v2"
             )),
-            max_tokens: 256,
+            max_tokens: 128,
             truncation: Truncation::HeadTail,
             max_input_bytes: 64 * 1024,
             max_batch_items: 32,

@@ -67,6 +67,14 @@ impl TextTokenizer {
         self.max_tokens
     }
 
+    /// Name of the truncation strategy (part of the embedding cache key).
+    pub fn truncation_name(&self) -> &'static str {
+        match self.truncation {
+            Truncation::Head => "head",
+            Truncation::HeadTail => "head_tail",
+        }
+    }
+
     pub fn max_input_bytes(&self) -> usize {
         self.max_input_bytes
     }

@@ -1,22 +1,31 @@
-//! The gRPC server: wiring of services, health, reflection and graceful shutdown.
-//! Service logic lives in the submodules; this file only assembles and runs them.
+//! The server: wiring of the gRPC services, health, reflection, the HTTP side and graceful
+//! shutdown. Service logic lives in the submodules and in `engine`.
 mod router;
+
+pub use router::{to_response, to_route_request};
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::embed::{EmbedError, Embedder, EncoderConfig};
+use crate::classify::{Classifier, ClassifyError};
+use crate::config::{Config, ConfigError};
+use crate::embed::{EmbedError, Embedder};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::proto::v1::router_server::RouterServer;
 
 /// Settings of `switchboard serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
-    pub encoder: EncoderConfig,
+    pub http_addr: SocketAddr,
+    pub config: Config,
 }
 
 /// Errors while starting the server.
@@ -24,56 +33,84 @@ pub struct ServeConfig {
 pub enum ServeError {
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("reflection service: {0}")]
-    Reflection(String),
+    #[error("{0}")]
+    Setup(String),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// A bound, not yet running server; `local_addr` is known (port 0 resolved).
+/// Loads the encoder and the classifier and validates the config against its labels.
+pub async fn load_engine(config: Config) -> Result<Arc<Engine>, ServeError> {
+    let enc = config.encoder.clone();
+    let embedder = tokio::task::spawn_blocking(move || Embedder::start(&enc))
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))??;
+    let classifier = Classifier::load(&config.server.classifier_dir, &embedder.info())?;
+    config.validate(
+        &classifier.meta.intent_labels,
+        &classifier.meta.domain_labels,
+    )?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| ServeError::Setup(e.to_string()))?);
+    Ok(Arc::new(Engine::new(
+        embedder,
+        classifier,
+        Arc::new(config),
+        metrics,
+    )))
+}
+
+/// A bound, not yet running server; addresses are known (port 0 resolved).
 pub struct Bound {
-    listener: TcpListener,
-    embedder: Embedder,
+    grpc: TcpListener,
+    http: TcpListener,
+    pub engine: Arc<Engine>,
 }
 
 impl Bound {
-    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
-        self.listener
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.grpc
             .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })
+            .map_err(|e| ServeError::Setup(e.to_string()))
+    }
+    pub fn http_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.http
+            .local_addr()
+            .map_err(|e| ServeError::Setup(e.to_string()))
     }
 }
 
-/// Loads the encoder and binds the gRPC address.
-pub async fn bind(cfg: &ServeConfig) -> Result<Bound, ServeError> {
-    let enc = cfg.encoder.clone();
-    let embedder = tokio::task::spawn_blocking(move || Embedder::start(&enc))
+async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|e| EmbedError::Load(e.to_string()))??;
-    let listener = TcpListener::bind(cfg.grpc_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.grpc_addr,
-            source,
-        })?;
-    Ok(Bound { listener, embedder })
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Loads everything and binds both addresses.
+pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
+    let engine = load_engine(cfg.config).await?;
+    Ok(Bound {
+        grpc: listen(cfg.grpc_addr).await?,
+        http: listen(cfg.http_addr).await?,
+        engine,
+    })
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
 /// Health reports NOT_SERVING until a warm-up batch has gone through the encoder.
 pub async fn run(
     bound: Bound,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let addr = bound.local_addr()?;
+    let (grpc_addr, http_addr) = (bound.grpc_addr()?, bound.http_addr()?);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<RouterServer<router::RouterService>>()
@@ -82,36 +119,61 @@ pub async fn run(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let router = router::RouterService::new(bound.embedder.clone());
-    let embedder = bound.embedder.clone();
-    let warm = tokio::spawn(async move {
-        let probe: Vec<String> = [
-            "warm-up probe",
-            "a second, somewhat longer warm-up probe sentence",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        match embedder.embed_many(&probe).await {
-            Ok(_) => {
-                health
-                    .set_serving::<RouterServer<router::RouterService>>()
-                    .await;
-                tracing::info!("warm-up done; health is SERVING");
-            }
-            Err(e) => tracing::error!(error = %e, "warm-up failed; health stays NOT_SERVING"),
-        }
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let engine = bound.engine.clone();
+    let ready = Arc::new(AtomicBool::new(false));
+    let warm = tokio::spawn(warm_up(engine.clone(), health, ready.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
     });
-    tracing::info!(%addr, "gRPC listening");
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let http_app = crate::http::router(crate::http::HttpState {
+        engine: engine.clone(),
+        ready,
+    });
+    let http = axum::serve(bound.http, http_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = tokio::spawn(async move { http.await });
+    tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
+    let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
     let result = Server::builder()
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RouterServer::new(router))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.listener), shutdown)
+        .add_service(
+            RouterServer::new(router::RouterService::new(engine)).max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), stopped(stop_rx))
         .await;
     warm.abort();
-    tracing::info!("gRPC server stopped");
+    let _ = http.await;
+    tracing::info!("server stopped");
     Ok(result?)
+}
+
+async fn warm_up(
+    engine: Arc<Engine>,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+) {
+    let probe: Vec<String> = [
+        "warm-up probe",
+        "a second, somewhat longer warm-up probe sentence for the encoder",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match engine.embedder.embed_many(&probe).await {
+        Ok(_) => {
+            ready.store(true, Ordering::Release);
+            health
+                .set_serving::<RouterServer<router::RouterService>>()
+                .await;
+            tracing::info!("warm-up done; health is SERVING");
+        }
+        Err(e) => tracing::error!(error = %e, "warm-up failed; health stays NOT_SERVING"),
+    }
 }

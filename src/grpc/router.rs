@@ -1,24 +1,130 @@
-//! `switchboard.v1.Router`. At this stage only the encoder is wired; the classifier and the
-//! ranking policy fill in RouteDecision, the proxy fills in Complete.
+//! `switchboard.v1.Router`: proto ↔ engine conversion and the one error → Status mapping.
+//! Routing logic lives in `engine`; this file must not grow any.
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::embed::Embedder;
-use crate::proto::v1::{
-    router_server::Router, CompleteEvent, CompleteRequest, RouteDecisionRequest,
-    RouteDecisionResponse,
-};
+use crate::embed::EmbedError;
+use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
+use crate::policy::{Live, PolicyError, Preferences};
+use crate::proto::v1 as pb;
+use crate::proto::v1::router_server::Router;
 
 pub struct RouterService {
-    #[allow(dead_code)] // used by RouteDecision once the classifier lands
-    embedder: Embedder,
+    engine: Arc<Engine>,
 }
 
 impl RouterService {
-    pub fn new(embedder: Embedder) -> Self {
-        Self { embedder }
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+impl From<RouteError> for Status {
+    fn from(e: RouteError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RouteError::InvalidArgument { .. } => Status::invalid_argument(msg),
+            RouteError::Embed { source, .. } => match source {
+                EmbedError::EmptyInput | EmbedError::InputTooLong { .. } => {
+                    Status::invalid_argument(msg)
+                }
+                EmbedError::Overloaded { .. } => Status::resource_exhausted(msg),
+                EmbedError::Shutdown => Status::unavailable(msg),
+                EmbedError::Tokenize(_) | EmbedError::Model(_) | EmbedError::Load(_) => {
+                    Status::internal(msg)
+                }
+            },
+            RouteError::Classify(_) => Status::internal(msg),
+            RouteError::Policy(PolicyError::UnknownPolicy(_)) => {
+                Status::invalid_argument(format!("policy: {msg}"))
+            }
+            RouteError::Policy(PolicyError::NoneQualifies(_)) => Status::failed_precondition(msg),
+        }
+    }
+}
+
+/// Proto request → engine request (no validation here: the engine does it, naming fields).
+pub fn to_route_request(r: pb::RouteDecisionRequest) -> RouteRequest {
+    let p = r.preferences.unwrap_or_default();
+    RouteRequest {
+        messages: r
+            .messages
+            .into_iter()
+            .map(|m| (m.role, m.content))
+            .collect(),
+        prompt: r.prompt,
+        prefs: Preferences {
+            trade_off: p.trade_off,
+            max_cost_usd: p.max_cost_usd,
+            max_latency_ms: p.max_latency_ms.map(f64::from),
+            required_capabilities: p.required_capabilities,
+            allow: p.allow_backends,
+            deny: p.deny_backends,
+            expected_output_tokens: p.expected_output_tokens.unwrap_or(256),
+        },
+        top_k: r.top_k as usize,
+        policy: r.policy,
+        metadata: r.metadata.into_iter().collect(),
+        request_key: r.request_key,
+    }
+}
+
+fn probs(labels: &[String], p: &[f32]) -> Vec<pb::LabelProbability> {
+    labels
+        .iter()
+        .zip(p)
+        .map(|(l, &v)| pb::LabelProbability {
+            label: l.clone(),
+            probability: v,
+        })
+        .collect()
+}
+
+/// Engine outcome → proto response.
+pub fn to_response(o: &RouteOutcome, engine: &Engine) -> pb::RouteDecisionResponse {
+    let c = engine.classifier.load();
+    let p = &o.prediction;
+    pb::RouteDecisionResponse {
+        decision_id: o.decision_id.clone(),
+        classification: Some(pb::Classification {
+            intent: p.intent.clone(),
+            intent_probabilities: probs(&c.meta.intent_labels, &p.intent_probs),
+            domain: p.domain.clone(),
+            domain_probabilities: probs(&c.meta.domain_labels, &p.domain_probs),
+            complexity: p.complexity,
+            confidence: p.confidence,
+            abstained: p.abstained,
+        }),
+        backends: o
+            .decision
+            .ranked
+            .iter()
+            .map(|r| pb::RankedBackend {
+                name: r.name.clone(),
+                model: r.model.clone(),
+                provider: r.provider.clone(),
+                score: r.score,
+                estimated_quality: r.quality,
+                estimated_cost_usd: r.cost_usd,
+                estimated_latency_ms: r.latency_ms,
+                healthy: r.healthy,
+                reasons: r.reasons.clone(),
+            })
+            .collect(),
+        policy: o.decision.policy.clone(),
+        variant: o.decision.variant.clone(),
+        classifier_version: o.classifier_version.clone(),
+        timings: Some(pb::Timings {
+            queue_us: o.timings.queue_us,
+            embed_us: o.timings.embed_us,
+            classify_us: o.timings.classify_us,
+            rank_us: o.timings.rank_us,
+            total_us: o.timings.total_us,
+        }),
     }
 }
 
@@ -26,21 +132,42 @@ impl RouterService {
 impl Router for RouterService {
     async fn route_decision(
         &self,
-        _request: Request<RouteDecisionRequest>,
-    ) -> Result<Response<RouteDecisionResponse>, Status> {
-        Err(Status::unimplemented(
-            "RouteDecision needs the classifier, which is not built yet",
-        ))
+        request: Request<pb::RouteDecisionRequest>,
+    ) -> Result<Response<pb::RouteDecisionResponse>, Status> {
+        let span = tracing::info_span!(
+            "route_decision",
+            decision_id = tracing::field::Empty,
+            intent = tracing::field::Empty
+        );
+        let engine = self.engine.clone();
+        async move {
+            let req = to_route_request(request.into_inner());
+            match engine.route(&req, &|_| Live::default()).await {
+                Ok(o) => {
+                    let span = tracing::Span::current();
+                    span.record("decision_id", o.decision_id.as_str());
+                    span.record("intent", o.prediction.intent.as_str());
+                    Ok(Response::new(to_response(&o, &engine)))
+                }
+                Err(e) => {
+                    engine.metrics.errors.with_label_values(&[e.kind()]).inc();
+                    tracing::info!(error = %e, "route_decision refused");
+                    Err(e.into())
+                }
+            }
+        }
+        .instrument(span)
+        .await
     }
 
-    type CompleteStream = Pin<Box<dyn Stream<Item = Result<CompleteEvent, Status>> + Send>>;
+    type CompleteStream = Pin<Box<dyn Stream<Item = Result<pb::CompleteEvent, Status>> + Send>>;
 
     async fn complete(
         &self,
-        _request: Request<CompleteRequest>,
+        _request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStream>, Status> {
         Err(Status::unimplemented(
-            "Complete needs the proxy, which is not built yet",
+            "Complete needs the streaming proxy, which is not built yet",
         ))
     }
 }

@@ -20,7 +20,7 @@ pub enum DataError {
         line: usize,
         message: String,
     },
-    #[error("label {label:?} of `{field}` has {count} examples, fewer than the minimum {min} (first at {first})")]
+    #[error("label {label:?} of `{field}` has {count} examples, fewer than the minimum {min} (first at {first}); left out")]
     RareLabel {
         field: &'static str,
         label: String,
@@ -183,31 +183,36 @@ pub fn is_dev(row: &Row, seed: u64, dev_percent: u32) -> bool {
     v % 100 < dev_percent
 }
 
-/// Sorted label set of a field, refusing labels with fewer than `min` examples.
+/// Sorted label set of a field. Labels with fewer than `min` examples are left out and
+/// reported (their rows then train the other heads only).
 pub fn label_set(
     rows: &[Row],
     field: &'static str,
     get: impl Fn(&Row) -> Option<&String>,
     min: usize,
-) -> Result<Vec<String>, DataError> {
+) -> (Vec<String>, Vec<DataError>) {
     let mut counts: BTreeMap<&String, (usize, &str)> = BTreeMap::new();
     for r in rows {
         if let Some(l) = get(r) {
             counts.entry(l).or_insert((0, &r.origin)).0 += 1;
         }
     }
-    for (label, (count, first)) in &counts {
-        if *count < min {
-            return Err(DataError::RareLabel {
+    let mut labels = Vec::new();
+    let mut rare = Vec::new();
+    for (label, (count, first)) in counts {
+        if count < min {
+            rare.push(DataError::RareLabel {
                 field,
-                label: (*label).clone(),
-                count: *count,
+                label: label.clone(),
+                count,
                 min,
                 first: first.to_string(),
             });
+        } else {
+            labels.push(label.clone());
         }
     }
-    Ok(counts.keys().map(|s| (*s).clone()).collect())
+    (labels, rare)
 }
 
 /// sha256 over the files' bytes, in order.

@@ -1,4 +1,7 @@
 //! Training and evaluation of the classifier heads.
 pub mod cache;
 pub mod data;
+pub mod eval;
 pub mod fit;
+pub mod report;
+pub mod run;

@@ -1,0 +1,366 @@
+//! The TOML configuration: server settings, encoder, backend catalog and routing policies.
+//! Parsed strictly (unknown keys are errors) and validated at load; every error names the
+//! TOML path of the offending key. Secrets are referenced by environment-variable name only.
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::embed::EncoderConfig;
+
+/// The bundled example catalog, used when no config file is given.
+pub const BUNDLED_CONFIG: &str = include_str!("../config/switchboard.toml");
+const BUNDLED_NAME: &str = "<bundled config/switchboard.toml>";
+
+/// A configuration error, located by TOML path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {path}: {message}")]
+    Invalid {
+        file: String,
+        path: String,
+        message: String,
+    },
+    #[error("{file}: {0}", file = .1)]
+    Io(std::io::Error, String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Head folder loaded at start (relative paths are resolved against the crate root).
+    pub classifier_dir: PathBuf,
+    /// Override of the classifier's own abstain threshold.
+    pub abstain_threshold: Option<f32>,
+    /// Entries of the classification cache (0 disables it).
+    pub cache_entries: usize,
+    /// Longest accepted conversation, in bytes of message content.
+    pub max_prompt_bytes: usize,
+    pub max_messages: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            classifier_dir: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/classifier"
+            )),
+            abstain_threshold: None,
+            cache_entries: 10_000,
+            max_prompt_bytes: 64 * 1024,
+            max_messages: 256,
+        }
+    }
+}
+
+/// One upstream model endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub name: String,
+    /// Only "openai_compatible" for now.
+    pub provider: String,
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    pub model: String,
+    pub input_price_per_mtok: f64,
+    pub output_price_per_mtok: f64,
+    pub context_window: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Quality in [0, 1] per intent, with `default` for the others.
+    pub quality: BTreeMap<String, f64>,
+    /// Quality per domain, overriding the intent quality when the domain matches.
+    #[serde(default)]
+    pub domain_quality: BTreeMap<String, f64>,
+    /// Typical time to first token, in milliseconds.
+    pub latency_ms: f64,
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_concurrency() -> u32 {
+    64
+}
+
+/// A condition of a rule; every given field must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub intent: Option<String>,
+    pub domain: Option<String>,
+    pub tenant: Option<String>,
+    /// Metadata key → value.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Pin (rank first when it qualifies) or boost (add to the score) a backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(rename = "when")]
+    pub when: Match,
+    pub backend: String,
+    #[serde(default)]
+    pub pin: bool,
+    #[serde(default)]
+    pub boost: f64,
+}
+
+/// An A/B arm: its share of traffic and the rules it adds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub percent: f64,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Backend used first when the classifier abstains.
+    pub default_backend: String,
+    /// Quality needed = min_quality + complexity_slope × complexity.
+    #[serde(default = "default_min_quality")]
+    pub min_quality: f64,
+    #[serde(default = "default_slope")]
+    pub complexity_slope: f64,
+    /// Trade-off used when the request gives none.
+    #[serde(default = "default_trade_off")]
+    pub trade_off: f64,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+}
+
+fn default_min_quality() -> f64 {
+    0.55
+}
+fn default_slope() -> f64 {
+    0.35
+}
+fn default_trade_off() -> f64 {
+    0.5
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    pub backends: Vec<Backend>,
+    pub policies: BTreeMap<String, Policy>,
+    /// Name of the policy used when a request names none.
+    pub default_policy: String,
+    /// Where this config came from (for messages).
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// Capabilities a backend may declare.
+pub const CAPABILITIES: &[&str] = &["tools", "vision", "json_mode", "long_context", "streaming"];
+
+impl Config {
+    /// Reads `path`, or the bundled example when `None`, checking syntax and keys only;
+    /// call `validate` once the classifier's label sets are known.
+    pub fn read(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (file, text) = match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                (
+                    name.clone(),
+                    std::fs::read_to_string(p).map_err(|e| ConfigError::Io(e, name))?,
+                )
+            }
+            None => (BUNDLED_NAME.to_string(), BUNDLED_CONFIG.to_string()),
+        };
+        Self::parse(&text, &file)
+    }
+
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+            file: file.into(),
+            path: "<syntax>".into(),
+            message: e.message().to_string(),
+        })?;
+        let mut cfg: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+                file: file.into(),
+                path: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            })?;
+        cfg.file = file.to_string();
+        Ok(cfg)
+    }
+
+    /// Semantic checks against the classifier's label sets; errors name the TOML path.
+    pub fn validate(&self, intents: &[String], domains: &[String]) -> Result<(), ConfigError> {
+        self.check(intents, domains)
+            .map_err(|(path, message)| ConfigError::Invalid {
+                file: self.file.clone(),
+                path,
+                message,
+            })
+    }
+
+    fn check(&self, intents: &[String], domains: &[String]) -> Result<(), (String, String)> {
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let p = |k: &str| format!("backends[{i}].{k}");
+            if !names.insert(b.name.as_str()) {
+                return Err((p("name"), format!("duplicate backend name {:?}", b.name)));
+            }
+            if b.provider != "openai_compatible" {
+                return Err((
+                    p("provider"),
+                    format!(
+                        "unknown provider {:?}; expected \"openai_compatible\"",
+                        b.provider
+                    ),
+                ));
+            }
+            for (k, v) in [
+                ("input_price_per_mtok", b.input_price_per_mtok),
+                ("output_price_per_mtok", b.output_price_per_mtok),
+                ("latency_ms", b.latency_ms),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err((p(k), format!("must be ≥ 0, found {v}")));
+                }
+            }
+            if !b.quality.contains_key("default") {
+                return Err((p("quality"), "needs a `default` entry".into()));
+            }
+            for (k, q) in &b.quality {
+                if k != "default" && !intents.contains(k) {
+                    return Err((
+                        format!("{}.{k}", p("quality")),
+                        format!("unknown intent {k:?}; the classifier knows {intents:?}"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(q) {
+                    return Err((
+                        format!("{}.{k}", p("quality")),
+                        format!("must be in [0, 1], found {q}"),
+                    ));
+                }
+            }
+            for (k, q) in &b.domain_quality {
+                if !domains.contains(k) {
+                    return Err((
+                        format!("{}.{k}", p("domain_quality")),
+                        format!("unknown domain {k:?}; the classifier knows {domains:?}"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(q) {
+                    return Err((
+                        format!("{}.{k}", p("domain_quality")),
+                        format!("must be in [0, 1], found {q}"),
+                    ));
+                }
+            }
+            for (j, c) in b.capabilities.iter().enumerate() {
+                if !CAPABILITIES.contains(&c.as_str()) {
+                    return Err((
+                        format!("{}[{j}]", p("capabilities")),
+                        format!("unknown capability {c:?}; expected one of {CAPABILITIES:?}"),
+                    ));
+                }
+            }
+        }
+        if !self.policies.contains_key(&self.default_policy) {
+            return Err((
+                "default_policy".into(),
+                format!("no policy named {:?}", self.default_policy),
+            ));
+        }
+        for (name, pol) in &self.policies {
+            let p = format!("policies.{name}");
+            if !names.contains(pol.default_backend.as_str()) {
+                return Err((
+                    format!("{p}.default_backend"),
+                    format!("unknown backend {:?}", pol.default_backend),
+                ));
+            }
+            if !(0.0..=1.0).contains(&pol.trade_off) {
+                return Err((
+                    format!("{p}.trade_off"),
+                    format!("must be in [0, 1], found {}", pol.trade_off),
+                ));
+            }
+            check_rules(&pol.rules, &format!("{p}.rules"), &names, intents, domains)?;
+            if !pol.variants.is_empty() {
+                let total: f64 = pol.variants.iter().map(|v| v.percent).sum();
+                if (total - 100.0).abs() > 1e-6 {
+                    return Err((
+                        format!("{p}.variants"),
+                        format!("percentages must add up to 100, found {total}"),
+                    ));
+                }
+                for (i, v) in pol.variants.iter().enumerate() {
+                    if v.percent < 0.0 {
+                        return Err((
+                            format!("{p}.variants[{i}].percent"),
+                            format!("must be ≥ 0, found {}", v.percent),
+                        ));
+                    }
+                    check_rules(
+                        &v.rules,
+                        &format!("{p}.variants[{i}].rules"),
+                        &names,
+                        intents,
+                        domains,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rules(
+    rules: &[Rule],
+    at: &str,
+    names: &HashSet<&str>,
+    intents: &[String],
+    domains: &[String],
+) -> Result<(), (String, String)> {
+    for (i, r) in rules.iter().enumerate() {
+        if !names.contains(r.backend.as_str()) {
+            return Err((
+                format!("{at}[{i}].backend"),
+                format!("unknown backend {:?}", r.backend),
+            ));
+        }
+        if let Some(x) = &r.when.intent {
+            if !intents.contains(x) {
+                return Err((
+                    format!("{at}[{i}].when.intent"),
+                    format!("unknown intent {x:?}"),
+                ));
+            }
+        }
+        if let Some(x) = &r.when.domain {
+            if !domains.contains(x) {
+                return Err((
+                    format!("{at}[{i}].when.domain"),
+                    format!("unknown domain {x:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The routing engine, independent of transport: validate → classifier input → (cache) →
+//! embed → classify → rank. gRPC and HTTP both call `Engine::route`; neither re-implements it.
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use crate::classify::input::{classifier_input, Turn};
+use crate::classify::{Classifier, ClassifyError, Prediction};
+use crate::config::Config;
+use crate::embed::{EmbedError, Embedder};
+use crate::metrics::Metrics;
+use crate::policy::{self, Decision, Live, PolicyError, Preferences, RouteInput};
+
+/// Roles accepted in a conversation.
+pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// A transport-independent routing request.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRequest {
+    pub messages: Vec<(String, String)>,
+    pub prompt: String,
+    pub prefs: Preferences,
+    pub top_k: usize,
+    pub policy: String,
+    pub metadata: HashMap<String, String>,
+    pub request_key: String,
+}
+
+/// Errors of a routing request; `field` names the request field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{field}: {source}")]
+    Embed { field: String, source: EmbedError },
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+impl RouteError {
+    /// Label for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Embed { source, .. } => source.kind(),
+            Self::Classify(_) => "classify",
+            Self::Policy(PolicyError::UnknownPolicy(_)) => "invalid_argument",
+            Self::Policy(PolicyError::NoneQualifies(_)) => "no_backend",
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError::InvalidArgument {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Per-stage timings in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub queue_us: u64,
+    pub embed_us: u64,
+    pub classify_us: u64,
+    pub rank_us: u64,
+    pub total_us: u64,
+}
+
+/// The answer to a routing request.
+#[derive(Debug, Clone)]
+pub struct RouteOutcome {
+    pub decision_id: String,
+    pub prediction: Arc<Prediction>,
+    pub classifier_version: String,
+    pub decision: Decision,
+    pub timings: Timings,
+    pub cache_hit: bool,
+}
+
+type CacheKey = (String, [u8; 16]);
+
+pub struct Engine {
+    pub embedder: Embedder,
+    pub classifier: ArcSwap<Classifier>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    cache: Option<Mutex<LruCache<CacheKey, Arc<Prediction>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        embedder: Embedder,
+        classifier: Classifier,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache =
+            NonZeroUsize::new(config.server.cache_entries).map(|n| Mutex::new(LruCache::new(n)));
+        Self {
+            embedder,
+            classifier: ArcSwap::from_pointee(classifier),
+            config,
+            metrics,
+            cache,
+        }
+    }
+
+    /// Drops every cached classification (after a classifier swap).
+    pub fn clear_cache(&self) {
+        if let Some(c) = &self.cache {
+            c.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
+        let s = &self.config.server;
+        if req.messages.len() > s.max_messages {
+            return Err(invalid(
+                "messages",
+                format!(
+                    "{} messages, over the limit of {}",
+                    req.messages.len(),
+                    s.max_messages
+                ),
+            ));
+        }
+        let mut bytes = req.prompt.len();
+        for (i, (role, content)) in req.messages.iter().enumerate() {
+            if !ROLES.contains(&role.as_str()) {
+                return Err(invalid(
+                    format!("messages[{i}].role"),
+                    format!("unknown role {role:?}; expected one of {ROLES:?}"),
+                ));
+            }
+            bytes += content.len();
+        }
+        if bytes > s.max_prompt_bytes {
+            return Err(invalid(
+                if req.messages.is_empty() {
+                    "prompt"
+                } else {
+                    "messages"
+                },
+                format!(
+                    "{bytes} bytes, over the limit of {} bytes (server.max_prompt_bytes)",
+                    s.max_prompt_bytes
+                ),
+            ));
+        }
+        let p = &req.prefs;
+        if let Some(t) = p.trade_off {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(invalid(
+                    "preferences.trade_off",
+                    format!("must be in [0, 1], found {t}"),
+                ));
+            }
+        }
+        if let Some(c) = p.max_cost_usd {
+            if !(c >= 0.0) {
+                return Err(invalid(
+                    "preferences.max_cost_usd",
+                    format!("must be ≥ 0, found {c}"),
+                ));
+            }
+        }
+        for (field, list) in [
+            ("preferences.allow_backends", &p.allow),
+            ("preferences.deny_backends", &p.deny),
+        ] {
+            for (i, name) in list.iter().enumerate() {
+                if !self.config.backends.iter().any(|b| &b.name == name) {
+                    return Err(invalid(
+                        format!("{field}[{i}]"),
+                        format!("unknown backend {name:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, c) in p.required_capabilities.iter().enumerate() {
+            if !crate::config::CAPABILITIES.contains(&c.as_str()) {
+                return Err(invalid(
+                    format!("preferences.required_capabilities[{i}]"),
+                    format!("unknown capability {c:?}"),
+                ));
+            }
+        }
+        if !req.policy.is_empty() && !self.config.policies.contains_key(&req.policy) {
+            return Err(invalid(
+                "policy",
+                format!("unknown policy {:?}", req.policy),
+            ));
+        }
+        let text = if req.messages.is_empty() {
+            if req.prompt.trim().is_empty() {
+                return Err(invalid(
+                    "messages",
+                    "empty conversation: give `messages` with a user turn, or `prompt`",
+                ));
+            }
+            req.prompt.trim().to_string()
+        } else {
+            if !req.prompt.is_empty() {
+                return Err(invalid(
+                    "prompt",
+                    "give either `messages` or `prompt`, not both",
+                ));
+            }
+            let turns: Vec<Turn<'_>> = req
+                .messages
+                .iter()
+                .map(|(r, c)| Turn {
+                    role: r,
+                    content: c,
+                })
+                .collect();
+            classifier_input(&turns).ok_or_else(|| invalid("messages", "no non-empty user turn"))?
+        };
+        Ok(text)
+    }
+
+    /// Classifies `text` with the live classifier, through the cache.
+    async fn classify(
+        &self,
+        text: &str,
+        timings: &mut Timings,
+    ) -> Result<(Arc<Prediction>, String, bool), RouteError> {
+        let classifier = self.classifier.load_full();
+        let version = classifier.version().to_string();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
+        let key = (version.clone(), key);
+        if let Some(c) = &self.cache {
+            if let Some(p) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                self.metrics.cache.with_label_values(&["hit"]).inc();
+                return Ok((p.clone(), version, true));
+            }
+            self.metrics.cache.with_label_values(&["miss"]).inc();
+        }
+        let field = "messages";
+        let e = self
+            .embedder
+            .embed(text)
+            .await
+            .map_err(|source| RouteError::Embed {
+                field: field.into(),
+                source,
+            })?;
+        timings.queue_us = e.queue_us;
+        timings.embed_us = e.embed_us;
+        self.metrics.batch_size.observe(e.batch_size as f64);
+        let t = Instant::now();
+        let p = Arc::new(classifier.predict(
+            &e.vector,
+            e.tokens,
+            self.config.server.abstain_threshold,
+        )?);
+        timings.classify_us = t.elapsed().as_micros() as u64;
+        if let Some(c) = &self.cache {
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(key, p.clone());
+        }
+        Ok((p, version, false))
+    }
+
+    /// Routes one request.
+    pub async fn route(
+        &self,
+        req: &RouteRequest,
+        live: &(dyn Fn(&str) -> Live + Sync),
+    ) -> Result<RouteOutcome, RouteError> {
+        let start = Instant::now();
+        let text = self.validate(req)?;
+        let mut timings = Timings::default();
+        let (prediction, classifier_version, cache_hit) =
+            self.classify(&text, &mut timings).await?;
+        let t = Instant::now();
+        let all_text: String = if req.messages.is_empty() {
+            req.prompt.clone()
+        } else {
+            req.messages
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let prompt_tokens = self.embedder.tokenizer().count_tokens(&all_text) as u32;
+        let input = RouteInput {
+            prediction: &prediction,
+            prompt_tokens,
+            prefs: &req.prefs,
+            metadata: &req.metadata,
+            request_key: &req.request_key,
+        };
+        let mut decision = policy::rank(&self.config, &req.policy, &input, live)?;
+        if req.top_k > 0 {
+            decision.ranked.truncate(req.top_k);
+        }
+        timings.rank_us = t.elapsed().as_micros() as u64;
+        timings.total_us = start.elapsed().as_micros() as u64;
+        self.observe(&prediction, &decision, &timings, cache_hit);
+        Ok(RouteOutcome {
+            decision_id: new_id(),
+            prediction,
+            classifier_version,
+            decision,
+            timings,
+            cache_hit,
+        })
+    }
+
+    fn observe(&self, p: &Prediction, d: &Decision, t: &Timings, cache_hit: bool) {
+        let m = &self.metrics;
+        let top = d.ranked.first().map(|r| r.name.as_str()).unwrap_or("");
+        m.decisions
+            .with_label_values(&[
+                p.intent.as_str(),
+                p.domain.as_str(),
+                top,
+                d.variant.as_str(),
+            ])
+            .inc();
+        if p.abstained {
+            m.abstains.inc();
+        }
+        if !cache_hit {
+            m.stage_seconds
+                .with_label_values(&["queue"])
+                .observe(t.queue_us as f64 / 1e6);
+            m.stage_seconds
+                .with_label_values(&["embed"])
+                .observe(t.embed_us as f64 / 1e6);
+            m.stage_seconds
+                .with_label_values(&["classify"])
+                .observe(t.classify_us as f64 / 1e6);
+        }
+        m.stage_seconds
+            .with_label_values(&["rank"])
+            .observe(t.rank_us as f64 / 1e6);
+        m.stage_seconds
+            .with_label_values(&["total"])
+            .observe(t.total_us as f64 / 1e6);
+        m.queue_depth.set(self.embedder.queue_depth() as i64);
+    }
+}
+
+/// A random 128-bit id, hex.
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

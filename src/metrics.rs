@@ -1,0 +1,98 @@
+//! Prometheus metrics, all prefixed `switchboard_`, durations in seconds. One registry per
+//! service instance (tests run several servers in one process).
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The service's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub decisions: IntCounterVec,
+    pub stage_seconds: HistogramVec,
+    pub batch_size: prometheus::Histogram,
+    pub queue_depth: IntGauge,
+    pub abstains: prometheus::IntCounter,
+    pub errors: IntCounterVec,
+    pub cache: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> Result<T, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new_custom(Some("switchboard".into()), None)?;
+        let buckets = vec![
+            1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        Ok(Self {
+            decisions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "decisions_total",
+                        "Routing decisions by intent, domain, top backend and A/B variant",
+                    ),
+                    &["intent", "domain", "backend", "variant"],
+                )?,
+            )?,
+            stage_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("stage_seconds", "Latency per request stage")
+                        .buckets(buckets),
+                    &["stage"],
+                )?,
+            )?,
+            batch_size: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "encoder_batch_size",
+                        "Prompts per encoder batch seen by requests",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                )?,
+            )?,
+            queue_depth: reg(
+                &r,
+                IntGauge::new("encoder_queue_depth", "Prompts waiting for the encoder")?,
+            )?,
+            abstains: reg(
+                &r,
+                prometheus::IntCounter::new(
+                    "abstains_total",
+                    "Decisions where the classifier abstained",
+                )?,
+            )?,
+            errors: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("errors_total", "Failed requests by type"),
+                    &["type"],
+                )?,
+            )?,
+            cache: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("classification_cache_total", "Classification cache lookups"),
+                    &["result"],
+                )?,
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}

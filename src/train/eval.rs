@@ -1,0 +1,350 @@
+//! Evaluation of a classifier on labelled rows: accuracy, macro-F1, per-class P/R/F1,
+//! confusion, ECE, abstain, complexity MAE/Spearman, RouteLLM-style APGR and CPT(50%).
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::data::Row;
+use crate::classify::{Classifier, ClassifyError, Prediction};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassMetrics {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+/// Metrics of one categorical head.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelReport {
+    pub n: usize,
+    pub accuracy: f64,
+    /// Mean F1 over classes with at least `min_support` true rows.
+    pub macro_f1: f64,
+    pub min_support: usize,
+    pub per_class: Vec<ClassMetrics>,
+    pub labels: Vec<String>,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<usize>>,
+    pub ece: f64,
+    /// (mean confidence, accuracy, rows) per confidence bin of width 0.1.
+    pub reliability: Vec<(f64, f64, usize)>,
+    pub abstain_rate: f64,
+    pub accuracy_non_abstained: f64,
+}
+
+/// Everything `switchboard eval` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub intent: LabelReport,
+    pub intent_real: Option<LabelReport>,
+    pub domain: Option<LabelReport>,
+    pub complexity_n: usize,
+    pub complexity_mae: f64,
+    pub complexity_spearman: f64,
+    pub graded_n: usize,
+    pub apgr: f64,
+    pub cpt50: f64,
+    pub typo_robustness: Option<f64>,
+}
+
+impl EvalReport {
+    /// The numbers stored in the model card metadata.
+    pub fn headline(&self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        m.insert("intent_accuracy".into(), self.intent.accuracy);
+        m.insert("intent_macro_f1".into(), self.intent.macro_f1);
+        m.insert("intent_ece".into(), self.intent.ece);
+        m.insert("abstain_rate".into(), self.intent.abstain_rate);
+        if let Some(r) = &self.intent_real {
+            m.insert("real_intent_accuracy".into(), r.accuracy);
+            m.insert("real_intent_macro_f1".into(), r.macro_f1);
+            m.insert("real_intent_ece".into(), r.ece);
+        }
+        if let Some(d) = &self.domain {
+            m.insert("domain_accuracy".into(), d.accuracy);
+            m.insert("domain_macro_f1".into(), d.macro_f1);
+        }
+        m.insert("complexity_mae".into(), self.complexity_mae);
+        m.insert("complexity_spearman".into(), self.complexity_spearman);
+        m.insert("routing_apgr".into(), self.apgr);
+        m.insert("routing_cpt50".into(), self.cpt50);
+        if let Some(t) = self.typo_robustness {
+            m.insert("typo_robustness".into(), t);
+        }
+        m
+    }
+}
+
+/// Predicts every row (batched through the heads).
+pub fn predict_all(
+    c: &Classifier,
+    vecs: &[&(Vec<f32>, u32)],
+) -> Result<Vec<Prediction>, ClassifyError> {
+    let mut out = Vec::with_capacity(vecs.len());
+    for chunk in vecs.chunks(2048) {
+        let x: Vec<f32> = chunk
+            .iter()
+            .flat_map(|(v, t)| Classifier::features(v, *t as usize))
+            .collect();
+        let x = Tensor::from_vec(x, (chunk.len(), c.meta.inputs), &Device::Cpu)?;
+        out.extend(c.predict_features(&x, None)?);
+    }
+    Ok(out)
+}
+
+/// Metrics of a categorical head over (true label, prediction, confidence, abstained).
+pub fn label_report(
+    labels: &[String],
+    items: &[(usize, usize, f64, bool)],
+    min_support: usize,
+) -> LabelReport {
+    let k = labels.len();
+    let mut confusion = vec![vec![0usize; k]; k];
+    for &(t, p, _, _) in items {
+        confusion[t][p] += 1;
+    }
+    let n = items.len();
+    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class: Vec<ClassMetrics> = (0..k)
+        .map(|i| {
+            let tp = confusion[i][i] as f64;
+            let support: usize = confusion[i].iter().sum();
+            let predicted: usize = (0..k).map(|t| confusion[t][i]).sum();
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassMetrics {
+                label: labels[i].clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    let counted: Vec<f64> = per_class
+        .iter()
+        .filter(|c| c.support >= min_support.max(1))
+        .map(|c| c.f1)
+        .collect();
+    let macro_f1 = counted.iter().sum::<f64>() / counted.len().max(1) as f64;
+    let mut bins = vec![(0.0, 0.0, 0usize); 10];
+    for &(t, p, conf, _) in items {
+        let b = ((conf * 10.0) as usize).min(9);
+        bins[b].0 += conf;
+        bins[b].1 += f64::from(u8::from(t == p));
+        bins[b].2 += 1;
+    }
+    let ece = bins
+        .iter()
+        .map(|(c, a, m)| {
+            if *m > 0 {
+                (*m as f64 / n as f64) * (c / *m as f64 - a / *m as f64).abs()
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let reliability = bins
+        .iter()
+        .map(|(c, a, m)| {
+            if *m > 0 {
+                (c / *m as f64, a / *m as f64, *m)
+            } else {
+                (0.0, 0.0, 0)
+            }
+        })
+        .collect();
+    let kept: Vec<_> = items.iter().filter(|i| !i.3).collect();
+    LabelReport {
+        n,
+        accuracy: correct as f64 / n.max(1) as f64,
+        macro_f1,
+        min_support,
+        per_class,
+        labels: labels.to_vec(),
+        confusion,
+        ece,
+        reliability,
+        abstain_rate: (n - kept.len()) as f64 / n.max(1) as f64,
+        accuracy_non_abstained: kept.iter().filter(|i| i.0 == i.1).count() as f64
+            / kept.len().max(1) as f64,
+    }
+}
+
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            r[k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman rank correlation (average ranks for ties).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt().max(1e-12)
+}
+
+/// RouteLLM's APGR and CPT(50%) for a router that sends the highest-scoring rows to the strong
+/// model. Strong-call share swept over deciles; PGR = (perf − weak) / (strong − weak);
+/// APGR = trapezoid area under PGR over the share; CPT(50%) = smallest share reaching PGR 0.5.
+pub fn apgr(scores: &[f64], graded: &[(bool, bool)]) -> (f64, f64) {
+    let n = scores.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let perf = |k: usize| -> f64 {
+        let strong: usize = order[..k].iter().filter(|&&i| graded[i].1).count();
+        let weak: usize = order[k..].iter().filter(|&&i| graded[i].0).count();
+        (strong + weak) as f64 / n as f64
+    };
+    let (weak, strong) = (perf(0), perf(n));
+    let gap = (strong - weak).max(1e-12);
+    let pgr: Vec<f64> = (0..=10).map(|d| (perf(n * d / 10) - weak) / gap).collect();
+    let area = (0..10).map(|d| (pgr[d] + pgr[d + 1]) / 2.0 * 0.1).sum();
+    let cpt = (1..=10)
+        .find(|&d| pgr[d] >= 0.5)
+        .map(|d| {
+            let (x0, x1, y0, y1) = ((d - 1) as f64 / 10.0, d as f64 / 10.0, pgr[d - 1], pgr[d]);
+            x0 + (0.5 - y0) / (y1 - y0).max(1e-12) * (x1 - x0)
+        })
+        .unwrap_or(1.0);
+    (area, cpt)
+}
+
+/// Evaluates `c` on rows with precomputed embeddings.
+pub fn evaluate(
+    c: &Classifier,
+    rows: &[&Row],
+    vecs: &[&(Vec<f32>, u32)],
+) -> Result<EvalReport, ClassifyError> {
+    let preds = predict_all(c, vecs)?;
+    let lbl =
+        |labels: &[String], v: Option<&String>| v.and_then(|v| labels.iter().position(|l| l == v));
+    let intent_items = |real_only: bool| -> Vec<(usize, usize, f64, bool)> {
+        rows.iter()
+            .zip(&preds)
+            .filter(|(r, _)| !real_only || r.source == "sharegpt")
+            .filter_map(|(r, p)| {
+                let t = lbl(&c.meta.intent_labels, r.intent.as_ref())?;
+                let pi = lbl(&c.meta.intent_labels, Some(&p.intent))?;
+                Some((t, pi, p.confidence as f64, p.abstained))
+            })
+            .collect()
+    };
+    let intent = label_report(&c.meta.intent_labels, &intent_items(false), 1);
+    let real = intent_items(true);
+    let intent_real = (!real.is_empty()).then(|| label_report(&c.meta.intent_labels, &real, 10));
+    let dom: Vec<_> = rows
+        .iter()
+        .zip(&preds)
+        .filter_map(|(r, p)| {
+            let t = lbl(&c.meta.domain_labels, r.domain.as_ref())?;
+            let pi = lbl(&c.meta.domain_labels, Some(&p.domain))?;
+            let conf = p.domain_probs.get(pi).copied().unwrap_or(0.0) as f64;
+            Some((t, pi, conf, false))
+        })
+        .collect();
+    let domain = (!dom.is_empty()).then(|| label_report(&c.meta.domain_labels, &dom, 1));
+    let cx: Vec<(f64, f64)> = rows
+        .iter()
+        .zip(&preds)
+        .filter_map(|(r, p)| Some((r.complexity? as f64, p.complexity as f64)))
+        .collect();
+    let (truth, pred): (Vec<f64>, Vec<f64>) = cx.iter().cloned().unzip();
+    let graded: Vec<(f64, (bool, bool))> = rows
+        .iter()
+        .zip(&preds)
+        .filter_map(|(r, p)| Some((p.complexity as f64, r.graded?)))
+        .collect();
+    let (gs, gg): (Vec<f64>, Vec<(bool, bool)>) = graded.iter().cloned().unzip();
+    let (apgr, cpt50) = apgr(&gs, &gg);
+    Ok(EvalReport {
+        intent,
+        intent_real,
+        domain,
+        complexity_n: cx.len(),
+        complexity_mae: cx.iter().map(|(t, p)| (t - p).abs()).sum::<f64>() / cx.len().max(1) as f64,
+        complexity_spearman: spearman(&truth, &pred),
+        graded_n: gg.len(),
+        apgr,
+        cpt50,
+        typo_robustness: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apgr_of_perfect_and_inverse_routers() {
+        // Weak fails exactly where strong succeeds on the first half.
+        let graded: Vec<(bool, bool)> = (0..100).map(|i| (i >= 50, true)).collect();
+        let perfect: Vec<f64> = (0..100).map(|i| if i < 50 { 1.0 } else { 0.0 }).collect();
+        let inverse: Vec<f64> = perfect.iter().map(|v| 1.0 - v).collect();
+        let (a, cpt) = apgr(&perfect, &graded);
+        assert!(a > 0.7, "perfect router apgr {a}");
+        assert!(cpt <= 0.26, "cpt {cpt}");
+        let (b, _) = apgr(&inverse, &graded);
+        assert!(b < 0.3, "inverse router apgr {b}");
+    }
+
+    #[test]
+    fn spearman_of_monotone_and_reversed() {
+        let a = [1.0, 2.0, 3.0, 4.0];
+        assert!((spearman(&a, &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-9);
+        assert!((spearman(&a, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn label_report_counts() {
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let items = [
+            (0, 0, 0.9, false),
+            (0, 1, 0.6, false),
+            (1, 1, 0.8, false),
+            (1, 1, 0.3, true),
+        ];
+        let r = label_report(&labels, &items, 1);
+        assert!((r.accuracy - 0.75).abs() < 1e-9);
+        assert_eq!(r.confusion, vec![vec![1, 1], vec![0, 2]]);
+        assert!((r.abstain_rate - 0.25).abs() < 1e-9);
+        assert!((r.per_class[1].precision - 2.0 / 3.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,314 @@
+//! `switchboard train`: data → split → embeddings (cached) → heads → calibration → metrics →
+//! a new head folder. Progress goes to tracing; the caller decides how to show it.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use super::cache::{self, EmbeddingCache};
+use super::data::{self, DataError, Row};
+use super::eval::{self, EvalReport};
+use super::fit::{self, Dataset, EpochLog, FitConfig};
+use crate::classify::{
+    content_version, varmap_bytes, Classifier, ClassifierMeta, ClassifyError, EncoderRef,
+};
+use crate::embed::{EmbedError, Embedder};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    #[error("training failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("embedding cache: {0}")]
+    Cache(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub cache_dir: PathBuf,
+    pub dev_percent: u32,
+    /// Loss weight of real user prompts (`source == "sharegpt"`) relative to other rows.
+    pub real_prompt_weight: f32,
+    pub min_examples: usize,
+    pub abstain_threshold: f32,
+    /// Use at most this many rows (0 = all), taken in file order: for quick runs and tests.
+    pub limit: usize,
+    pub fit: FitConfig,
+}
+
+/// What a run produced.
+pub struct TrainOutcome {
+    pub classifier: Classifier,
+    pub dev_report: EvalReport,
+    pub history: Vec<EpochLog>,
+    pub embed_secs: f64,
+    pub embedded: usize,
+    pub fit_secs: f64,
+    pub train_rows: usize,
+    pub dev_rows: usize,
+}
+
+/// Embeds every row's text, through the cache; returns (embedding, tokens) per row.
+pub async fn embed_rows(
+    embedder: &Embedder,
+    rows: &[Row],
+    cache_dir: &std::path::Path,
+) -> Result<(Vec<(Vec<f32>, u32)>, usize), TrainError> {
+    let info = embedder.info();
+    let tok = embedder.tokenizer();
+    let identity = format!(
+        "{}-{}-{}",
+        &info.weights_sha256[..16],
+        tok.max_tokens(),
+        tok.truncation_name()
+    );
+    let mut c = EmbeddingCache::open(cache_dir, &identity, info.dim)?;
+    let missing: Vec<&Row> = {
+        let mut seen = std::collections::HashSet::new();
+        rows.iter()
+            .filter(|r| c.get(&cache::key(&r.text)).is_none() && seen.insert(cache::key(&r.text)))
+            .collect()
+    };
+    let total = missing.len();
+    tracing::info!(
+        cached = c.len(),
+        to_embed = total,
+        "embedding training rows"
+    );
+    let started = Instant::now();
+    for (i, chunk) in missing.chunks(512).enumerate() {
+        let texts: Vec<String> = chunk.iter().map(|r| r.text.clone()).collect();
+        let out = embedder.embed_many(&texts).await?;
+        let entries = chunk
+            .iter()
+            .zip(out)
+            .map(|(r, e)| (cache::key(&r.text), (e.vector, e.tokens as u32)))
+            .collect();
+        c.extend(entries)?;
+        let done = ((i + 1) * 512).min(total);
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        tracing::info!(
+            done,
+            total,
+            prompts_per_s = format!("{rate:.1}"),
+            "embedding"
+        );
+    }
+    let vectors = rows
+        .iter()
+        .map(|r| {
+            c.get(&cache::key(&r.text))
+                .cloned()
+                .ok_or_else(|| TrainError::Invalid(format!("{}: not embedded", r.origin)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((vectors, total))
+}
+
+fn index_of(labels: &[String], v: Option<&String>) -> Option<usize> {
+    v.and_then(|v| labels.iter().position(|l| l == v))
+}
+
+/// Builds the feature dataset of `rows`.
+pub fn dataset(
+    rows: &[&Row],
+    vectors: &[&(Vec<f32>, u32)],
+    intents: &[String],
+    domains: &[String],
+    real_weight: f32,
+) -> Dataset {
+    let dim =
+        vectors.first().map(|v| v.0.len()).unwrap_or(0) + crate::classify::heads::EXTRA_FEATURES;
+    let mut d = Dataset {
+        dim,
+        ..Default::default()
+    };
+    for (r, (v, tokens)) in rows.iter().zip(vectors) {
+        d.x.extend(Classifier::features(v, *tokens as usize));
+        let i = index_of(intents, r.intent.as_ref());
+        d.intent.push(i.unwrap_or(0) as u32);
+        d.intent_mask.push(if i.is_some() { 1.0 } else { 0.0 });
+        let dm = index_of(domains, r.domain.as_ref());
+        d.domain.push(dm.unwrap_or(0) as u32);
+        d.domain_mask.push(if dm.is_some() { 1.0 } else { 0.0 });
+        d.complexity.push(r.complexity.unwrap_or(0.0));
+        d.complexity_mask
+            .push(if r.complexity.is_some() { 1.0 } else { 0.0 });
+        d.weight.push(if r.source == "sharegpt" {
+            real_weight
+        } else {
+            1.0
+        });
+    }
+    d
+}
+
+/// Reads and checks the data files: bad lines are logged with file:line and skipped.
+pub fn load_rows(cfg: &TrainConfig) -> Result<Vec<Row>, TrainError> {
+    let (mut rows, bad) = data::read_all(&cfg.data)?;
+    for b in &bad {
+        tracing::warn!("skipped: {b}");
+    }
+    if cfg.limit > 0 {
+        rows.truncate(cfg.limit);
+    }
+    Ok(rows)
+}
+
+/// Runs the whole pipeline and writes the head folder to `cfg.out`.
+pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
+    let rows = load_rows(cfg)?;
+    let (intents, rare_i) =
+        data::label_set(&rows, "intent", |r| r.intent.as_ref(), cfg.min_examples);
+    let (domains, rare_d) =
+        data::label_set(&rows, "domain", |r| r.domain.as_ref(), cfg.min_examples);
+    for e in rare_i.iter().chain(&rare_d) {
+        tracing::warn!("{e}");
+    }
+    if intents.len() < 2 || domains.is_empty() {
+        return Err(TrainError::Invalid(format!("need ≥ 2 intent labels and ≥ 1 domain label with ≥ {} rows each; found {intents:?} / {domains:?}", cfg.min_examples)));
+    }
+    let t0 = Instant::now();
+    let (vectors, embedded) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
+    let embed_secs = t0.elapsed().as_secs_f64();
+    let (mut tr, mut dv) = (Vec::new(), Vec::new());
+    for (r, v) in rows.iter().zip(&vectors) {
+        if data::is_dev(r, cfg.fit.seed, cfg.dev_percent) {
+            dv.push((r, v))
+        } else {
+            tr.push((r, v))
+        }
+    }
+    if tr.is_empty() || dv.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "split left {} train and {} dev rows",
+            tr.len(),
+            dv.len()
+        )));
+    }
+    let (tr_rows, tr_vecs): (Vec<&Row>, Vec<_>) = tr.into_iter().unzip();
+    let (dv_rows, dv_vecs): (Vec<&Row>, Vec<_>) = dv.into_iter().unzip();
+    let train_ds = dataset(
+        &tr_rows,
+        &tr_vecs,
+        &intents,
+        &domains,
+        cfg.real_prompt_weight,
+    );
+    let dev_ds = dataset(
+        &dv_rows,
+        &dv_vecs,
+        &intents,
+        &domains,
+        cfg.real_prompt_weight,
+    );
+    let t1 = Instant::now();
+    let fit_cfg = cfg.fit.clone();
+    let (n_i, n_d) = (intents.len(), domains.len());
+    let (tr2, dv2) = (train_ds.clone(), dev_ds.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        fit::fit(&tr2, &dv2, n_i, n_d, &fit_cfg, &mut |e| {
+            tracing::info!(
+                epoch = e.epoch,
+                train_loss = format!("{:.4}", e.train_loss),
+                dev_loss = format!("{:.4}", e.dev_loss),
+                dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
+                "epoch"
+            );
+        })
+    })
+    .await
+    .map_err(|e| TrainError::Invalid(e.to_string()))??;
+    // Calibrate on the dev split's raw logits.
+    let x = Tensor::from_vec(dev_ds.x.clone(), (dev_ds.len(), dev_ds.dim), &Device::Cpu)?;
+    let out = result.heads.forward(&x, None)?;
+    let labels = |mask: &[f32], y: &[u32]| {
+        mask.iter()
+            .zip(y)
+            .map(|(m, y)| (*m > 0.0).then_some(*y as usize))
+            .collect::<Vec<_>>()
+    };
+    let t_int = fit::fit_temperature(
+        &out.intent.to_vec2()?,
+        &labels(&dev_ds.intent_mask, &dev_ds.intent),
+    );
+    let t_dom = fit::fit_temperature(
+        &out.domain.to_vec2()?,
+        &labels(&dev_ds.domain_mask, &dev_ds.domain),
+    );
+    let fit_secs = t1.elapsed().as_secs_f64();
+    let info = embedder.info();
+    let mut training = BTreeMap::new();
+    training.insert(
+        "data".into(),
+        serde_json::json!(cfg
+            .data
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()),
+    );
+    training.insert(
+        "data_sha256".into(),
+        serde_json::json!(data::data_sha256(&cfg.data)?),
+    );
+    training.insert(
+        "hyper_parameters".into(),
+        serde_json::to_value(&cfg.fit).map_err(|e| TrainError::Invalid(e.to_string()))?,
+    );
+    training.insert("best_epoch".into(), serde_json::json!(result.best_epoch));
+    training.insert("dev_percent".into(), serde_json::json!(cfg.dev_percent));
+    training.insert(
+        "real_prompt_weight".into(),
+        serde_json::json!(cfg.real_prompt_weight),
+    );
+    training.insert(
+        "max_tokens".into(),
+        serde_json::json!(embedder.tokenizer().max_tokens()),
+    );
+    let mut meta = ClassifierMeta {
+        format: 1,
+        version: String::new(),
+        encoder: EncoderRef {
+            name: info.name.clone(),
+            sha256: info.weights_sha256.clone(),
+        },
+        intent_labels: intents,
+        domain_labels: domains,
+        inputs: train_ds.dim,
+        hidden: cfg.fit.hidden,
+        intent_temperature: t_int,
+        domain_temperature: t_dom,
+        abstain_threshold: cfg.abstain_threshold,
+        training,
+        metrics: BTreeMap::new(),
+    };
+    let weights = varmap_bytes(&result.varmap)?;
+    meta.version = content_version(&weights, &meta);
+    let classifier = Classifier::from_parts(meta.clone(), &weights, &cfg.out)?;
+    let dev_report = eval::evaluate(&classifier, &dv_rows, &dv_vecs)?;
+    meta.metrics = dev_report.headline();
+    Classifier::save_parts(&cfg.out, &meta, &weights)?;
+    let classifier = Classifier::from_parts(meta, &weights, &cfg.out)?;
+    Ok(TrainOutcome {
+        classifier,
+        dev_report,
+        history: result.history,
+        embed_secs,
+        embedded,
+        fit_secs,
+        train_rows: train_ds.len(),
+        dev_rows: dev_ds.len(),
+    })
+}
