@@ -165,7 +165,7 @@ impl Engine {
             }
         }
         if let Some(c) = p.max_cost_usd {
-            if !(c >= 0.0) {
+            if c.is_nan() || c < 0.0 {
                 return Err(invalid(
                     "preferences.max_cost_usd",
                     format!("must be ≥ 0, found {c}"),

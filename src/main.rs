@@ -76,6 +76,30 @@ enum Command {
     },
     /// Train the classifier heads on labelled JSONL and write a head folder.
     Train(TrainArgs),
+    /// Evaluate a head on labelled JSONL (by default the trainer's dev split).
+    Eval {
+        #[arg(long = "data", required = true, value_delimiter = ',')]
+        data: Vec<PathBuf>,
+        #[arg(long, default_value = "models/classifier")]
+        head: PathBuf,
+        #[arg(long, env = "SWITCHBOARD_CACHE_DIR", default_value = ".cache")]
+        cache_dir: PathBuf,
+        /// Evaluate every row instead of the dev split.
+        #[arg(long)]
+        all_rows: bool,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 15)]
+        dev_percent: u32,
+        /// Rows sampled for typo robustness (0 = skip).
+        #[arg(long, default_value_t = 1000)]
+        typo_rows: usize,
+        /// Where report.json and the SVG charts go.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -85,6 +109,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// RouteDecision through the real gRPC server on loopback.
+    Route {
+        #[arg(long, default_value_t = 100)]
+        iterations: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
     /// Single-prompt latency and batched throughput of the encoder.
     Embed {
         #[arg(long, env = "SWITCHBOARD_BENCH_ITERATIONS", default_value_t = 100)]
@@ -244,8 +279,9 @@ fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
         | Command::Embed { encoder, .. }
         | Command::Route { encoder, .. } => Some(encoder),
         Command::Train(t) => Some(&t.encoder),
+        Command::Eval { encoder, .. } => Some(encoder),
         Command::Bench {
-            what: BenchCommand::Embed { encoder, .. },
+            what: BenchCommand::Embed { encoder, .. } | BenchCommand::Route { encoder, .. },
         } => Some(encoder),
     }
 }
@@ -268,7 +304,8 @@ fn init_tracing(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -375,6 +412,60 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 out.classifier.version()
             );
             println!("{}", switchboard::train::report::table(&out.dev_report));
+        }
+        Command::Eval {
+            data,
+            head,
+            cache_dir,
+            all_rows,
+            seed,
+            dev_percent,
+            typo_rows,
+            out_dir,
+            encoder,
+        } => {
+            let embedder = start(&encoder).await?;
+            let cfg = switchboard::train::evaluate::EvalConfig {
+                data,
+                head,
+                cache_dir,
+                dev_split: (!all_rows).then_some((seed, dev_percent)),
+                typo_rows,
+                typo_rate: 0.05,
+                out_dir,
+            };
+            let report = switchboard::train::evaluate::run(&embedder, &cfg).await?;
+            println!("{}", switchboard::train::report::table(&report));
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Route {
+                    iterations,
+                    concurrency,
+                    config,
+                    encoder,
+                },
+        } => {
+            let mut cfg = Config::read(config.as_deref())?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            let any: SocketAddr = "127.0.0.1:0".parse()?;
+            let bound = grpc::bind(ServeConfig {
+                grpc_addr: any,
+                http_addr: any,
+                config: cfg,
+            })
+            .await?;
+            let (addr, engine) = (bound.grpc_addr()?, bound.engine.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(grpc::run(bound, async {
+                let _ = rx.await;
+            }));
+            let report = switchboard::bench::route::route(engine, addr, iterations, concurrency)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            let _ = tx.send(());
+            server.await??;
         }
         Command::Bench {
             what:

@@ -1,65 +1,20 @@
 //! The real server on a real socket (port 0): health flips to SERVING after warm-up,
-//! reflection lists the services, and shutdown stops the server cleanly.
+//! reflection lists the services, /metrics answers, and shutdown stops the server cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::time::Duration;
-
-use switchboard::grpc::{self, ServeConfig};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reflection_and_shutdown() {
-    let cfg = ServeConfig {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        encoder: common::encoder_config(),
-    };
-    let bound = grpc::bind(&cfg).await.unwrap();
-    let addr = bound.local_addr().unwrap();
-    assert_ne!(addr.port(), 0);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grpc::run(bound, async {
-        let _ = stop_rx.await;
-    }));
-    let url = format!("http://{addr}");
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+async fn health_reflection_metrics_and_shutdown() {
+    let server = common::TestServer::start(common::bundled_config()).await;
+    assert_ne!(server.grpc.port(), 0);
 
-    // Readiness probe: poll until SERVING, bounded.
-    let mut health = HealthClient::new(channel.clone());
-    let req = || HealthCheckRequest {
-        service: "switchboard.v1.Router".into(),
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = health.check(req()).await.unwrap().into_inner().status;
-        if status == ServingStatus::Serving as i32 {
-            break;
-        }
-        assert_eq!(status, ServingStatus::NotServing as i32);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never became SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let mut reflection = ServerReflectionClient::new(server.channel.clone());
     let outbound = tokio_stream::iter(vec![ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -83,9 +38,24 @@ async fn health_reflection_and_shutdown() {
         "{names:?}"
     );
 
-    stop_tx.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), server)
+    // Plain HTTP/1.1 GET over a socket: /metrics is Prometheus text with our prefix.
+    let body = http_get(server.http, "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("switchboard_encoder_queue_depth"), "{body}");
+    assert!(http_get(server.http, "/readyz")
         .await
-        .expect("server stops");
-    result.unwrap().unwrap();
+        .starts_with("HTTP/1.1 200"));
+
+    server.stop().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

@@ -23,14 +23,9 @@ pub const WEIGHTS_FILE: &str = "heads.safetensors";
 pub enum ClassifyError {
     #[error("{path}: {message}")]
     Load { path: PathBuf, message: String },
-    #[error("classifier {path} was trained for encoder {want_name} (sha256 {want_sha}), but the live encoder is {have_name} (sha256 {have_sha})")]
-    EncoderMismatch {
-        path: PathBuf,
-        want_name: String,
-        want_sha: String,
-        have_name: String,
-        have_sha: String,
-    },
+    /// A head trained on another encoder; the message names both identities.
+    #[error("{0}")]
+    EncoderMismatch(String),
     #[error("embedding has {got} values, classifier expects {want}")]
     Dimension { got: usize, want: usize },
     #[error("classifier forward failed: {0}")]
@@ -116,13 +111,14 @@ impl Classifier {
         let meta: ClassifierMeta =
             serde_json::from_str(&text).map_err(|e| load_err(&meta_path, e))?;
         if meta.encoder.sha256 != encoder.weights_sha256 {
-            return Err(ClassifyError::EncoderMismatch {
-                path: dir.to_path_buf(),
-                want_name: meta.encoder.name.clone(),
-                want_sha: meta.encoder.sha256.clone(),
-                have_name: encoder.name.clone(),
-                have_sha: encoder.weights_sha256.clone(),
-            });
+            return Err(ClassifyError::EncoderMismatch(format!(
+                "classifier {} was trained for encoder {} (sha256 {}), but the live encoder is {} (sha256 {})",
+                dir.display(),
+                meta.encoder.name,
+                meta.encoder.sha256,
+                encoder.name,
+                encoder.weights_sha256
+            )));
         }
         if meta.inputs != encoder.dim + EXTRA_FEATURES {
             return Err(load_err(

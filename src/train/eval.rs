@@ -75,6 +75,8 @@ impl EvalReport {
         if let Some(t) = self.typo_robustness {
             m.insert("typo_robustness".into(), t);
         }
+        // Undefined metrics (no graded rows, say) are left out: JSON has no NaN.
+        m.retain(|_, v| v.is_finite());
         m
     }
 }

@@ -2,6 +2,7 @@
 pub mod cache;
 pub mod data;
 pub mod eval;
+pub mod evaluate;
 pub mod fit;
 pub mod report;
 pub mod run;

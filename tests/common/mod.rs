@@ -32,3 +32,95 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// A real server on 127.0.0.1 port 0 (gRPC and HTTP), ready (health SERVING) when returned.
+pub struct TestServer {
+    pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    pub channel: tonic::transport::Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::grpc::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: switchboard::config::Config) -> Self {
+        use switchboard::grpc::{self, ServeConfig};
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = grpc::bind(ServeConfig {
+            grpc_addr: any,
+            http_addr: any,
+            config,
+        })
+        .await
+        .expect("server binds");
+        let (grpc_addr, http) = (bound.grpc_addr().unwrap(), bound.http_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(grpc::run(bound, async {
+            let _ = rx.await;
+        }));
+        let url = format!("http://{grpc_addr}");
+        let channel = loop {
+            if let Ok(c) = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        wait_serving(channel.clone()).await;
+        Self {
+            grpc: grpc_addr,
+            http,
+            channel,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(20), h)
+                .await
+                .expect("server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// Polls gRPC health until SERVING (bounded).
+pub async fn wait_serving(channel: tonic::transport::Channel) {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let mut health = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let req = HealthCheckRequest {
+            service: "switchboard.v1.Router".into(),
+        };
+        let status = health.check(req).await.unwrap().into_inner().status;
+        if status == ServingStatus::Serving as i32 {
+            return;
+        }
+        assert_eq!(status, ServingStatus::NotServing as i32);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never became SERVING"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The bundled config with the test encoder settings.
+pub fn bundled_config() -> switchboard::config::Config {
+    let mut c = switchboard::config::Config::read(None).expect("bundled config parses");
+    c.encoder = encoder_config();
+    c
+}

@@ -1,0 +1,250 @@
+//! `switchboard bench route`: RouteDecision through the real gRPC server over loopback, beside
+//! the bare encoder forward and the encoder's own batched throughput measured in the same run.
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{prompt_of, Stats};
+use crate::classify::Prediction;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::policy::{self, Live, Preferences, RouteInput};
+use crate::proto::v1::router_client::RouterClient;
+use crate::proto::v1::RouteDecisionRequest;
+
+#[derive(Debug, Clone)]
+pub struct RouteReport {
+    pub iterations: usize,
+    pub c1: Stats,
+    pub bare_forward: Stats,
+    pub concurrency: usize,
+    pub cn_rps: f64,
+    pub cn: Stats,
+    pub embed_rps: f64,
+    pub rank50_us: Stats,
+    pub cache_hit: Stats,
+}
+
+impl fmt::Display for RouteReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "RouteDecision over loopback gRPC, 64-token prompts, each distinct (no cache hits), {} iterations", self.iterations)?;
+        writeln!(f, "concurrency 1   {}", self.c1)?;
+        writeln!(
+            f,
+            "bare forward    {}   p50 ratio {:.3}",
+            self.bare_forward,
+            self.c1.p50 / self.bare_forward.p50
+        )?;
+        writeln!(f, "concurrency {:<3} {:.1} req/s, {}; encoder alone on the same prompts {:.1} prompts/s (ratio {:.3})", self.concurrency, self.cn_rps, self.cn, self.embed_rps, self.cn_rps / self.embed_rps)?;
+        writeln!(
+            f,
+            "rank, 50-backend catalog: min {:.2} p50 {:.2} p99 {:.2} µs",
+            self.rank50_us.min * 1e3,
+            self.rank50_us.p50 * 1e3,
+            self.rank50_us.p99 * 1e3
+        )?;
+        writeln!(
+            f,
+            "cache hit (repeated prompt), end to end: {}",
+            self.cache_hit
+        )
+    }
+}
+
+fn bench_err(e: impl fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A catalog of `n` backends made by cycling the given config's backends.
+fn big_catalog(base: &Config, n: usize) -> Config {
+    let mut cfg = base.clone();
+    cfg.backends = (0..n)
+        .map(|i| {
+            let mut b = base.backends[i % base.backends.len()].clone();
+            b.name = format!("{}-{i}", b.name);
+            b.input_price_per_mtok *= 1.0 + (i as f64) / 100.0;
+            b
+        })
+        .collect();
+    let first = cfg.backends[0].name.clone();
+    for p in cfg.policies.values_mut() {
+        p.default_backend = first.clone();
+        p.rules.clear();
+        p.variants.clear();
+    }
+    cfg
+}
+
+fn rank_bench(cfg: &Config, p: &Prediction) -> Stats {
+    let big = big_catalog(cfg, 50);
+    let prefs = Preferences {
+        expected_output_tokens: 256,
+        ..Default::default()
+    };
+    let meta = HashMap::new();
+    let input = RouteInput {
+        prediction: p,
+        prompt_tokens: 64,
+        prefs: &prefs,
+        metadata: &meta,
+        request_key: "bench",
+    };
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let start = Instant::now();
+        let d = policy::rank(&big, "", &input, &|_| Live::default());
+        std::hint::black_box(d.is_ok());
+        samples.push(start.elapsed());
+    }
+    Stats::from(&mut samples)
+}
+
+/// Runs the route benchmark against a server listening on `addr`, backed by `engine`.
+pub async fn route(
+    engine: Arc<Engine>,
+    addr: std::net::SocketAddr,
+    iterations: usize,
+    concurrency: usize,
+) -> Result<RouteReport, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(bench_err)?
+        .connect()
+        .await
+        .map_err(bench_err)?;
+    let mut client = RouterClient::new(channel.clone());
+    let req = |text: String| RouteDecisionRequest {
+        prompt: text,
+        ..Default::default()
+    };
+    let embedder = engine.embedder.clone();
+    let prompts: Vec<String> = (0..iterations + 1)
+        .map(|i| prompt_of(&embedder, 64, 1000 + i))
+        .collect();
+    client
+        .route_decision(req(prompts[iterations].clone()))
+        .await
+        .map_err(bench_err)?;
+    let (mut c1, mut bare) = (Vec::new(), Vec::new());
+    let model = embedder.model();
+    for p in &prompts[..iterations] {
+        let start = Instant::now();
+        client
+            .route_decision(req(p.clone()))
+            .await
+            .map_err(bench_err)?;
+        c1.push(start.elapsed());
+        let ids = embedder.tokenizer().encode(p).map_err(bench_err)?.ids;
+        let m = model.clone();
+        let d = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
+            let (t, mask) = m.batch_tensors(&[&ids]).map_err(bench_err)?;
+            let s = Instant::now();
+            std::hint::black_box(
+                m.bert()
+                    .forward(&t, &mask, crate::embed::bert::Mode::Inference)
+                    .map_err(bench_err)?,
+            );
+            Ok(s.elapsed())
+        })
+        .await
+        .map_err(bench_err)??;
+        bare.push(d);
+    }
+    // Closed loop at `concurrency`: distinct 32-token prompts, each sent once.
+    let load: Vec<String> = (0..concurrency * 12)
+        .map(|i| prompt_of(&embedder, 32, 50_000 + i))
+        .collect();
+    let (cn_rps, mut cn) = closed_loop(&load, concurrency, |p| {
+        let mut c = RouterClient::new(channel.clone());
+        async move {
+            c.route_decision(RouteDecisionRequest {
+                prompt: p,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(bench_err)
+        }
+    })
+    .await?;
+    let embed_load: Vec<String> = (0..concurrency * 12)
+        .map(|i| prompt_of(&embedder, 32, 90_000 + i))
+        .collect();
+    let (embed_rps, _) = closed_loop(&embed_load, concurrency, |p| {
+        let e = embedder.clone();
+        async move { e.embed(&p).await.map(|_| ()).map_err(bench_err) }
+    })
+    .await?;
+    let probe = engine
+        .route(
+            &crate::engine::RouteRequest {
+                prompt: "probe".into(),
+                ..Default::default()
+            },
+            &|_| Live::default(),
+        )
+        .await
+        .map_err(bench_err)?;
+    let rank50_us = rank_bench(&engine.config, &probe.prediction);
+    let mut hits = Vec::new();
+    let same = prompts[0].clone();
+    for _ in 0..iterations.max(50) {
+        let start = Instant::now();
+        client
+            .route_decision(req(same.clone()))
+            .await
+            .map_err(bench_err)?;
+        hits.push(start.elapsed());
+    }
+    Ok(RouteReport {
+        iterations,
+        c1: Stats::from(&mut c1),
+        bare_forward: Stats::from(&mut bare),
+        concurrency,
+        cn_rps,
+        cn: Stats::from(&mut cn),
+        embed_rps,
+        rank50_us,
+        cache_hit: Stats::from(&mut hits),
+    })
+}
+
+/// `concurrency` workers take items from `items` until none are left; returns (items/s, latencies).
+async fn closed_loop<F, Fut>(
+    items: &[String],
+    concurrency: usize,
+    call: F,
+) -> Result<(f64, Vec<Duration>), String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let queue = Arc::new(std::sync::Mutex::new(items.to_vec()));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let q = queue.clone();
+        let mut futs = Vec::new();
+        // Pre-build this worker's calls so `call` need not be Send.
+        while let Some(p) = q.lock().map_err(bench_err)?.pop() {
+            futs.push(call(p));
+            if futs.len() * concurrency >= items.len() {
+                break;
+            }
+        }
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            for f in futs {
+                let s = Instant::now();
+                f.await?;
+                lat.push(s.elapsed());
+            }
+            Ok::<_, String>(lat)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.map_err(bench_err)??);
+    }
+    Ok((all.len() as f64 / start.elapsed().as_secs_f64(), all))
+}

@@ -1,0 +1,189 @@
+//! `switchboard eval`: a head against labelled rows (by default the dev split the trainer held
+//! out), with typo robustness, a JSON report and SVG charts.
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use super::data::{self, Row};
+use super::eval::{self, EvalReport};
+use super::report;
+use super::run::{embed_rows, TrainError};
+use crate::classify::Classifier;
+use crate::embed::Embedder;
+
+/// Settings of an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    pub data: Vec<PathBuf>,
+    pub head: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Evaluate only the dev split of this seed / share (as the trainer made it); None = all rows.
+    pub dev_split: Option<(u64, u32)>,
+    /// Rows used for the typo-robustness figure (0 = skip).
+    pub typo_rows: usize,
+    pub typo_rate: f64,
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Deterministic character noise: each character is, with probability `rate`, deleted,
+/// doubled, swapped with the next, or replaced by a random lowercase letter.
+pub fn typo_noise(text: &str, rate: f64, seed: u64) -> String {
+    let h = Sha256::digest(format!("{seed}:{text}").as_bytes());
+    let mut rng = StdRng::seed_from_u64(u64::from_le_bytes([
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+    ]));
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if rng.random::<f64>() >= rate {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        match rng.random_range(0..4) {
+            0 => {}
+            1 => {
+                out.push(c);
+                out.push(c);
+            }
+            2 if i + 1 < chars.len() => {
+                out.push(chars[i + 1]);
+                out.push(c);
+                i += 1;
+            }
+            _ => out.push(rng.random_range(b'a'..=b'z') as char),
+        }
+        i += 1;
+    }
+    if out.trim().is_empty() {
+        text.to_string()
+    } else {
+        out
+    }
+}
+
+/// Share of rows whose predicted intent survives `rate` character noise.
+pub async fn typo_robustness(
+    embedder: &Embedder,
+    c: &Classifier,
+    rows: &[&Row],
+    rate: f64,
+    cache_dir: &Path,
+) -> Result<f64, TrainError> {
+    let noisy: Vec<Row> = rows
+        .iter()
+        .map(|r| Row {
+            text: typo_noise(&r.text, rate, 1),
+            ..(*r).clone()
+        })
+        .collect();
+    let clean: Vec<Row> = rows.iter().map(|r| (*r).clone()).collect();
+    let (a, _) = embed_rows(embedder, &clean, cache_dir).await?;
+    let (b, _) = embed_rows(embedder, &noisy, cache_dir).await?;
+    let pa = eval::predict_all(c, &a.iter().collect::<Vec<_>>())?;
+    let pb = eval::predict_all(c, &b.iter().collect::<Vec<_>>())?;
+    let same = pa
+        .iter()
+        .zip(&pb)
+        .filter(|(x, y)| x.intent == y.intent)
+        .count();
+    Ok(same as f64 / rows.len().max(1) as f64)
+}
+
+/// Runs the evaluation; writes `report.json` and SVG charts when `out_dir` is set.
+pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, TrainError> {
+    let classifier = Classifier::load(&cfg.head, &embedder.info())?;
+    let (rows, bad) = data::read_all(&cfg.data)?;
+    for b in &bad {
+        tracing::warn!("skipped: {b}");
+    }
+    let rows: Vec<Row> = match cfg.dev_split {
+        Some((seed, pct)) => rows
+            .into_iter()
+            .filter(|r| data::is_dev(r, seed, pct))
+            .collect(),
+        None => rows,
+    };
+    let (vectors, _) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
+    let refs: Vec<&Row> = rows.iter().collect();
+    let vrefs: Vec<_> = vectors.iter().collect();
+    let mut report = eval::evaluate(&classifier, &refs, &vrefs)?;
+    if let Some(step) = refs.len().checked_div(cfg.typo_rows) {
+        // Spread the sample over the whole set (every k-th row), deterministic.
+        let step = step.max(1);
+        let sample: Vec<&Row> = refs
+            .iter()
+            .step_by(step)
+            .take(cfg.typo_rows)
+            .copied()
+            .collect();
+        report.typo_robustness = Some(
+            typo_robustness(
+                embedder,
+                &classifier,
+                &sample,
+                cfg.typo_rate,
+                &cfg.cache_dir,
+            )
+            .await?,
+        );
+    }
+    if let Some(dir) = &cfg.out_dir {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        std::fs::write(dir.join("report.json"), json + "\n")?;
+        std::fs::write(
+            dir.join("confusion_intent.svg"),
+            report::confusion_svg(&report.intent, "intent: all dev rows"),
+        )?;
+        std::fs::write(
+            dir.join("reliability_intent.svg"),
+            report::reliability_svg(&report.intent, "intent reliability"),
+        )?;
+        if let Some(real) = &report.intent_real {
+            std::fs::write(
+                dir.join("confusion_intent_real.svg"),
+                report::confusion_svg(real, "intent: real user prompts (sharegpt)"),
+            )?;
+            std::fs::write(
+                dir.join("reliability_intent_real.svg"),
+                report::reliability_svg(real, "intent reliability, real prompts"),
+            )?;
+        }
+        if let Some(d) = &report.domain {
+            std::fs::write(
+                dir.join("confusion_domain.svg"),
+                report::confusion_svg(d, "domain"),
+            )?;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_deterministic_and_touches_about_the_rate() {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+        let a = typo_noise(&text, 0.05, 1);
+        assert_eq!(a, typo_noise(&text, 0.05, 1));
+        assert_ne!(a, text);
+        let differing = a
+            .chars()
+            .zip(text.chars())
+            .take_while(|(x, y)| x == y)
+            .count();
+        assert!(
+            differing < 200,
+            "noise should start early in a 1,800-char text"
+        );
+        assert_eq!(typo_noise(&text, 0.0, 1), text);
+    }
+}

@@ -1,0 +1,186 @@
+//! Training on a small real slice (seconds): beats the majority baseline, is deterministic
+//! under a seed, round-trips through its files, and refuses foreign or malformed heads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use switchboard::classify::{Classifier, ClassifyError, META_FILE, WEIGHTS_FILE};
+use switchboard::embed::Embedder;
+use switchboard::train::data::{self, DataError};
+use switchboard::train::fit::FitConfig;
+use switchboard::train::run::{self, TrainConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    assert!(p.is_file(), "missing fixture {}", p.display());
+    p
+}
+
+fn config(out: &Path, cache: &Path) -> TrainConfig {
+    TrainConfig {
+        data: vec![fixture("train_slice.jsonl")],
+        out: out.to_path_buf(),
+        cache_dir: cache.to_path_buf(),
+        dev_percent: 25,
+        real_prompt_weight: 3.0,
+        min_examples: 10,
+        abstain_threshold: 0.4,
+        limit: 0,
+        fit: FitConfig {
+            hidden: 64,
+            max_epochs: 40,
+            patience: 5,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            batch_size: 32,
+            dropout: 0.1,
+            seed: 11,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
+    let embedder: Embedder = common::embedder(&common::encoder_config());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let first = run::train(&embedder, &config(&a, &cache)).await.unwrap();
+    assert!(first.embedded > 300, "first run embeds the slice");
+    // Rare labels (< 10 rows) are left out, not fatal.
+    let labels = &first.classifier.meta.intent_labels;
+    assert!(
+        !labels.contains(&"translation".to_string()) && labels.contains(&"code".to_string()),
+        "{labels:?}"
+    );
+
+    // Majority baseline on the dev split's intent labels.
+    let r = &first.dev_report.intent;
+    let majority = r
+        .confusion
+        .iter()
+        .map(|row| row.iter().sum::<usize>())
+        .max()
+        .unwrap() as f64
+        / r.n as f64;
+    assert!(r.n >= 40, "dev split too small: {}", r.n);
+    assert!(
+        r.accuracy > majority + 0.2,
+        "accuracy {} vs majority {majority}",
+        r.accuracy
+    );
+
+    // Same seed → identical weights, and the cache makes the second run embed nothing.
+    let second = run::train(&embedder, &config(&b, &cache)).await.unwrap();
+    assert_eq!(second.embedded, 0);
+    let (wa, wb) = (
+        std::fs::read(a.join(WEIGHTS_FILE)).unwrap(),
+        std::fs::read(b.join(WEIGHTS_FILE)).unwrap(),
+    );
+    assert!(wa == wb, "same seed gave different weights");
+    assert_eq!(first.classifier.version(), second.classifier.version());
+
+    // Save → load → same predictions.
+    let loaded = Classifier::load(&a, &embedder.info()).unwrap();
+    for text in [
+        "Write a Python function that reverses a list.",
+        "hello there, how are you?",
+        "Solve for x: 3x + 5 = 20",
+    ] {
+        let e = embedder.embed(text).await.unwrap();
+        let p1 = first.classifier.predict(&e.vector, e.tokens, None).unwrap();
+        let p2 = loaded.predict(&e.vector, e.tokens, None).unwrap();
+        assert_eq!(p1, p2);
+    }
+
+    // A head made for another encoder is refused with both identities in the message.
+    let meta_path = a.join(META_FILE);
+    let text = std::fs::read_to_string(&meta_path).unwrap();
+    let sha = embedder.info().weights_sha256;
+    std::fs::write(&meta_path, text.replace(&sha, &"0".repeat(64))).unwrap();
+    match Classifier::load(&a, &embedder.info()) {
+        Err(e @ ClassifyError::EncoderMismatch(_)) => {
+            assert!(e.to_string().contains(&sha), "{e}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("foreign head accepted"),
+    }
+
+    // A head whose weights do not match its declared shape is refused.
+    let text = std::fs::read_to_string(b.join(META_FILE)).unwrap();
+    std::fs::write(
+        b.join(META_FILE),
+        text.replace("\"hidden\": 64", "\"hidden\": 65"),
+    )
+    .unwrap();
+    let err = Classifier::load(&b, &embedder.info())
+        .err()
+        .expect("malformed head must fail");
+    assert!(err.to_string().contains("shape"), "{err}");
+}
+
+#[test]
+fn bad_rows_are_reported_with_file_and_line() {
+    let path = fixture("bad_rows.jsonl");
+    let (rows, bad) = data::read_jsonl(&path).unwrap();
+    assert_eq!(rows.len(), 2);
+    let lines: Vec<usize> = bad
+        .iter()
+        .map(|e| match e {
+            DataError::Line { line, .. } => *line,
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    assert_eq!(lines, vec![2, 3, 4, 5, 6]);
+    let msgs: Vec<String> = bad.iter().map(|e| e.to_string()).collect();
+    assert!(
+        msgs[0].contains("bad_rows.jsonl:2") && msgs[0].contains("malformed JSON"),
+        "{}",
+        msgs[0]
+    );
+    assert!(msgs[1].contains("missing `text`"), "{}", msgs[1]);
+    assert!(msgs[2].contains("`intent` must be a string"), "{}", msgs[2]);
+    assert!(msgs[3].contains("[0, 1]"), "{}", msgs[3]);
+    assert!(
+        msgs[4].contains("`complexity` must be a number"),
+        "{}",
+        msgs[4]
+    );
+}
+
+#[test]
+fn split_keeps_passages_and_conversations_on_one_side() {
+    let row = |id: &str, source: &str| data::Row {
+        id: id.into(),
+        text: "t".into(),
+        intent: None,
+        domain: None,
+        complexity: None,
+        source: source.into(),
+        graded: None,
+        origin: "x".into(),
+    };
+    // Every template rendering of P3 passage 17 shares a group; ShareGPT parts share one.
+    assert_eq!(
+        data::split_group(&row("p3-xsum_summarize_me-17", "p3-xsum")),
+        data::split_group(&row("p3-xsum_tldr-17", "p3-xsum"))
+    );
+    assert_eq!(
+        data::split_group(&row("sharegpt-abc_0", "sharegpt")),
+        data::split_group(&row("sharegpt-abc_3", "sharegpt"))
+    );
+    assert_ne!(
+        data::split_group(&row("gsm8k-test-1", "gsm8k")),
+        data::split_group(&row("gsm8k-test-2", "gsm8k"))
+    );
+    let a = row("p3-xsum_a-5", "p3-xsum");
+    let b = row("p3-xsum_b-5", "p3-xsum");
+    for seed in 0..20 {
+        assert_eq!(data::is_dev(&a, seed, 15), data::is_dev(&b, seed, 15));
+    }
+}

@@ -1,0 +1,219 @@
+//! RouteDecision end to end: the real server on port 0, the shipped classifier and the bundled
+//! catalog, called with the generated client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::proto::v1::{Message, Preferences, RouteDecisionRequest, RouteDecisionResponse};
+use tonic::Code;
+
+fn prompt(text: &str) -> RouteDecisionRequest {
+    RouteDecisionRequest {
+        prompt: text.into(),
+        ..Default::default()
+    }
+}
+
+async fn route(
+    c: &mut RouterClient<tonic::transport::Channel>,
+    req: RouteDecisionRequest,
+) -> RouteDecisionResponse {
+    c.route_decision(req).await.unwrap().into_inner()
+}
+
+fn top(r: &RouteDecisionResponse) -> &str {
+    &r.backends[0].name
+}
+
+const STRONG: &[&str] = &["gpt-4o", "claude-sonnet-4", "deepseek-reasoner"];
+const CHEAP: &[&str] = &["gpt-4o-mini", "llama-3.1-8b-local", "deepseek-chat"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_scenarios_bad_input_and_cache() {
+    let server = common::TestServer::start(common::bundled_config()).await;
+    let mut c = RouterClient::new(server.channel.clone());
+
+    // Ranking is ordered by score (pinned entries first), with reasons and a unique id.
+    let a = route(&mut c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
+    let b = route(&mut c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
+    assert_ne!(a.decision_id, b.decision_id);
+    assert!(!a.classifier_version.is_empty());
+    assert!(a.backends.len() >= 3);
+    for w in a.backends.windows(2) {
+        let pinned = |x: &switchboard::proto::v1::RankedBackend| {
+            x.reasons
+                .iter()
+                .any(|r| r.starts_with("pinned") || r.starts_with("policy default"))
+        };
+        assert!(pinned(&w[0]) || !pinned(&w[1]));
+        if pinned(&w[0]) == pinned(&w[1]) {
+            assert!(w[0].score >= w[1].score, "{} < {}", w[0].score, w[1].score);
+        }
+    }
+    assert!(a
+        .backends
+        .iter()
+        .all(|x| !x.reasons.is_empty() && x.estimated_cost_usd >= 0.0));
+    // The repeated prompt is answered from the classification cache: no embedding.
+    let t = b.timings.unwrap();
+    assert_eq!(
+        t.embed_us, 0,
+        "second identical prompt should hit the cache"
+    );
+    assert_eq!(a.classification, b.classification);
+
+    let legal = route(&mut c, prompt("My landlord kept my security deposit without giving reasons. Under tenancy law, can I sue him in small claims court, and what statute of limitations applies?")).await;
+    assert_eq!(legal.classification.as_ref().unwrap().domain, "law");
+    assert_eq!(top(&legal), "saul-7b-legal");
+
+    let easy = route(&mut c, prompt("what's the capital of France?")).await;
+    assert!(
+        CHEAP.contains(&top(&easy)),
+        "easy prompt went to {}",
+        top(&easy)
+    );
+
+    for hard in [
+        "Prove that for every prime p > 3, p^2 - 1 is divisible by 24, and then show that there are infinitely many primes of the form 4k + 3.",
+        "Refactor this multi-module Rust service: split the 3,000-line server.rs into transport, domain and storage crates, replace the global mutex with an actor per tenant, keep the public API stable, and make every change compile and pass the existing integration tests.",
+    ] {
+        let r = route(&mut c, prompt(hard)).await;
+        assert!(STRONG.contains(&top(&r)), "hard prompt went to {} (complexity {:?})", top(&r), r.classification.as_ref().map(|c| c.complexity));
+    }
+
+    // A short follow-up is classified with its conversation.
+    let follow = RouteDecisionRequest {
+        messages: vec![
+            Message { role: "user".into(), content: "Write a Python function that merges two sorted lists into one sorted list.".into() },
+            Message { role: "assistant".into(), content: "def merge(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n    return out + a[i:] + b[j:]".into() },
+            Message { role: "user".into(), content: "now do the same in Rust".into() },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        route(&mut c, follow).await.classification.unwrap().intent,
+        "code"
+    );
+
+    // Bad input: InvalidArgument naming the field; the server keeps serving.
+    let bad: Vec<(RouteDecisionRequest, &str)> = vec![
+        (RouteDecisionRequest::default(), "messages"),
+        (
+            RouteDecisionRequest {
+                messages: vec![Message {
+                    role: "wizard".into(),
+                    content: "hi".into(),
+                }],
+                ..Default::default()
+            },
+            "messages[0].role",
+        ),
+        (prompt(&"x".repeat(70_000)), "prompt"),
+        (
+            RouteDecisionRequest {
+                prompt: "hi".into(),
+                preferences: Some(Preferences {
+                    allow_backends: vec!["nope".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "preferences.allow_backends[0]",
+        ),
+        (
+            RouteDecisionRequest {
+                prompt: "hi".into(),
+                preferences: Some(Preferences {
+                    deny_backends: vec!["gpt-4o".into(), "ghost".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "preferences.deny_backends[1]",
+        ),
+        (
+            RouteDecisionRequest {
+                prompt: "hi".into(),
+                preferences: Some(Preferences {
+                    trade_off: Some(1.5),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "preferences.trade_off",
+        ),
+        (
+            RouteDecisionRequest {
+                prompt: "hi".into(),
+                preferences: Some(Preferences {
+                    max_cost_usd: Some(-1.0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "preferences.max_cost_usd",
+        ),
+        (
+            RouteDecisionRequest {
+                prompt: "hi".into(),
+                policy: "nope".into(),
+                ..Default::default()
+            },
+            "policy",
+        ),
+    ];
+    for (req, field) in bad {
+        let err = c.route_decision(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(field),
+            "message {:?} should name {field}",
+            err.message()
+        );
+    }
+    // No backend qualifies: FailedPrecondition with every backend's reason.
+    let req = RouteDecisionRequest {
+        prompt: "describe this photo".into(),
+        preferences: Some(Preferences {
+            required_capabilities: vec!["vision".into()],
+            max_cost_usd: Some(1e-9),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = c.route_decision(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("gpt-4o: estimated cost")
+            && err
+                .message()
+                .contains("saul-7b-legal: lacks capability vision"),
+        "{}",
+        err.message()
+    );
+    assert!(!route(&mut c, prompt("still serving?"))
+        .await
+        .backends
+        .is_empty());
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abstain_falls_back_to_the_policy_default() {
+    let mut cfg = common::bundled_config();
+    cfg.server.abstain_threshold = Some(0.999);
+    let default = cfg.policies[&cfg.default_policy].default_backend.clone();
+    let server = common::TestServer::start(cfg).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    let r = route(&mut c, prompt("hmm, interesting")).await;
+    assert!(r.classification.as_ref().unwrap().abstained);
+    assert_eq!(top(&r), default);
+    assert!(
+        r.backends[0].reasons[0].contains("abstained"),
+        "{:?}",
+        r.backends[0].reasons
+    );
+    server.stop().await;
+}
