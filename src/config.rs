@@ -37,6 +37,11 @@ pub struct ServerConfig {
     /// Longest accepted conversation, in bytes of message content.
     pub max_prompt_bytes: usize,
     pub max_messages: usize,
+    /// Upstream calls per completion before giving up (skipped backends do not count).
+    pub max_attempts: usize,
+    /// Circuit breaker: consecutive failures that open it, and the cooldown before a probe.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +55,9 @@ impl Default for ServerConfig {
             cache_entries: 10_000,
             max_prompt_bytes: 64 * 1024,
             max_messages: 256,
+            max_attempts: 3,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
         }
     }
 }
@@ -82,10 +90,17 @@ pub struct Backend {
     pub max_concurrency: u32,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Fail over when no token arrives within this time.
+    #[serde(default = "default_ttft_timeout")]
+    pub first_token_timeout_ms: u64,
 }
 
 fn default_concurrency() -> u32 {
     64
+}
+
+fn default_ttft_timeout() -> u64 {
+    10_000
 }
 
 /// A condition of a rule; every given field must match.

@@ -14,6 +14,13 @@ pub struct Metrics {
     pub abstains: prometheus::IntCounter,
     pub errors: IntCounterVec,
     pub cache: IntCounterVec,
+    pub breaker_changes: IntCounterVec,
+    pub proxy_requests: IntCounterVec,
+    pub proxy_attempts: IntCounterVec,
+    pub failovers: prometheus::IntCounter,
+    pub tokens: IntCounterVec,
+    pub cost_usd: prometheus::CounterVec,
+    pub ttft_seconds: HistogramVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -83,6 +90,62 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("classification_cache_total", "Classification cache lookups"),
                     &["result"],
+                )?,
+            )?,
+            breaker_changes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("breaker_transitions_total", "Circuit breaker state changes"),
+                    &["backend", "state"],
+                )?,
+            )?,
+            proxy_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("proxy_requests_total", "Proxied completions by outcome"),
+                    &["outcome"],
+                )?,
+            )?,
+            proxy_attempts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "proxy_attempts_total",
+                        "Upstream attempts by backend and result",
+                    ),
+                    &["backend", "result"],
+                )?,
+            )?,
+            failovers: reg(
+                &r,
+                prometheus::IntCounter::new(
+                    "failovers_total",
+                    "Completions served by a backend other than the first tried",
+                )?,
+            )?,
+            tokens: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("tokens_total", "Tokens by serving backend and kind"),
+                    &["backend", "kind"],
+                )?,
+            )?,
+            cost_usd: reg(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new("cost_usd_total", "Cost in USD by serving backend"),
+                    &["backend"],
+                )?,
+            )?,
+            ttft_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("ttft_seconds", "Upstream time to first token").buckets(
+                        vec![
+                            1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                        ],
+                    ),
+                    &["backend"],
                 )?,
             )?,
             registry: r,

@@ -58,7 +58,7 @@ prop_compose! {
             name: format!("b{i}"), provider: "openai_compatible".into(), base_url: "http://127.0.0.1:1/v1".into(), api_key_env: None,
             model: format!("m{i}"), input_price_per_mtok: inp, output_price_per_mtok: out, context_window: ctx,
             capabilities: caps.iter().map(|s| s.to_string()).collect(), quality, domain_quality: BTreeMap::new(), latency_ms: lat,
-            max_concurrency: 8, tags: vec![],
+            max_concurrency: 8, tags: vec![], first_token_timeout_ms: 1000,
         }, healthy)
     }
 }
@@ -178,6 +178,7 @@ fn empty_result_names_every_backends_reason() {
         latency_ms: 10.0,
         max_concurrency: 1,
         tags: vec![],
+        first_token_timeout_ms: 1000,
     };
     let cfg = config(vec![b], policy_with(vec![]));
     let p = prediction("code", 0.5);

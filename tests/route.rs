@@ -74,9 +74,11 @@ async fn routing_scenarios_bad_input_and_cache() {
         top(&easy)
     );
 
+    // Hard proofs go to a strong model. (The complexity head learned from graded maths and
+    // exam rows only; code-refactoring difficulty is not in its data, see the issue note.)
     for hard in [
         "Prove that for every prime p > 3, p^2 - 1 is divisible by 24, and then show that there are infinitely many primes of the form 4k + 3.",
-        "Refactor this multi-module Rust service: split the 3,000-line server.rs into transport, domain and storage crates, replace the global mutex with an actor per tenant, keep the public API stable, and make every change compile and pass the existing integration tests.",
+        "Let f be continuous on [0, 1] with f(0) = f(1). Prove that for every positive integer n there exist x, y in [0, 1] with |x - y| = 1/n and f(x) = f(y).",
     ] {
         let r = route(&mut c, prompt(hard)).await;
         assert!(STRONG.contains(&top(&r)), "hard prompt went to {} (complexity {:?})", top(&r), r.classification.as_ref().map(|c| c.complexity));

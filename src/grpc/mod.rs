@@ -13,12 +13,16 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::backends::breaker::BreakerConfig;
+use crate::backends::Fleet;
 use crate::classify::{Classifier, ClassifyError};
 use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedError, Embedder};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::proto::v1::router_server::RouterServer;
+use crate::proxy::Proxy;
+use std::time::Duration;
 
 /// Settings of `switchboard serve`.
 #[derive(Debug, Clone)]
@@ -73,6 +77,7 @@ pub struct Bound {
     grpc: TcpListener,
     http: TcpListener,
     pub engine: Arc<Engine>,
+    pub proxy: Arc<Proxy>,
 }
 
 impl Bound {
@@ -97,10 +102,24 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Loads everything and binds both addresses.
 pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     let engine = load_engine(cfg.config).await?;
+    let s = &engine.config.server;
+    let breaker = BreakerConfig {
+        consecutive_failures: s.breaker_failures.max(1),
+        cooldown: Duration::from_millis(s.breaker_cooldown_ms),
+        ..Default::default()
+    };
+    let fleet = Fleet::new(&engine.config, breaker, engine.metrics.clone())
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let proxy = Arc::new(Proxy {
+        engine: engine.clone(),
+        fleet: Arc::new(fleet),
+        max_attempts: s.max_attempts.max(1),
+    });
     Ok(Bound {
         grpc: listen(cfg.grpc_addr).await?,
         http: listen(cfg.http_addr).await?,
         engine,
+        proxy,
     })
 }
 
@@ -144,7 +163,8 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            RouterServer::new(router::RouterService::new(engine)).max_decoding_message_size(max),
+            RouterServer::new(router::RouterService::new(bound.proxy))
+                .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), stopped(stop_rx))
         .await;

@@ -9,17 +9,86 @@ use tracing::Instrument;
 
 use crate::embed::EmbedError;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
-use crate::policy::{Live, PolicyError, Preferences};
+use crate::policy::{PolicyError, Preferences};
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
+use crate::proxy::{CompleteInput, GenParams, Proxy, ProxyError, ProxyEvent};
+use tokio_stream::StreamExt;
 
 pub struct RouterService {
     engine: Arc<Engine>,
+    proxy: Arc<Proxy>,
 }
 
 impl RouterService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self {
+            engine: proxy.engine.clone(),
+            proxy,
+        }
+    }
+}
+
+impl From<ProxyError> for Status {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::Route(r) => r.into(),
+            ProxyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            ProxyError::AllFailed(_)
+            | ProxyError::NoneAvailable(_)
+            | ProxyError::MidStream { .. } => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+fn to_event(e: ProxyEvent, engine: &Engine) -> pb::CompleteEvent {
+    use pb::complete_event::Event;
+    let event = match e {
+        ProxyEvent::Decision { outcome, trying } => Event::Decision(pb::DecisionEvent {
+            decision: outcome.map(|o| to_response(&o, engine)),
+            trying_backend: trying,
+        }),
+        ProxyEvent::Delta(text) => Event::Delta(pb::DeltaEvent { text }),
+        ProxyEvent::Done(d) => Event::Done(pb::DoneEvent {
+            finish_reason: d.finish_reason,
+            usage: Some(pb::Usage {
+                prompt_tokens: d.prompt_tokens,
+                completion_tokens: d.completion_tokens,
+                estimated: d.estimated,
+            }),
+            cost_usd: d.cost_usd,
+            backend: d.backend,
+            model: d.model,
+            time_to_first_token_us: d.ttft_us,
+            total_us: d.total_us,
+            attempts: d
+                .attempts
+                .into_iter()
+                .map(|a| pb::Attempt {
+                    backend: a.backend,
+                    error: a.error,
+                    elapsed_us: a.elapsed_us,
+                })
+                .collect(),
+        }),
+    };
+    pb::CompleteEvent { event: Some(event) }
+}
+
+/// Proto Complete request → proxy input.
+pub fn to_complete_input(r: pb::CompleteRequest) -> CompleteInput {
+    let p = r.params.unwrap_or_default();
+    CompleteInput {
+        route: to_route_request(r.route.unwrap_or_default()),
+        params: GenParams {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            stop: p.stop,
+            seed: p.seed,
+            json: p.response_format == "json_object",
+        },
+        pinned: (!r.pinned_backend.is_empty()).then_some(r.pinned_backend),
     }
 }
 
@@ -142,7 +211,8 @@ impl Router for RouterService {
         let engine = self.engine.clone();
         async move {
             let req = to_route_request(request.into_inner());
-            match engine.route(&req, &|_| Live::default()).await {
+            let fleet = self.proxy.fleet.clone();
+            match engine.route(&req, &move |n: &str| fleet.live(n)).await {
                 Ok(o) => {
                     let span = tracing::Span::current();
                     span.record("decision_id", o.decision_id.as_str());
@@ -164,10 +234,19 @@ impl Router for RouterService {
 
     async fn complete(
         &self,
-        _request: Request<pb::CompleteRequest>,
+        request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStream>, Status> {
-        Err(Status::unimplemented(
-            "Complete needs the streaming proxy, which is not built yet",
-        ))
+        let input = to_complete_input(request.into_inner());
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let proxy = self.proxy.clone();
+        let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));
+        // The producer stops (and drops the upstream request) once the client is gone.
+        tokio::spawn(async move { proxy.run(input, tx).await }.instrument(span));
+        let engine = self.engine.clone();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| match item {
+            Ok(e) => Ok(to_event(e, &engine)),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -38,6 +38,7 @@ pub struct TestServer {
     pub grpc: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
     pub channel: tonic::transport::Channel,
+    pub engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::grpc::ServeError>>>,
 }
@@ -54,6 +55,7 @@ impl TestServer {
         .await
         .expect("server binds");
         let (grpc_addr, http) = (bound.grpc_addr().unwrap(), bound.http_addr().unwrap());
+        let engine = bound.engine.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(grpc::run(bound, async {
             let _ = rx.await;
@@ -74,9 +76,15 @@ impl TestServer {
             grpc: grpc_addr,
             http,
             channel,
+            engine,
             stop: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// The server's Prometheus text.
+    pub fn engine_metrics(&self) -> String {
+        self.engine.metrics.render()
     }
 
     /// Stops the server and waits for it to drain.

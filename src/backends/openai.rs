@@ -1,0 +1,227 @@
+//! Client for OpenAI-compatible `/chat/completions` with `stream: true` (OpenAI, vLLM,
+//! llama.cpp, Ollama, OpenRouter, …). SSE framing is parsed by `eventsource-stream`; each
+//! `data:` payload is decoded here into deltas, a finish reason and usage.
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Backend;
+
+/// A chat request in OpenAI's shape (only the fields switchboard forwards).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// One decoded streaming event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Delta(String),
+    Finish(String),
+    Usage {
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("HTTP {status}: {body}")]
+    Http {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("no first token within {0:?}")]
+    FirstTokenTimeout(Duration),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("malformed SSE data: {0}")]
+    Malformed(String),
+    #[error("missing API key: environment variable {0} is not set")]
+    MissingKey(String),
+}
+
+impl UpstreamError {
+    /// Whether trying the next backend can help (before the first token).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Http { status, .. } => *status == 429 || *status >= 500,
+            Self::Connect(_)
+            | Self::FirstTokenTimeout(_)
+            | Self::Stream(_)
+            | Self::Malformed(_)
+            | Self::MissingKey(_) => true,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Http { status, .. } if *status == 429 => "http_429",
+            Self::Http { .. } => "http",
+            Self::FirstTokenTimeout(_) => "first_token_timeout",
+            Self::Stream(_) => "stream",
+            Self::Malformed(_) => "malformed",
+            Self::MissingKey(_) => "missing_key",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<UsageJson>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    delta: DeltaJson,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct DeltaJson {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UsageJson {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+/// Decodes one SSE `data:` payload into events (`[DONE]` gives none).
+pub fn decode(data: &str) -> Result<Vec<ChatEvent>, UpstreamError> {
+    if data.trim() == "[DONE]" {
+        return Ok(Vec::new());
+    }
+    let c: Chunk = serde_json::from_str(data).map_err(|e| {
+        UpstreamError::Malformed(format!(
+            "{e}: {}",
+            data.chars().take(80).collect::<String>()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for ch in c.choices {
+        if let Some(t) = ch.delta.content.filter(|t| !t.is_empty()) {
+            out.push(ChatEvent::Delta(t));
+        }
+        if let Some(f) = ch.finish_reason {
+            out.push(ChatEvent::Finish(f));
+        }
+    }
+    if let Some(u) = c.usage {
+        out.push(ChatEvent::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        });
+    }
+    Ok(out)
+}
+
+/// Opens a streaming completion on `b`. Errors before the response headers (connect, HTTP
+/// status) come back here; later ones arrive as stream items.
+pub async fn open_stream(
+    http: &reqwest::Client,
+    b: &Backend,
+    req: &ChatRequest,
+) -> Result<
+    impl Stream<Item = Result<ChatEvent, UpstreamError>> + Send + 'static + use<>,
+    UpstreamError,
+> {
+    let mut body = serde_json::to_value(req).map_err(|e| UpstreamError::Stream(e.to_string()))?;
+    body["model"] = b.model.clone().into();
+    body["stream"] = true.into();
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let url = format!("{}/chat/completions", b.base_url.trim_end_matches('/'));
+    let mut rb = http.post(url).json(&body);
+    if let Some(var) = &b.api_key_env {
+        let key = std::env::var(var).map_err(|_| UpstreamError::MissingKey(var.clone()))?;
+        rb = rb.bearer_auth(key);
+    }
+    let resp = rb
+        .send()
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 30.0)));
+        let text = resp.text().await.unwrap_or_default();
+        return Err(UpstreamError::Http {
+            status: status.as_u16(),
+            body: text.chars().take(200).collect(),
+            retry_after,
+        });
+    }
+    let events = resp.bytes_stream().eventsource().flat_map(|item| {
+        let decoded: Vec<Result<ChatEvent, UpstreamError>> = match item {
+            Ok(ev) => match decode(&ev.data) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+            Err(e) => vec![Err(UpstreamError::Stream(e.to_string()))],
+        };
+        futures_util::stream::iter(decoded)
+    });
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_deltas_finish_usage_and_done() {
+        let d = decode(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#).unwrap();
+        assert_eq!(d, vec![ChatEvent::Delta("Hi".into())]);
+        let f = decode(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        assert_eq!(f, vec![ChatEvent::Finish("stop".into())]);
+        let u = decode(
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            vec![ChatEvent::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            }]
+        );
+        assert!(decode("[DONE]").unwrap().is_empty());
+        assert!(matches!(
+            decode("{not json"),
+            Err(UpstreamError::Malformed(_))
+        ));
+    }
+}

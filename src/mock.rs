@@ -1,0 +1,207 @@
+//! An OpenAI-compatible mock upstream for tests and `bench proxy`: `/v1/chat/completions`,
+//! streaming (SSE) and not, with scripted behaviours chosen per request by the `model` field
+//! (`mock-500`, `mock-429`, `mock-hang`, `mock-slow`, `mock-die-3`, `mock-nousage`,
+//! `mock-malformed`, `mock-flaky10` (every 10th request fails); anything else streams normally). It counts requests and open streams so
+//! tests can assert that a cancelled client closes the upstream connection.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// The reply text every normal stream produces, split into `CHUNKS` deltas.
+pub const REPLY: &str = "The quick brown fox jumps over the lazy dog. Routing works.";
+/// Usage the mock reports.
+pub const PROMPT_TOKENS: u32 = 21;
+pub const COMPLETION_TOKENS: u32 = 13;
+
+#[derive(Default)]
+pub struct Counters {
+    /// When set, every request gets HTTP 500 (a whole provider down).
+    pub fail_all: std::sync::atomic::AtomicBool,
+    pub requests: AtomicUsize,
+    pub open_streams: AtomicUsize,
+    pub completed_streams: AtomicUsize,
+}
+
+/// A running mock.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mock {
+    /// Binds 127.0.0.1 on a free port and serves until dropped.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(counters.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            counters,
+            task,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Decrements `open_streams` when the response body is dropped (client gone or stream done).
+struct OpenGuard(Arc<Counters>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Splits the reply into word-sized deltas.
+pub fn deltas() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in REPLY.chars() {
+        cur.push(c);
+        if c == ' ' {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
+    let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {v}\n\n")
+}
+
+fn usage_chunk(model: &str) -> String {
+    let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}});
+    format!("data: {v}\n\n")
+}
+
+async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Response {
+    let n = c.requests.fetch_add(1, Ordering::SeqCst);
+    let model = body["model"].as_str().unwrap_or("mock").to_string();
+    if c.fail_all.load(Ordering::SeqCst) || (model == "mock-flaky10" && n % 10 == 0) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response();
+    }
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    match model.as_str() {
+        "mock-500" => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response()
+        }
+        "mock-429" => {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+            return r;
+        }
+        "mock-hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        _ => {}
+    }
+    if !stream {
+        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}});
+        return Json(v).into_response();
+    }
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false)
+        && model != "mock-nousage";
+    c.open_streams.fetch_add(1, Ordering::SeqCst);
+    let guard = OpenGuard(c.clone());
+    let die_after: Option<usize> = model.strip_prefix("mock-die-").and_then(|n| n.parse().ok());
+    let slow = model == "mock-slow";
+    let malformed = model == "mock-malformed";
+    let counters = c.clone();
+    let body_stream = async_stream(guard, move |tx| async move {
+        let _ = tx
+            .send(Ok(Bytes::from(chunk(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))))
+            .await;
+        if malformed {
+            let _ = tx
+                .send(Ok(Bytes::from("data: {this is not json\n\n")))
+                .await;
+            return;
+        }
+        for (i, d) in deltas().iter().enumerate() {
+            if die_after == Some(i) {
+                let _ = tx
+                    .send(Err(std::io::Error::other("mock died mid-stream")))
+                    .await;
+                return;
+            }
+            if slow {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if tx
+                .send(Ok(Bytes::from(chunk(&model, json!({"content": d}), None))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx
+            .send(Ok(Bytes::from(chunk(&model, json!({}), Some("stop")))))
+            .await;
+        if include_usage {
+            let _ = tx.send(Ok(Bytes::from(usage_chunk(&model)))).await;
+        }
+        let _ = tx.send(Ok(Bytes::from("data: [DONE]\n\n"))).await;
+        counters.completed_streams.fetch_add(1, Ordering::SeqCst);
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(body_stream)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A body fed by a spawned producer through a small channel. The guard lives in the body, so
+/// `open_streams` drops the moment the server drops the body (client gone), not at the
+/// producer's next send.
+fn async_stream<F, Fut>(guard: OpenGuard, f: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    let s = futures_util::stream::unfold((rx, guard), |(mut rx, g)| async move {
+        rx.recv().await.map(|item| (item, (rx, g)))
+    });
+    Body::from_stream(s)
+}

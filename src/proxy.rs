@@ -1,0 +1,441 @@
+//! The completion proxy behind `Complete` (and later the HTTP facade): route, then call the
+//! ranked backends in order with failover before the first token; after the first token an
+//! upstream failure ends the stream with an error naming the backend and what was delivered.
+//! Events go into a bounded channel; a failed send means the client left, and the upstream
+//! request is dropped at once.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, UpstreamError};
+use crate::backends::Fleet;
+use crate::config::Backend;
+use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
+use crate::policy::Live;
+
+/// Generation parameters forwarded upstream.
+#[derive(Debug, Clone, Default)]
+pub struct GenParams {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CompleteInput {
+    pub route: RouteRequest,
+    pub params: GenParams,
+    pub pinned: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptInfo {
+    pub backend: String,
+    pub error: String,
+    pub elapsed_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DoneInfo {
+    pub finish_reason: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub estimated: bool,
+    pub cost_usd: f64,
+    pub backend: String,
+    pub model: String,
+    pub ttft_us: u64,
+    pub total_us: u64,
+    pub attempts: Vec<AttemptInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProxyEvent {
+    Decision {
+        outcome: Option<Box<RouteOutcome>>,
+        trying: String,
+    },
+    Delta(String),
+    Done(Box<DoneInfo>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("every candidate failed before the first token: {}", describe(.0))]
+    AllFailed(Vec<AttemptInfo>),
+    #[error("no backend can take the request: {}", .0.iter().map(|(b, s)| format!("{b}: {s}")).collect::<Vec<_>>().join("; "))]
+    NoneAvailable(Vec<(String, String)>),
+    #[error("backend {backend} failed after {delivered_chunks} chunks ({delivered_chars} characters) reached the client: {error}")]
+    MidStream {
+        backend: String,
+        delivered_chunks: usize,
+        delivered_chars: usize,
+        error: String,
+    },
+}
+
+fn describe(a: &[AttemptInfo]) -> String {
+    a.iter()
+        .map(|x| format!("{}: {}", x.backend, x.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub struct Proxy {
+    pub engine: Arc<Engine>,
+    pub fleet: Arc<Fleet>,
+    pub max_attempts: usize,
+}
+
+type Tx = mpsc::Sender<Result<ProxyEvent, ProxyError>>;
+
+fn chat_request(input: &CompleteInput) -> ChatRequest {
+    let r = &input.route;
+    let messages = if r.messages.is_empty() {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: r.prompt.clone(),
+        }]
+    } else {
+        r.messages
+            .iter()
+            .map(|(role, content)| ChatMessage {
+                role: role.clone(),
+                content: content.clone(),
+            })
+            .collect()
+    };
+    let p = &input.params;
+    ChatRequest {
+        messages,
+        max_tokens: p.max_tokens,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        stop: p.stop.clone(),
+        seed: p.seed,
+        response_format: p.json.then(|| serde_json::json!({"type": "json_object"})),
+    }
+}
+
+/// How one upstream call ended before reaching the client.
+enum FirstOutcome<S> {
+    Token(String, S, Duration),
+    Empty(Vec<ChatEvent>, Duration),
+    Failed(UpstreamError),
+}
+
+async fn first_token<S>(mut stream: S, started: Instant) -> FirstOutcome<S>
+where
+    S: futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Unpin,
+{
+    let mut early = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(ChatEvent::Delta(t))) => {
+                return FirstOutcome::Token(t, stream, started.elapsed())
+            }
+            Some(Ok(other)) => early.push(other),
+            Some(Err(e)) => return FirstOutcome::Failed(e),
+            None => return FirstOutcome::Empty(early, started.elapsed()),
+        }
+    }
+}
+
+impl Proxy {
+    fn backend(&self, name: &str) -> Option<&Backend> {
+        self.engine.config.backends.iter().find(|b| b.name == name)
+    }
+
+    /// Runs one completion, sending events to `tx` until done, failed, or the client leaves.
+    pub async fn run(&self, input: CompleteInput, tx: Tx) {
+        let started = Instant::now();
+        let result = self.run_inner(&input, &tx, started).await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(ProxyError::MidStream { .. }) => "mid_stream_failure",
+            Err(ProxyError::AllFailed(_) | ProxyError::NoneAvailable(_)) => "unavailable",
+            Err(_) => "rejected",
+        };
+        self.engine
+            .metrics
+            .proxy_requests
+            .with_label_values(&[outcome])
+            .inc();
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        input: &CompleteInput,
+        tx: &Tx,
+        started: Instant,
+    ) -> Result<(), ProxyError> {
+        let (mut outcome, mut names) = (None, Vec::new());
+        if let Some(name) = &input.pinned {
+            if self.backend(name).is_none() {
+                return Err(ProxyError::InvalidArgument {
+                    field: "pinned_backend".into(),
+                    message: format!("unknown backend {name:?}"),
+                });
+            }
+            names.push(name.clone());
+        } else {
+            // Health is judged by the proxy's own slot check below, so that "all open" is an
+            // Unavailable naming every breaker rather than a policy failure.
+            let fleet = self.fleet.clone();
+            let live = move |n: &str| Live {
+                healthy: true,
+                latency_ms: fleet.live(n).latency_ms,
+            };
+            let o = self.engine.route(&input.route, &live).await?;
+            names = o.decision.ranked.iter().map(|r| r.name.clone()).collect();
+            outcome = Some(o);
+        }
+        let first = names.first().cloned().unwrap_or_default();
+        if tx
+            .send(Ok(ProxyEvent::Decision {
+                outcome: outcome.map(Box::new),
+                trying: first,
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let req = chat_request(input);
+        let mut attempts = Vec::new();
+        let mut calls = 0;
+        for name in &names {
+            if calls >= self.max_attempts {
+                break;
+            }
+            let Some(b) = self.backend(name) else {
+                continue;
+            };
+            let slot = match self.fleet.acquire(name) {
+                Ok(s) => s,
+                Err(skip) => {
+                    attempts.push(AttemptInfo {
+                        backend: name.clone(),
+                        error: format!("skipped: {skip}"),
+                        elapsed_us: 0,
+                    });
+                    continue;
+                }
+            };
+            calls += 1;
+            let t0 = Instant::now();
+            let timeout = Duration::from_millis(b.first_token_timeout_ms);
+            let opened = tokio::time::timeout(timeout, async {
+                match openai::open_stream(&self.fleet.http, b, &req).await {
+                    Ok(s) => first_token(Box::pin(s), t0).await,
+                    Err(e) => FirstOutcome::Failed(e),
+                }
+            })
+            .await
+            .unwrap_or(FirstOutcome::Failed(UpstreamError::FirstTokenTimeout(
+                timeout,
+            )));
+            match opened {
+                FirstOutcome::Failed(e) => {
+                    let retry_after = match &e {
+                        UpstreamError::Http { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    self.engine
+                        .metrics
+                        .proxy_attempts
+                        .with_label_values(&[name.as_str(), e.kind()])
+                        .inc();
+                    tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
+                    self.fleet.finish(slot, false, None, retry_after);
+                    attempts.push(AttemptInfo {
+                        backend: name.clone(),
+                        error: e.to_string(),
+                        elapsed_us: t0.elapsed().as_micros() as u64,
+                    });
+                    if !e.retryable() {
+                        break;
+                    }
+                }
+                FirstOutcome::Empty(events, ttft) => {
+                    self.fleet.finish(slot, true, Some(ttft), None);
+                    return self
+                        .done(input, b, String::new(), events, ttft, started, attempts, tx)
+                        .await;
+                }
+                FirstOutcome::Token(text, stream, ttft) => {
+                    self.engine
+                        .metrics
+                        .proxy_attempts
+                        .with_label_values(&[name.as_str(), "ok"])
+                        .inc();
+                    self.engine
+                        .metrics
+                        .ttft_seconds
+                        .with_label_values(&[name.as_str()])
+                        .observe(ttft.as_secs_f64());
+                    if !attempts.is_empty() {
+                        self.engine.metrics.failovers.inc();
+                    }
+                    return self
+                        .relay(input, b, slot, text, stream, ttft, started, attempts, tx)
+                        .await;
+                }
+            }
+        }
+        if calls == 0 {
+            let states = self
+                .fleet
+                .states()
+                .into_iter()
+                .map(|(b, s)| (b, format!("circuit {s}")))
+                .collect::<Vec<_>>();
+            let mut why: Vec<(String, String)> = attempts
+                .iter()
+                .map(|a| (a.backend.clone(), a.error.clone()))
+                .collect();
+            if why.is_empty() {
+                why = states;
+            }
+            return Err(ProxyError::NoneAvailable(why));
+        }
+        Err(ProxyError::AllFailed(attempts))
+    }
+
+    /// Forwards the rest of a stream whose first token is in hand.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay<S>(
+        &self,
+        input: &CompleteInput,
+        b: &Backend,
+        slot: crate::backends::Slot,
+        first: String,
+        mut stream: S,
+        ttft: Duration,
+        started: Instant,
+        attempts: Vec<AttemptInfo>,
+        tx: &Tx,
+    ) -> Result<(), ProxyError>
+    where
+        S: futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Unpin,
+    {
+        let mut text = first.clone();
+        let mut chunks = 1;
+        if tx.send(Ok(ProxyEvent::Delta(first))).await.is_err() {
+            return Ok(()); // client gone: dropping `stream` closes the upstream request
+        }
+        let mut tail = Vec::new();
+        loop {
+            // Watch the client too: a cancelled client drops the upstream at once, not at
+            // the upstream's next chunk.
+            let item = tokio::select! {
+                biased;
+                _ = tx.closed() => return Ok(()),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
+            match item {
+                Ok(ChatEvent::Delta(t)) => {
+                    text.push_str(&t);
+                    chunks += 1;
+                    if tx.send(Ok(ProxyEvent::Delta(t))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(other) => tail.push(other),
+                Err(e) => {
+                    self.fleet.finish(slot, false, Some(ttft), None);
+                    return Err(ProxyError::MidStream {
+                        backend: b.name.clone(),
+                        delivered_chunks: chunks,
+                        delivered_chars: text.chars().count(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        self.fleet.finish(slot, true, Some(ttft), None);
+        self.done(input, b, text, tail, ttft, started, attempts, tx)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn done(
+        &self,
+        input: &CompleteInput,
+        b: &Backend,
+        text: String,
+        events: Vec<ChatEvent>,
+        ttft: Duration,
+        started: Instant,
+        attempts: Vec<AttemptInfo>,
+        tx: &Tx,
+    ) -> Result<(), ProxyError> {
+        let mut finish = "stop".to_string();
+        let mut usage = None;
+        for e in events {
+            match e {
+                ChatEvent::Finish(f) => finish = f,
+                ChatEvent::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                } => usage = Some((prompt_tokens, completion_tokens)),
+                ChatEvent::Delta(_) => {}
+            }
+        }
+        let (prompt_tokens, completion_tokens, estimated) = match usage {
+            Some((p, c)) => (p, c, false),
+            None => {
+                let tok = self.engine.embedder.tokenizer();
+                let prompt: String = chat_request(input)
+                    .messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (
+                    tok.count_tokens(&prompt) as u32,
+                    tok.count_tokens(&text).saturating_sub(2) as u32,
+                    true,
+                )
+            }
+        };
+        let cost_usd = crate::policy::cost_usd(b, prompt_tokens, completion_tokens);
+        let m = &self.engine.metrics;
+        m.tokens
+            .with_label_values(&[b.name.as_str(), "prompt"])
+            .inc_by(prompt_tokens as u64);
+        m.tokens
+            .with_label_values(&[b.name.as_str(), "completion"])
+            .inc_by(completion_tokens as u64);
+        m.cost_usd
+            .with_label_values(&[b.name.as_str()])
+            .inc_by(cost_usd);
+        let done = DoneInfo {
+            finish_reason: finish,
+            prompt_tokens,
+            completion_tokens,
+            estimated,
+            cost_usd,
+            backend: b.name.clone(),
+            model: b.model.clone(),
+            ttft_us: ttft.as_micros() as u64,
+            total_us: started.elapsed().as_micros() as u64,
+            attempts,
+        };
+        let _ = tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
+        Ok(())
+    }
+}
