@@ -86,13 +86,15 @@ pub struct RouteOutcome {
 }
 
 type CacheKey = (String, [u8; 16]);
+/// A cached classification and the token count of its input text.
+type Cached = (Arc<Prediction>, u32);
 
 pub struct Engine {
     pub embedder: Embedder,
     pub classifier: ArcSwap<Classifier>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    cache: Option<Mutex<LruCache<CacheKey, Arc<Prediction>>>>,
+    cache: Option<Mutex<LruCache<CacheKey, Cached>>>,
 }
 
 impl Engine {
@@ -227,21 +229,22 @@ impl Engine {
         Ok(text)
     }
 
-    /// Classifies `text` with the live classifier, through the cache.
+    /// Classifies `text` with the live classifier, through the cache. Returns the prediction,
+    /// the classifier version, the token count of `text`, and whether it was a cache hit.
     async fn classify(
         &self,
         text: &str,
         timings: &mut Timings,
-    ) -> Result<(Arc<Prediction>, String, bool), RouteError> {
+    ) -> Result<(Arc<Prediction>, String, u32, bool), RouteError> {
         let classifier = self.classifier.load_full();
         let version = classifier.version().to_string();
         let mut key = [0u8; 16];
         key.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
         let key = (version.clone(), key);
         if let Some(c) = &self.cache {
-            if let Some(p) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if let Some((p, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                 self.metrics.cache.with_label_values(&["hit"]).inc();
-                return Ok((p.clone(), version, true));
+                return Ok((p.clone(), version, *tokens, true));
             }
             self.metrics.cache.with_label_values(&["miss"]).inc();
         }
@@ -267,9 +270,9 @@ impl Engine {
         if let Some(c) = &self.cache {
             c.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .put(key, p.clone());
+                .put(key, (p.clone(), e.original_tokens as u32));
         }
-        Ok((p, version, false))
+        Ok((p, version, e.original_tokens as u32, false))
     }
 
     /// Routes one request.
@@ -281,19 +284,16 @@ impl Engine {
         let start = Instant::now();
         let text = self.validate(req)?;
         let mut timings = Timings::default();
-        let (prediction, classifier_version, cache_hit) =
+        let (prediction, classifier_version, text_tokens, cache_hit) =
             self.classify(&text, &mut timings).await?;
         let t = Instant::now();
-        let all_text: String = if req.messages.is_empty() {
-            req.prompt.clone()
+        // A single turn is the classifier input itself: its token count is already known.
+        let prompt_tokens = if req.messages.len() <= 1 {
+            text_tokens
         } else {
-            req.messages
-                .iter()
-                .map(|(_, c)| c.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
+            let all: Vec<&str> = req.messages.iter().map(|(_, c)| c.as_str()).collect();
+            self.embedder.tokenizer().count_tokens(&all.join("\n")) as u32
         };
-        let prompt_tokens = self.embedder.tokenizer().count_tokens(&all_text) as u32;
         let input = RouteInput {
             prediction: &prediction,
             prompt_tokens,

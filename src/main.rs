@@ -109,6 +109,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Latency switchboard adds over a direct call, against the in-tree mock upstream.
+    Proxy {
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,200")]
+        levels: Vec<usize>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
     /// RouteDecision through the real gRPC server on loopback.
     Route {
         #[arg(long, default_value_t = 100)]
@@ -281,7 +288,10 @@ fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
         Command::Train(t) => Some(&t.encoder),
         Command::Eval { encoder, .. } => Some(encoder),
         Command::Bench {
-            what: BenchCommand::Embed { encoder, .. } | BenchCommand::Route { encoder, .. },
+            what:
+                BenchCommand::Embed { encoder, .. }
+                | BenchCommand::Route { encoder, .. }
+                | BenchCommand::Proxy { encoder, .. },
         } => Some(encoder),
     }
 }
@@ -436,6 +446,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let report = switchboard::train::evaluate::run(&embedder, &cfg).await?;
             println!("{}", switchboard::train::report::table(&report));
+        }
+        Command::Bench {
+            what: BenchCommand::Proxy { levels, encoder },
+        } => {
+            let mock = switchboard::mock::Mock::start().await?;
+            let mut cfg = Config::read(None)?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            let mut b = cfg.backends[0].clone();
+            (
+                b.name,
+                b.model,
+                b.base_url,
+                b.api_key_env,
+                b.max_concurrency,
+            ) = (
+                "mock".into(),
+                "mock".into(),
+                mock.base_url(),
+                None,
+                1_000_000,
+            );
+            cfg.backends = vec![b];
+            for p in cfg.policies.values_mut() {
+                p.default_backend = "mock".into();
+                p.rules.clear();
+            }
+            let any: SocketAddr = "127.0.0.1:0".parse()?;
+            let bound = grpc::bind(ServeConfig {
+                grpc_addr: any,
+                http_addr: any,
+                config: cfg,
+            })
+            .await?;
+            let addr = bound.grpc_addr()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(grpc::run(bound, async {
+                let _ = rx.await;
+            }));
+            let report = switchboard::bench::proxy::proxy(&mock.base_url(), addr, &levels)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            let _ = tx.send(());
+            server.await??;
         }
         Command::Bench {
             what:

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -48,7 +49,7 @@ impl Mock {
             .route("/v1/chat/completions", post(chat))
             .with_state(counters.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener.tap_io(nodelay), app).await;
         });
         Ok(Self {
             addr,
@@ -65,6 +66,13 @@ impl Mock {
 impl Drop for Mock {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Small SSE frames must not wait for delayed ACKs (Nagle).
+pub fn nodelay(s: &mut tokio::net::TcpStream) {
+    if let Err(e) = s.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

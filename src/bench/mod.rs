@@ -1,6 +1,7 @@
 //! Benchmarks behind `switchboard bench`: each returns a report; printing is the binary's job.
 //! Numbers in BENCHMARKS.md come from these, run on the release build.
 pub mod embed;
+pub mod proxy;
 pub mod route;
 
 use std::fmt;

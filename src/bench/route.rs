@@ -23,6 +23,8 @@ pub struct RouteReport {
     pub cn: Stats,
     pub embed_rps: f64,
     pub rank50_us: Stats,
+    /// Server-reported classify stage (heads on the embedding), from the concurrency-1 run.
+    pub classify_us: Stats,
     pub cache_hit: Stats,
 }
 
@@ -43,6 +45,13 @@ impl fmt::Display for RouteReport {
             self.rank50_us.min * 1e3,
             self.rank50_us.p50 * 1e3,
             self.rank50_us.p99 * 1e3
+        )?;
+        writeln!(
+            f,
+            "classify stage (server timings): min {:.1} p50 {:.1} p99 {:.1} µs",
+            self.classify_us.min * 1e3,
+            self.classify_us.p50 * 1e3,
+            self.classify_us.p99 * 1e3
         )?;
         writeln!(
             f,
@@ -125,15 +134,19 @@ pub async fn route(
         .route_decision(req(prompts[iterations].clone()))
         .await
         .map_err(bench_err)?;
-    let (mut c1, mut bare) = (Vec::new(), Vec::new());
+    let (mut c1, mut bare, mut classify) = (Vec::new(), Vec::new(), Vec::new());
     let model = embedder.model();
     for p in &prompts[..iterations] {
         let start = Instant::now();
-        client
+        let r = client
             .route_decision(req(p.clone()))
             .await
-            .map_err(bench_err)?;
+            .map_err(bench_err)?
+            .into_inner();
         c1.push(start.elapsed());
+        classify.push(Duration::from_micros(
+            r.timings.map(|t| t.classify_us).unwrap_or(0),
+        ));
         let ids = embedder.tokenizer().encode(p).map_err(bench_err)?.ids;
         let m = model.clone();
         let d = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
@@ -205,6 +218,7 @@ pub async fn route(
         cn: Stats::from(&mut cn),
         embed_rps,
         rank50_us,
+        classify_us: Stats::from(&mut classify),
         cache_hit: Stats::from(&mut hits),
     })
 }

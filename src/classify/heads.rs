@@ -53,6 +53,74 @@ impl Mlp {
     }
 }
 
+/// A head as plain row-major vectors, for the single-prompt request path: a handful of
+/// dot products is far cheaper than building and running a candle graph.
+pub struct FastMlp {
+    hidden: Option<(Vec<f32>, Vec<f32>)>,
+    out: (Vec<f32>, Vec<f32>),
+}
+
+fn to_vecs(l: &Linear) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let w = l.weight().flatten_all()?.to_vec1::<f32>()?;
+    let b = match l.bias() {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; l.weight().dim(0)?],
+    };
+    Ok((w, b))
+}
+
+/// out[i] = W[i] · x + b[i] for row-major W.
+fn affine(w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+    let n = x.len();
+    w.chunks_exact(n)
+        .zip(b)
+        .map(|(row, bias)| {
+            let mut acc = [0f32; 8];
+            let (rc, xc) = (row.chunks_exact(8), x.chunks_exact(8));
+            let rest: f32 = rc
+                .remainder()
+                .iter()
+                .zip(xc.remainder())
+                .map(|(a, b)| a * b)
+                .sum();
+            for (r8, x8) in rc.zip(xc) {
+                for ((a, r), x) in acc.iter_mut().zip(r8).zip(x8) {
+                    *a += r * x;
+                }
+            }
+            acc.iter().sum::<f32>() + rest + bias
+        })
+        .collect()
+}
+
+impl FastMlp {
+    pub fn from(m: &Mlp) -> candle_core::Result<Self> {
+        Ok(Self {
+            hidden: m.hidden.as_ref().map(to_vecs).transpose()?,
+            out: to_vecs(&m.out)?,
+        })
+    }
+
+    /// Logits for one feature row.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        match &self.hidden {
+            Some((w, b)) => {
+                let h: Vec<f32> = affine(w, b, x).into_iter().map(|v| v.max(0.0)).collect();
+                affine(&self.out.0, &self.out.1, &h)
+            }
+            None => affine(&self.out.0, &self.out.1, x),
+        }
+    }
+}
+
+/// Softmax of logits / temperature.
+pub fn softmax_t(logits: &[f32], t: f32) -> Vec<f32> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|v| ((v - m) / t).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
 /// The three heads.
 pub struct Heads {
     pub intent: Mlp,

@@ -76,7 +76,8 @@ pub struct Prediction {
 pub struct Classifier {
     pub meta: ClassifierMeta,
     heads: Heads,
-    device: Device,
+    /// The same weights as plain vectors, for one prompt at a time.
+    fast: [heads::FastMlp; 3],
     pub dir: PathBuf,
 }
 
@@ -167,10 +168,15 @@ impl Classifier {
             meta.domain_labels.len(),
         )
         .map_err(|e| load_err(&wpath, format!("shape mismatch with classifier.json: {e}")))?;
+        let fast = [
+            heads::FastMlp::from(&heads.intent)?,
+            heads::FastMlp::from(&heads.domain)?,
+            heads::FastMlp::from(&heads.complexity)?,
+        ];
         Ok(Self {
             meta,
             heads,
-            device,
+            fast,
             dir: dir.to_path_buf(),
         })
     }
@@ -209,25 +215,33 @@ impl Classifier {
         let cx = candle_nn::ops::sigmoid(&out.complexity)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let threshold = threshold.unwrap_or(self.meta.abstain_threshold);
         Ok(ip
             .into_iter()
             .zip(dp)
             .zip(cx)
-            .map(|((ip, dp), c)| {
-                let (ii, conf) = argmax(&ip);
-                let (di, _) = argmax(&dp);
-                Prediction {
-                    intent: self.meta.intent_labels[ii].clone(),
-                    domain: self.meta.domain_labels[di].clone(),
-                    intent_probs: ip,
-                    domain_probs: dp,
-                    complexity: c,
-                    confidence: conf,
-                    abstained: conf < threshold,
-                }
-            })
+            .map(|((ip, dp), c)| self.prediction(ip, dp, c, threshold))
             .collect())
+    }
+
+    fn prediction(
+        &self,
+        ip: Vec<f32>,
+        dp: Vec<f32>,
+        complexity: f32,
+        threshold: Option<f32>,
+    ) -> Prediction {
+        let threshold = threshold.unwrap_or(self.meta.abstain_threshold);
+        let (ii, conf) = argmax(&ip);
+        let (di, _) = argmax(&dp);
+        Prediction {
+            intent: self.meta.intent_labels[ii].clone(),
+            domain: self.meta.domain_labels[di].clone(),
+            intent_probs: ip,
+            domain_probs: dp,
+            complexity,
+            confidence: conf,
+            abstained: conf < threshold,
+        }
     }
 
     /// Classifies one embedded prompt.
@@ -245,10 +259,10 @@ impl Classifier {
             });
         }
         let f = Self::features(embedding, tokens);
-        let x = Tensor::from_vec(f, (1, self.meta.inputs), &self.device)?;
-        let mut p = self.predict_features(&x, threshold)?;
-        p.pop()
-            .ok_or_else(|| ClassifyError::Model(candle_core::Error::Msg("empty prediction".into())))
+        let ip = heads::softmax_t(&self.fast[0].forward(&f), self.meta.intent_temperature);
+        let dp = heads::softmax_t(&self.fast[1].forward(&f), self.meta.domain_temperature);
+        let z = self.fast[2].forward(&f)[0];
+        Ok(self.prediction(ip, dp, 1.0 / (1.0 + (-z).exp()), threshold))
     }
 
     /// Writes `classifier.json` and `heads.safetensors` into `dir`.

@@ -110,7 +110,15 @@ fn dropout(x: Tensor, mode: Mode) -> candle_core::Result<Tensor> {
 }
 
 struct Layer {
+    /// Separate projections for training (gradients reach each Var).
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    /// Fused (3h, h) projection for inference, with 1/sqrt(d) folded into the query rows.
     qkv: Dense,
+    /// Fused bias + residual + LayerNorm ops for inference (CPU).
+    attn_fused: kernels::BiasResidualLayerNorm,
+    out_fused: kernels::BiasResidualLayerNorm,
     attn_out: Dense,
     attn_ln: LayerNorm,
     inter: Dense,
@@ -128,19 +136,43 @@ impl Layer {
         let q = Dense::load(sa.pp("query"), h, h)?;
         let k = Dense::load(sa.pp("key"), h, h)?;
         let v = Dense::load(sa.pp("value"), h, h)?;
-        // One (3h, h) matmul instead of three: fewer passes over the activations.
+        // One (3h, h) matmul instead of three, and no separate pass to scale the queries.
+        let scale = 1.0 / ((h / cfg.num_attention_heads) as f64).sqrt();
         let qkv = Dense::new(
-            Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
-            Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+            Tensor::cat(&[&(&q.weight * scale)?, &k.weight, &v.weight], 0)?.detach(),
+            Tensor::cat(&[&(&q.bias * scale)?, &k.bias, &v.bias], 0)?.detach(),
         )?;
         let eps = cfg.layer_norm_eps;
+        let attn_out = Dense::load(att.pp("output").pp("dense"), h, h)?;
+        let attn_ln = LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?;
+        let out = Dense::load(vb.pp("output").pp("dense"), cfg.intermediate_size, h)?;
+        let out_ln = LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps)?;
+        let fused =
+            |d: &Dense, ln: &LayerNorm| -> candle_core::Result<kernels::BiasResidualLayerNorm> {
+                let cpu = |t: &Tensor| {
+                    t.to_dtype(DType::F32)?
+                        .to_device(&candle_core::Device::Cpu)?
+                        .to_vec1::<f32>()
+                };
+                Ok(kernels::BiasResidualLayerNorm {
+                    bias: cpu(&d.bias)?,
+                    gamma: cpu(&ln.weight)?,
+                    beta: cpu(&ln.bias)?,
+                    eps: ln.eps,
+                })
+            };
         Ok(Self {
+            q,
+            k,
+            v,
             qkv,
-            attn_out: Dense::load(att.pp("output").pp("dense"), h, h)?,
-            attn_ln: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, eps)?,
+            attn_fused: fused(&attn_out, &attn_ln)?,
+            out_fused: fused(&out, &out_ln)?,
+            attn_out,
+            attn_ln,
             inter: Dense::load(vb.pp("intermediate").pp("dense"), h, cfg.intermediate_size)?,
-            out: Dense::load(vb.pp("output").pp("dense"), cfg.intermediate_size, h)?,
-            out_ln: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps)?,
+            out,
+            out_ln,
             heads: cfg.num_attention_heads,
             exact_gelu: !matches!(
                 cfg.hidden_act.as_deref(),
@@ -160,27 +192,34 @@ impl Layer {
     ) -> candle_core::Result<Tensor> {
         let h = x.dim(1)?;
         let d = h / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x, mode)?
-            .reshape((b, l, 3, self.heads, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let q = (qkv
-            .narrow(2, 0, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?
-            * scale)?;
-        let k = qkv
-            .narrow(2, 1, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = qkv
-            .narrow(2, 2, 1)?
-            .squeeze(2)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let heads = |t: Tensor| {
+            t.reshape((b, l, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = match mode {
+            Mode::Inference => {
+                let qkv = self
+                    .qkv
+                    .forward(x, mode)?
+                    .reshape((b, l, 3, self.heads, d))?;
+                let part = |i| {
+                    qkv.narrow(2, i, 1)?
+                        .squeeze(2)?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                (part(0)?, part(1)?, part(2)?)
+            }
+            Mode::Train { .. } => {
+                let scale = 1.0 / (d as f64).sqrt();
+                (
+                    heads((self.q.forward(x, mode)? * scale)?)?,
+                    heads(self.k.forward(x, mode)?)?,
+                    heads(self.v.forward(x, mode)?)?,
+                )
+            }
+        };
         let scores = q.matmul(&k.t()?)?;
         let probs = match mode {
             Mode::Inference => kernels::masked_softmax(&scores, mask)?,
@@ -192,8 +231,16 @@ impl Layer {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * l, h))?;
-        let attn = dropout(self.attn_out.forward(&ctx, mode)?, mode)?;
-        let x = self.attn_ln.forward(&(attn + x)?, mode)?;
+        let cpu_inference =
+            mode == Mode::Inference && x.device().is_cpu() && x.dtype() == DType::F32;
+        let x = if cpu_inference {
+            self.attn_out
+                .matmul(&ctx, mode)?
+                .apply_op2_no_bwd(x, &self.attn_fused)?
+        } else {
+            let attn = dropout(self.attn_out.forward(&ctx, mode)?, mode)?;
+            self.attn_ln.forward(&(attn + x)?, mode)?
+        };
         let inter = match (mode, self.exact_gelu) {
             (Mode::Inference, true) => {
                 kernels::bias_gelu(&self.inter.matmul(&x, mode)?, &self.inter.bias)?
@@ -201,6 +248,12 @@ impl Layer {
             (_, true) => self.inter.forward(&x, mode)?.gelu_erf()?,
             (_, false) => self.inter.forward(&x, mode)?.gelu()?,
         };
+        if cpu_inference {
+            return self
+                .out
+                .matmul(&inter, mode)?
+                .apply_op2_no_bwd(&x, &self.out_fused);
+        }
         let out = dropout(self.out.forward(&inter, mode)?, mode)?;
         self.out_ln.forward(&(out + x)?, mode)
     }

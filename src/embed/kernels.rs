@@ -213,6 +213,65 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result<Ten
     }
 }
 
+/// `layer_norm(y + bias + residual)` in one pass over rows, for the two dense + residual + LN
+/// blocks of each layer. Bias, gain and shift are plain vectors held by the op.
+pub struct BiasResidualLayerNorm {
+    pub bias: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+impl CustomOp2 for BiasResidualLayerNorm {
+    fn name(&self) -> &'static str {
+        "bias-residual-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = contiguous(s1, l1, "bias_residual_ln y")?;
+        let r = contiguous(s2, l2, "bias_residual_ln residual")?;
+        let n = self.gamma.len();
+        if y.len() != r.len() || y.len() % n != 0 || self.bias.len() != n || self.beta.len() != n {
+            candle_core::bail!("bias_residual_ln: shape mismatch")
+        }
+        let mut out = vec![0f32; y.len()];
+        for ((o, yr), rr) in out
+            .chunks_exact_mut(n)
+            .zip(y.chunks_exact(n))
+            .zip(r.chunks_exact(n))
+        {
+            for (((o, &a), &b), &c) in o.iter_mut().zip(yr).zip(rr).zip(&self.bias) {
+                *o = a + b + c;
+            }
+            let mean = lane_sum(o) / n as f32;
+            for v in o.iter_mut() {
+                *v -= mean;
+            }
+            let mut sq = [0f32; 8];
+            let mut chunks = o.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, x) in sq.iter_mut().zip(c) {
+                    *a += x * x;
+                }
+            }
+            let var = (sq.iter().sum::<f32>()
+                + chunks.remainder().iter().map(|x| x * x).sum::<f32>())
+                / n as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, &g), &b) in o.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *v = *v * inv * g + b;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

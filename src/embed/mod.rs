@@ -100,7 +100,10 @@ impl Default for EncoderConfig {
 #[derive(Debug, Clone)]
 pub struct Embedded {
     pub vector: Vec<f32>,
+    /// Tokens the model saw (after truncation).
     pub tokens: usize,
+    /// Tokens of the whole text, before truncation.
+    pub original_tokens: usize,
     pub queue_us: u64,
     pub embed_us: u64,
     pub batch_size: usize,
@@ -201,7 +204,10 @@ impl Embedder {
     /// Embeds one text through the queue.
     pub async fn embed(&self, text: &str) -> Result<Embedded, EmbedError> {
         let encoded = self.inner.tokenizer.encode(text)?;
-        self.embed_encoded(encoded.ids).await
+        let original = encoded.original_tokens;
+        let mut e = self.embed_encoded(encoded.ids).await?;
+        e.original_tokens = original;
+        Ok(e)
     }
 
     /// Embeds already-tokenized ids (with special tokens, within the token budget).

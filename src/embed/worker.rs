@@ -95,6 +95,7 @@ fn process(shared: &Shared, batch: Vec<Job>) {
                 let _ = job.reply.send(Ok(Embedded {
                     vector,
                     tokens: job.ids.len(),
+                    original_tokens: job.ids.len(),
                     queue_us,
                     embed_us,
                     batch_size: size,

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::backends::breaker::BreakerConfig;
@@ -154,7 +154,8 @@ pub async fn run(
         engine: engine.clone(),
         ready,
     });
-    let http = axum::serve(bound.http, http_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = axum::serve(bound.http.tap_io(crate::mock::nodelay), http_app)
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http.await });
     tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
     let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
@@ -166,7 +167,11 @@ pub async fn run(
             RouterServer::new(router::RouterService::new(bound.proxy))
                 .max_decoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), stopped(stop_rx))
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small responses wait ~40 ms for delayed ACKs.
+            tonic::transport::server::TcpIncoming::from(bound.grpc).with_nodelay(Some(true)),
+            stopped(stop_rx),
+        )
         .await;
     warm.abort();
     let _ = http.await;
