@@ -182,7 +182,7 @@ impl Fleet {
                 .with_label_values(&[name, st.as_str()])
                 .inc();
         }
-        let admit = admit.ok_or_else(|| Skip::Open(State::Open))?;
+        let admit = admit.ok_or(Skip::Open(State::Open))?;
         Ok(Slot {
             backend: name.to_string(),
             admit,
