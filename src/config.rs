@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// Circuit breaker: consecutive failures that open it, and the cooldown before a probe.
     pub breaker_failures: u32,
     pub breaker_cooldown_ms: u64,
+    /// TOML file of client API keys (sha256 hashes, tenants, allowed backends). Unset = no auth.
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             max_attempts: 3,
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
+            api_keys_file: None,
         }
     }
 }
@@ -234,67 +237,13 @@ impl Config {
     fn check(&self, intents: &[String], domains: &[String]) -> Result<(), (String, String)> {
         let mut names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
-            let p = |k: &str| format!("backends[{i}].{k}");
             if !names.insert(b.name.as_str()) {
-                return Err((p("name"), format!("duplicate backend name {:?}", b.name)));
-            }
-            if b.provider != "openai_compatible" {
                 return Err((
-                    p("provider"),
-                    format!(
-                        "unknown provider {:?}; expected \"openai_compatible\"",
-                        b.provider
-                    ),
+                    format!("backends[{i}].name"),
+                    format!("duplicate backend name {:?}", b.name),
                 ));
             }
-            for (k, v) in [
-                ("input_price_per_mtok", b.input_price_per_mtok),
-                ("output_price_per_mtok", b.output_price_per_mtok),
-                ("latency_ms", b.latency_ms),
-            ] {
-                if !(v >= 0.0 && v.is_finite()) {
-                    return Err((p(k), format!("must be ≥ 0, found {v}")));
-                }
-            }
-            if !b.quality.contains_key("default") {
-                return Err((p("quality"), "needs a `default` entry".into()));
-            }
-            for (k, q) in &b.quality {
-                if k != "default" && !intents.contains(k) {
-                    return Err((
-                        format!("{}.{k}", p("quality")),
-                        format!("unknown intent {k:?}; the classifier knows {intents:?}"),
-                    ));
-                }
-                if !(0.0..=1.0).contains(q) {
-                    return Err((
-                        format!("{}.{k}", p("quality")),
-                        format!("must be in [0, 1], found {q}"),
-                    ));
-                }
-            }
-            for (k, q) in &b.domain_quality {
-                if !domains.contains(k) {
-                    return Err((
-                        format!("{}.{k}", p("domain_quality")),
-                        format!("unknown domain {k:?}; the classifier knows {domains:?}"),
-                    ));
-                }
-                if !(0.0..=1.0).contains(q) {
-                    return Err((
-                        format!("{}.{k}", p("domain_quality")),
-                        format!("must be in [0, 1], found {q}"),
-                    ));
-                }
-            }
-            for (j, c) in b.capabilities.iter().enumerate() {
-                if !CAPABILITIES.contains(&c.as_str()) {
-                    return Err((
-                        format!("{}[{j}]", p("capabilities")),
-                        format!("unknown capability {c:?}; expected one of {CAPABILITIES:?}"),
-                    ));
-                }
-            }
+            check_backend(i, b, intents, domains)?;
         }
         if !self.policies.contains_key(&self.default_policy) {
             return Err((
@@ -344,6 +293,74 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks one backend entry; errors name its TOML path.
+fn check_backend(
+    i: usize,
+    b: &Backend,
+    intents: &[String],
+    domains: &[String],
+) -> Result<(), (String, String)> {
+    let p = |k: &str| format!("backends[{i}].{k}");
+    if b.provider != "openai_compatible" {
+        return Err((
+            p("provider"),
+            format!(
+                "unknown provider {:?}; expected \"openai_compatible\"",
+                b.provider
+            ),
+        ));
+    }
+    for (k, v) in [
+        ("input_price_per_mtok", b.input_price_per_mtok),
+        ("output_price_per_mtok", b.output_price_per_mtok),
+        ("latency_ms", b.latency_ms),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err((p(k), format!("must be ≥ 0, found {v}")));
+        }
+    }
+    if !b.quality.contains_key("default") {
+        return Err((p("quality"), "needs a `default` entry".into()));
+    }
+    for (k, q) in &b.quality {
+        if k != "default" && !intents.contains(k) {
+            return Err((
+                format!("{}.{k}", p("quality")),
+                format!("unknown intent {k:?}; the classifier knows {intents:?}"),
+            ));
+        }
+        if !(0.0..=1.0).contains(q) {
+            return Err((
+                format!("{}.{k}", p("quality")),
+                format!("must be in [0, 1], found {q}"),
+            ));
+        }
+    }
+    for (k, q) in &b.domain_quality {
+        if !domains.contains(k) {
+            return Err((
+                format!("{}.{k}", p("domain_quality")),
+                format!("unknown domain {k:?}; the classifier knows {domains:?}"),
+            ));
+        }
+        if !(0.0..=1.0).contains(q) {
+            return Err((
+                format!("{}.{k}", p("domain_quality")),
+                format!("must be in [0, 1], found {q}"),
+            ));
+        }
+    }
+    for (j, c) in b.capabilities.iter().enumerate() {
+        if !CAPABILITIES.contains(&c.as_str()) {
+            return Err((
+                format!("{}[{j}]", p("capabilities")),
+                format!("unknown capability {c:?}; expected one of {CAPABILITIES:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_rules(

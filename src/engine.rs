@@ -122,42 +122,8 @@ impl Engine {
         }
     }
 
-    fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
-        let s = &self.config.server;
-        if req.messages.len() > s.max_messages {
-            return Err(invalid(
-                "messages",
-                format!(
-                    "{} messages, over the limit of {}",
-                    req.messages.len(),
-                    s.max_messages
-                ),
-            ));
-        }
-        let mut bytes = req.prompt.len();
-        for (i, (role, content)) in req.messages.iter().enumerate() {
-            if !ROLES.contains(&role.as_str()) {
-                return Err(invalid(
-                    format!("messages[{i}].role"),
-                    format!("unknown role {role:?}; expected one of {ROLES:?}"),
-                ));
-            }
-            bytes += content.len();
-        }
-        if bytes > s.max_prompt_bytes {
-            return Err(invalid(
-                if req.messages.is_empty() {
-                    "prompt"
-                } else {
-                    "messages"
-                },
-                format!(
-                    "{bytes} bytes, over the limit of {} bytes (server.max_prompt_bytes)",
-                    s.max_prompt_bytes
-                ),
-            ));
-        }
-        let p = &req.prefs;
+    /// Checks the request's preferences; errors name the field.
+    fn validate_prefs(&self, p: &Preferences) -> Result<(), RouteError> {
         if let Some(t) = p.trade_off {
             if !(0.0..=1.0).contains(&t) {
                 return Err(invalid(
@@ -195,6 +161,45 @@ impl Engine {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
+        let s = &self.config.server;
+        if req.messages.len() > s.max_messages {
+            return Err(invalid(
+                "messages",
+                format!(
+                    "{} messages, over the limit of {}",
+                    req.messages.len(),
+                    s.max_messages
+                ),
+            ));
+        }
+        let mut bytes = req.prompt.len();
+        for (i, (role, content)) in req.messages.iter().enumerate() {
+            if !ROLES.contains(&role.as_str()) {
+                return Err(invalid(
+                    format!("messages[{i}].role"),
+                    format!("unknown role {role:?}; expected one of {ROLES:?}"),
+                ));
+            }
+            bytes += content.len();
+        }
+        if bytes > s.max_prompt_bytes {
+            return Err(invalid(
+                if req.messages.is_empty() {
+                    "prompt"
+                } else {
+                    "messages"
+                },
+                format!(
+                    "{bytes} bytes, over the limit of {} bytes (server.max_prompt_bytes)",
+                    s.max_prompt_bytes
+                ),
+            ));
+        }
+        self.validate_prefs(&req.prefs)?;
         if !req.policy.is_empty() && !self.config.policies.contains_key(&req.policy) {
             return Err(invalid(
                 "policy",

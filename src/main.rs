@@ -100,6 +100,8 @@ enum Command {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// Print the sha256 of an API key, for the keys file (`server.api_keys_file`).
+    HashKey { key: String },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -293,6 +295,7 @@ fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
                 | BenchCommand::Route { encoder, .. }
                 | BenchCommand::Proxy { encoder, .. },
         } => Some(encoder),
+        Command::HashKey { .. } => None,
     }
 }
 
@@ -331,28 +334,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             validate_config,
             encoder,
-        } => {
-            let mut cfg = Config::read(config.as_deref())?;
-            cfg.encoder = encoder.apply(cfg.encoder);
-            if validate_config {
-                let engine = grpc::load_engine(cfg).await?;
-                println!(
-                    "config OK: {} backends, policies {:?}, classifier {}",
-                    engine.config.backends.len(),
-                    engine.config.policies.keys().collect::<Vec<_>>(),
-                    engine.classifier.load().version()
-                );
-                return Ok(());
-            }
-            let bound = grpc::bind(ServeConfig {
-                grpc_addr,
-                http_addr,
-                config: cfg,
-            })
-            .await?;
-            tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, "switchboard bound");
-            grpc::run(bound, shutdown_signal()).await?;
-        }
+        } => serve(grpc_addr, http_addr, config, validate_config, &encoder).await,
         Command::Route {
             prompt,
             server,
@@ -371,44 +353,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }),
                 ..Default::default()
             };
-            let resp = if local {
-                let mut cfg = Config::read(config.as_deref())?;
-                cfg.encoder = encoder.apply(cfg.encoder);
-                let engine = grpc::load_engine(cfg).await?;
-                let o = engine
-                    .route(&grpc::to_route_request(req), &|_| Default::default())
-                    .await?;
-                grpc::to_response(&o, &engine)
-            } else {
-                let mut client = RouterClient::connect(server).await?;
-                client.route_decision(req).await?.into_inner()
-            };
-            print!("{}", switchboard::display::decision_table(&resp));
+            route(req, server, local.then_some((config, encoder))).await
         }
-        Command::Embed { text, encoder } => {
-            let embedder = start(&encoder).await?;
-            let start = Instant::now();
-            let e = embedder.embed(&text).await?;
-            let took = start.elapsed();
-            let head: Vec<String> = e
-                .vector
-                .iter()
-                .take(8)
-                .map(|v| format!("{v:+.5}"))
-                .collect();
-            println!(
-                "dim {} tokens {} [{} ...]",
-                e.vector.len(),
-                e.tokens,
-                head.join(", ")
-            );
-            println!(
-                "took {:.2} ms (queue {} us, forward {} us)",
-                took.as_secs_f64() * 1e3,
-                e.queue_us,
-                e.embed_us
-            );
-        }
+        Command::Embed { text, encoder } => embed(&text, &encoder).await,
         Command::Train(args) => {
             let embedder = start(&args.encoder).await?;
             let out = switchboard::train::run::train(&embedder, &args.config()).await?;
@@ -422,6 +369,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 out.classifier.version()
             );
             println!("{}", switchboard::train::report::table(&out.dev_report));
+            Ok(())
         }
         Command::Eval {
             data,
@@ -446,10 +394,169 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let report = switchboard::train::evaluate::run(&embedder, &cfg).await?;
             println!("{}", switchboard::train::report::table(&report));
+            Ok(())
         }
-        Command::Bench {
-            what: BenchCommand::Proxy { levels, encoder },
+        Command::HashKey { key } => {
+            println!("{}", switchboard::auth::hash_key(&key));
+            Ok(())
+        }
+        Command::Bench { what } => bench(what).await,
+    }
+}
+
+async fn serve(
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    config: Option<PathBuf>,
+    validate: bool,
+    encoder: &EncoderArgs,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::read(config.as_deref())?;
+    cfg.encoder = encoder.apply(cfg.encoder);
+    if validate {
+        let engine = grpc::load_engine(cfg).await?;
+        println!(
+            "config OK: {} backends, policies {:?}, classifier {}",
+            engine.config.backends.len(),
+            engine.config.policies.keys().collect::<Vec<_>>(),
+            engine.classifier.load().version()
+        );
+        return Ok(());
+    }
+    let bound = grpc::bind(ServeConfig {
+        grpc_addr,
+        http_addr,
+        config: cfg,
+    })
+    .await?;
+    tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, "switchboard bound");
+    grpc::run(bound, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Asks `server`, or routes in-process when `local` carries the config and encoder flags.
+async fn route(
+    req: RouteDecisionRequest,
+    server: String,
+    local: Option<(Option<PathBuf>, EncoderArgs)>,
+) -> anyhow::Result<()> {
+    let resp = match local {
+        Some((config, encoder)) => {
+            let mut cfg = Config::read(config.as_deref())?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            let engine = grpc::load_engine(cfg).await?;
+            let o = engine
+                .route(&grpc::to_route_request(req), &|_| Default::default())
+                .await?;
+            grpc::to_response(&o, &engine)
+        }
+        None => RouterClient::connect(server)
+            .await?
+            .route_decision(req)
+            .await?
+            .into_inner(),
+    };
+    print!("{}", switchboard::display::decision_table(&resp));
+    Ok(())
+}
+
+async fn embed(text: &str, encoder: &EncoderArgs) -> anyhow::Result<()> {
+    let embedder = start(encoder).await?;
+    let start = Instant::now();
+    let e = embedder.embed(text).await?;
+    let took = start.elapsed();
+    let head: Vec<String> = e
+        .vector
+        .iter()
+        .take(8)
+        .map(|v| format!("{v:+.5}"))
+        .collect();
+    println!(
+        "dim {} tokens {} [{} ...]",
+        e.vector.len(),
+        e.tokens,
+        head.join(", ")
+    );
+    println!(
+        "took {:.2} ms (queue {} us, forward {} us)",
+        took.as_secs_f64() * 1e3,
+        e.queue_us,
+        e.embed_us
+    );
+    Ok(())
+}
+
+/// A server on 127.0.0.1 port 0 in this process, for the benchmarks.
+struct LocalServer {
+    addr: SocketAddr,
+    engine: std::sync::Arc<switchboard::engine::Engine>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), grpc::ServeError>>,
+}
+
+impl LocalServer {
+    async fn start(config: Config) -> anyhow::Result<Self> {
+        let any: SocketAddr = "127.0.0.1:0".parse()?;
+        let bound = grpc::bind(ServeConfig {
+            grpc_addr: any,
+            http_addr: any,
+            config,
+        })
+        .await?;
+        let (addr, engine) = (bound.grpc_addr()?, bound.engine.clone());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(grpc::run(bound, async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            engine,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+async fn bench(what: BenchCommand) -> anyhow::Result<()> {
+    match what {
+        BenchCommand::Embed {
+            iterations,
+            rounds,
+            encoder,
         } => {
+            let embedder = start(&encoder).await?;
+            let report =
+                switchboard::bench::embed(&embedder, iterations, rounds, encoder.config().workers)
+                    .await?;
+            println!("{report}");
+        }
+        BenchCommand::Route {
+            iterations,
+            concurrency,
+            config,
+            encoder,
+        } => {
+            let mut cfg = Config::read(config.as_deref())?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            let server = LocalServer::start(cfg).await?;
+            let report = switchboard::bench::route::route(
+                server.engine.clone(),
+                server.addr,
+                iterations,
+                concurrency,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            server.stop().await?;
+        }
+        BenchCommand::Proxy { levels, encoder } => {
             let mock = switchboard::mock::Mock::start().await?;
             let mut cfg = Config::read(None)?;
             cfg.encoder = encoder.apply(cfg.encoder);
@@ -472,68 +579,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 p.default_backend = "mock".into();
                 p.rules.clear();
             }
-            let any: SocketAddr = "127.0.0.1:0".parse()?;
-            let bound = grpc::bind(ServeConfig {
-                grpc_addr: any,
-                http_addr: any,
-                config: cfg,
-            })
-            .await?;
-            let addr = bound.grpc_addr()?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(grpc::run(bound, async {
-                let _ = rx.await;
-            }));
-            let report = switchboard::bench::proxy::proxy(&mock.base_url(), addr, &levels)
+            let server = LocalServer::start(cfg).await?;
+            let report = switchboard::bench::proxy::proxy(&mock.base_url(), server.addr, &levels)
                 .await
                 .map_err(anyhow::Error::msg)?;
             println!("{report}");
-            let _ = tx.send(());
-            server.await??;
-        }
-        Command::Bench {
-            what:
-                BenchCommand::Route {
-                    iterations,
-                    concurrency,
-                    config,
-                    encoder,
-                },
-        } => {
-            let mut cfg = Config::read(config.as_deref())?;
-            cfg.encoder = encoder.apply(cfg.encoder);
-            let any: SocketAddr = "127.0.0.1:0".parse()?;
-            let bound = grpc::bind(ServeConfig {
-                grpc_addr: any,
-                http_addr: any,
-                config: cfg,
-            })
-            .await?;
-            let (addr, engine) = (bound.grpc_addr()?, bound.engine.clone());
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(grpc::run(bound, async {
-                let _ = rx.await;
-            }));
-            let report = switchboard::bench::route::route(engine, addr, iterations, concurrency)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            let _ = tx.send(());
-            server.await??;
-        }
-        Command::Bench {
-            what:
-                BenchCommand::Embed {
-                    iterations,
-                    rounds,
-                    encoder,
-                },
-        } => {
-            let embedder = start(&encoder).await?;
-            let report =
-                switchboard::bench::embed(&embedder, iterations, rounds, encoder.config().workers)
-                    .await?;
-            println!("{report}");
+            server.stop().await?;
         }
     }
     Ok(())

@@ -97,6 +97,8 @@ pub struct Proxy {
 }
 
 type Tx = mpsc::Sender<Result<ProxyEvent, ProxyError>>;
+type Upstream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Send>>;
 
 fn chat_request(input: &CompleteInput) -> ChatRequest {
     let r = &input.route;
@@ -175,13 +177,11 @@ impl Proxy {
         }
     }
 
-    async fn run_inner(
+    /// The ordered candidates: the pinned backend, or the routing decision's ranking.
+    async fn candidates(
         &self,
         input: &CompleteInput,
-        tx: &Tx,
-        started: Instant,
-    ) -> Result<(), ProxyError> {
-        let (mut outcome, mut names) = (None, Vec::new());
+    ) -> Result<(Option<RouteOutcome>, Vec<String>), ProxyError> {
         if let Some(name) = &input.pinned {
             if self.backend(name).is_none() {
                 return Err(ProxyError::InvalidArgument {
@@ -189,24 +189,47 @@ impl Proxy {
                     message: format!("unknown backend {name:?}"),
                 });
             }
-            names.push(name.clone());
-        } else {
-            // Health is judged by the proxy's own slot check below, so that "all open" is an
-            // Unavailable naming every breaker rather than a policy failure.
-            let fleet = self.fleet.clone();
-            let live = move |n: &str| Live {
-                healthy: true,
-                latency_ms: fleet.live(n).latency_ms,
-            };
-            let o = self.engine.route(&input.route, &live).await?;
-            names = o.decision.ranked.iter().map(|r| r.name.clone()).collect();
-            outcome = Some(o);
+            return Ok((None, vec![name.clone()]));
         }
-        let first = names.first().cloned().unwrap_or_default();
+        // Health is judged by the proxy's own slot check, so that "all open" is an
+        // Unavailable naming every breaker rather than a policy failure.
+        let fleet = self.fleet.clone();
+        let live = move |n: &str| Live {
+            healthy: true,
+            latency_ms: fleet.live(n).latency_ms,
+        };
+        let o = self.engine.route(&input.route, &live).await?;
+        let names = o.decision.ranked.iter().map(|r| r.name.clone()).collect();
+        Ok((Some(o), names))
+    }
+
+    /// One upstream call up to its first token, bounded by the backend's TTFT timeout.
+    async fn first(&self, b: &Backend, req: &ChatRequest, t0: Instant) -> FirstOutcome<Upstream> {
+        let timeout = Duration::from_millis(b.first_token_timeout_ms);
+        tokio::time::timeout(timeout, async {
+            match openai::open_stream(&self.fleet.http, b, req).await {
+                Ok(s) => first_token(Box::pin(s) as Upstream, t0).await,
+                Err(e) => FirstOutcome::Failed(e),
+            }
+        })
+        .await
+        .unwrap_or(FirstOutcome::Failed(UpstreamError::FirstTokenTimeout(
+            timeout,
+        )))
+    }
+
+    async fn run_inner(
+        &self,
+        input: &CompleteInput,
+        tx: &Tx,
+        started: Instant,
+    ) -> Result<(), ProxyError> {
+        let (outcome, names) = self.candidates(input).await?;
+        let trying = names.first().cloned().unwrap_or_default();
         if tx
             .send(Ok(ProxyEvent::Decision {
                 outcome: outcome.map(Box::new),
-                trying: first,
+                trying,
             }))
             .await
             .is_err()
@@ -214,15 +237,15 @@ impl Proxy {
             return Ok(());
         }
         let req = chat_request(input);
-        let mut attempts = Vec::new();
-        let mut calls = 0;
+        let m = &self.engine.metrics;
+        let (mut attempts, mut calls) = (Vec::new(), 0);
         for name in &names {
-            if calls >= self.max_attempts {
-                break;
-            }
             let Some(b) = self.backend(name) else {
                 continue;
             };
+            if calls >= self.max_attempts {
+                break;
+            }
             let slot = match self.fleet.acquire(name) {
                 Ok(s) => s,
                 Err(skip) => {
@@ -236,26 +259,13 @@ impl Proxy {
             };
             calls += 1;
             let t0 = Instant::now();
-            let timeout = Duration::from_millis(b.first_token_timeout_ms);
-            let opened = tokio::time::timeout(timeout, async {
-                match openai::open_stream(&self.fleet.http, b, &req).await {
-                    Ok(s) => first_token(Box::pin(s), t0).await,
-                    Err(e) => FirstOutcome::Failed(e),
-                }
-            })
-            .await
-            .unwrap_or(FirstOutcome::Failed(UpstreamError::FirstTokenTimeout(
-                timeout,
-            )));
-            match opened {
+            match self.first(b, &req, t0).await {
                 FirstOutcome::Failed(e) => {
                     let retry_after = match &e {
                         UpstreamError::Http { retry_after, .. } => *retry_after,
                         _ => None,
                     };
-                    self.engine
-                        .metrics
-                        .proxy_attempts
+                    m.proxy_attempts
                         .with_label_values(&[name.as_str(), e.kind()])
                         .inc();
                     tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
@@ -276,18 +286,14 @@ impl Proxy {
                         .await;
                 }
                 FirstOutcome::Token(text, stream, ttft) => {
-                    self.engine
-                        .metrics
-                        .proxy_attempts
+                    m.proxy_attempts
                         .with_label_values(&[name.as_str(), "ok"])
                         .inc();
-                    self.engine
-                        .metrics
-                        .ttft_seconds
+                    m.ttft_seconds
                         .with_label_values(&[name.as_str()])
                         .observe(ttft.as_secs_f64());
                     if !attempts.is_empty() {
-                        self.engine.metrics.failovers.inc();
+                        m.failovers.inc();
                     }
                     return self
                         .relay(input, b, slot, text, stream, ttft, started, attempts, tx)
@@ -295,23 +301,20 @@ impl Proxy {
                 }
             }
         }
-        if calls == 0 {
-            let states = self
+        if calls > 0 {
+            return Err(ProxyError::AllFailed(attempts));
+        }
+        let mut why: Vec<(String, String)> =
+            attempts.into_iter().map(|a| (a.backend, a.error)).collect();
+        if why.is_empty() {
+            why = self
                 .fleet
                 .states()
                 .into_iter()
                 .map(|(b, s)| (b, format!("circuit {s}")))
-                .collect::<Vec<_>>();
-            let mut why: Vec<(String, String)> = attempts
-                .iter()
-                .map(|a| (a.backend.clone(), a.error.clone()))
                 .collect();
-            if why.is_empty() {
-                why = states;
-            }
-            return Err(ProxyError::NoneAvailable(why));
         }
-        Err(ProxyError::AllFailed(attempts))
+        Err(ProxyError::NoneAvailable(why))
     }
 
     /// Forwards the rest of a stream whose first token is in hand.

@@ -196,3 +196,19 @@ async fn text_of_any_length_under_the_limit_is_truncated_not_rejected() {
         "head_tail truncation lost the final instruction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_embed_runs_and_reports_every_row() {
+    // Smoke test of the benchmark path (numbers come from release runs, BENCHMARKS.md).
+    let e = embedder(&encoder_config());
+    let r = switchboard::bench::embed(&e, 2, 1, 1).await.unwrap();
+    assert_eq!(
+        r.single.iter().map(|x| x.tokens).collect::<Vec<_>>(),
+        vec![16, 64, 256]
+    );
+    assert!(r
+        .single
+        .iter()
+        .all(|x| x.end_to_end.p50 > 0.0 && x.bare_forward.p50 > 0.0 && x.stock_forward.p50 > 0.0));
+    assert!(r.prompts_per_s > 0.0 && r.bare_batch_prompts_per_s > 0.0);
+}

@@ -78,6 +78,7 @@ pub struct Bound {
     http: TcpListener,
     pub engine: Arc<Engine>,
     pub proxy: Arc<Proxy>,
+    keys: Option<Arc<crate::auth::ApiKeys>>,
 }
 
 impl Bound {
@@ -115,11 +116,16 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         fleet: Arc::new(fleet),
         max_attempts: s.max_attempts.max(1),
     });
+    let keys = match &engine.config.server.api_keys_file {
+        Some(p) => Some(Arc::new(crate::auth::ApiKeys::load(p)?)),
+        None => None,
+    };
     Ok(Bound {
         grpc: listen(cfg.grpc_addr).await?,
         http: listen(cfg.http_addr).await?,
         engine,
         proxy,
+        keys,
     })
 }
 
@@ -163,10 +169,11 @@ pub async fn run(
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             RouterServer::new(router::RouterService::new(bound.proxy))
                 .max_decoding_message_size(max),
-        )
+            crate::auth::interceptor(bound.keys),
+        ))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small responses wait ~40 ms for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(bound.grpc).with_nodelay(Some(true)),

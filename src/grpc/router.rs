@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::Caller;
 use crate::embed::EmbedError;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
 use crate::policy::{PolicyError, Preferences};
@@ -116,6 +117,46 @@ impl From<RouteError> for Status {
     }
 }
 
+/// Applies the authenticated caller: its tenant replaces any `tenant` metadata, and its
+/// backend list narrows `allow_backends` (and must contain a pinned backend).
+fn apply_caller(
+    req: &mut RouteRequest,
+    pinned: Option<&str>,
+    caller: Option<&Caller>,
+) -> Result<(), Status> {
+    let Some(c) = caller else { return Ok(()) };
+    req.metadata.insert("tenant".into(), c.tenant.clone());
+    if c.backends.is_empty() {
+        return Ok(());
+    }
+    if let Some(p) = pinned {
+        if !c.backends.iter().any(|b| b == p) {
+            return Err(Status::permission_denied(format!(
+                "pinned_backend: {p:?} is not allowed for tenant {:?}",
+                c.tenant
+            )));
+        }
+    }
+    let allow: Vec<String> = if req.prefs.allow.is_empty() {
+        c.backends.clone()
+    } else {
+        req.prefs
+            .allow
+            .iter()
+            .filter(|b| c.backends.contains(b))
+            .cloned()
+            .collect()
+    };
+    if allow.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "preferences.allow_backends: none is allowed for tenant {:?}",
+            c.tenant
+        )));
+    }
+    req.prefs.allow = allow;
+    Ok(())
+}
+
 /// Proto request → engine request (no validation here: the engine does it, naming fields).
 pub fn to_route_request(r: pb::RouteDecisionRequest) -> RouteRequest {
     let p = r.preferences.unwrap_or_default();
@@ -210,7 +251,9 @@ impl Router for RouterService {
         );
         let engine = self.engine.clone();
         async move {
-            let req = to_route_request(request.into_inner());
+            let caller = request.extensions().get::<Caller>().cloned();
+            let mut req = to_route_request(request.into_inner());
+            apply_caller(&mut req, None, caller.as_ref())?;
             let fleet = self.proxy.fleet.clone();
             match engine.route(&req, &move |n: &str| fleet.live(n)).await {
                 Ok(o) => {
@@ -236,7 +279,9 @@ impl Router for RouterService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStream>, Status> {
-        let input = to_complete_input(request.into_inner());
+        let caller = request.extensions().get::<Caller>().cloned();
+        let mut input = to_complete_input(request.into_inner());
+        apply_caller(&mut input.route, input.pinned.as_deref(), caller.as_ref())?;
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         let proxy = self.proxy.clone();
         let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));

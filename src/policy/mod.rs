@@ -213,6 +213,79 @@ fn violation(
     None
 }
 
+/// What scoring a backend needs besides the backend itself.
+struct ScoreCtx<'a> {
+    input: &'a RouteInput<'a>,
+    pol: &'a Policy,
+    rules: &'a [&'a Rule],
+    need: f64,
+    trade_off: f64,
+}
+
+/// Score and reasons of one qualifying backend (see the module doc for the formula).
+fn score(b: &Backend, c: &ScoreCtx<'_>, cost: f64, latency: f64, healthy: bool) -> Ranked {
+    let (p, need) = (c.input.prediction, c.need);
+    let (q, basis) = quality(b, p);
+    let label = if basis == "domain" {
+        &p.domain
+    } else {
+        &p.intent
+    };
+    let mut reasons = vec![
+        format!(
+            "{basis} {label} quality {q:.2} {} {need:.2} needed for complexity {:.2}",
+            if q >= need { "≥" } else { "<" },
+            p.complexity
+        ),
+        format!(
+            "estimated cost ${cost:.6} ({} prompt + {} output tokens)",
+            c.input.prompt_tokens, c.input.prefs.expected_output_tokens
+        ),
+    ];
+    let mut score = effective_quality(q, need) - lambda(c.trade_off) * cost_term(cost);
+    let mut pinned = false;
+    for r in c
+        .rules
+        .iter()
+        .filter(|r| r.backend == b.name && matches(&r.when, p, c.input.metadata))
+    {
+        if r.pin {
+            pinned = true;
+            reasons.insert(0, format!("pinned by rule: {}", describe(&r.when)));
+        }
+        if r.boost != 0.0 {
+            score += r.boost;
+            reasons.push(format!(
+                "boost {:+.2} by rule: {}",
+                r.boost,
+                describe(&r.when)
+            ));
+        }
+    }
+    if p.abstained && b.name == c.pol.default_backend {
+        pinned = true;
+        reasons.insert(
+            0,
+            format!(
+                "policy default: classifier abstained (confidence {:.2})",
+                p.confidence
+            ),
+        );
+    }
+    Ranked {
+        name: b.name.clone(),
+        model: b.model.clone(),
+        provider: b.provider.clone(),
+        score,
+        quality: q,
+        cost_usd: cost,
+        latency_ms: latency,
+        healthy,
+        pinned,
+        reasons,
+    }
+}
+
 /// Ranks the catalog's backends for one request.
 pub fn rank(
     cfg: &Config,
@@ -249,64 +322,14 @@ pub fn rank(
             excluded.push((b.name.clone(), why));
             continue;
         }
-        let (q, basis) = quality(b, p);
-        let label = if basis == "domain" {
-            &p.domain
-        } else {
-            &p.intent
+        let ctx = ScoreCtx {
+            input,
+            pol,
+            rules: &rules,
+            need,
+            trade_off: t,
         };
-        let mut reasons = vec![
-            format!(
-                "{basis} {label} quality {q:.2} {} {need:.2} needed for complexity {:.2}",
-                if q >= need { "≥" } else { "<" },
-                p.complexity
-            ),
-            format!(
-                "estimated cost ${cost:.6} ({} prompt + {out_tokens} output tokens)",
-                input.prompt_tokens
-            ),
-        ];
-        let mut score = effective_quality(q, need) - lambda(t) * cost_term(cost);
-        let mut pinned = false;
-        for r in rules
-            .iter()
-            .filter(|r| r.backend == b.name && matches(&r.when, p, input.metadata))
-        {
-            if r.pin {
-                pinned = true;
-                reasons.insert(0, format!("pinned by rule: {}", describe(&r.when)));
-            }
-            if r.boost != 0.0 {
-                score += r.boost;
-                reasons.push(format!(
-                    "boost {:+.2} by rule: {}",
-                    r.boost,
-                    describe(&r.when)
-                ));
-            }
-        }
-        if p.abstained && b.name == pol.default_backend {
-            pinned = true;
-            reasons.insert(
-                0,
-                format!(
-                    "policy default: classifier abstained (confidence {:.2})",
-                    p.confidence
-                ),
-            );
-        }
-        ranked.push(Ranked {
-            name: b.name.clone(),
-            model: b.model.clone(),
-            provider: b.provider.clone(),
-            score,
-            quality: q,
-            cost_usd: cost,
-            latency_ms: latency,
-            healthy: l.healthy,
-            pinned,
-            reasons,
-        });
+        ranked.push(score(b, &ctx, cost, latency, l.healthy));
     }
     if ranked.is_empty() {
         return Err(PolicyError::NoneQualifies(excluded));

@@ -167,39 +167,107 @@ pub fn load_rows(cfg: &TrainConfig) -> Result<Vec<Row>, TrainError> {
     Ok(rows)
 }
 
-/// Runs the whole pipeline and writes the head folder to `cfg.out`.
-pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
-    let rows = load_rows(cfg)?;
-    let (intents, rare_i) =
-        data::label_set(&rows, "intent", |r| r.intent.as_ref(), cfg.min_examples);
-    let (domains, rare_d) =
-        data::label_set(&rows, "domain", |r| r.domain.as_ref(), cfg.min_examples);
+/// Label sets with at least `min` rows each; rarer labels are reported and left out.
+fn label_sets(rows: &[Row], min: usize) -> Result<(Vec<String>, Vec<String>), TrainError> {
+    let (intents, rare_i) = data::label_set(rows, "intent", |r| r.intent.as_ref(), min);
+    let (domains, rare_d) = data::label_set(rows, "domain", |r| r.domain.as_ref(), min);
     for e in rare_i.iter().chain(&rare_d) {
         tracing::warn!("{e}");
     }
     if intents.len() < 2 || domains.is_empty() {
-        return Err(TrainError::Invalid(format!("need ≥ 2 intent labels and ≥ 1 domain label with ≥ {} rows each; found {intents:?} / {domains:?}", cfg.min_examples)));
+        return Err(TrainError::Invalid(format!("need ≥ 2 intent labels and ≥ 1 domain label with ≥ {min} rows each; found {intents:?} / {domains:?}")));
     }
+    Ok((intents, domains))
+}
+
+type Part<'a> = (Vec<&'a Row>, Vec<&'a (Vec<f32>, u32)>);
+
+/// The deterministic train/dev split of rows and their embeddings.
+fn split<'a>(
+    rows: &'a [Row],
+    vectors: &'a [(Vec<f32>, u32)],
+    cfg: &TrainConfig,
+) -> Result<(Part<'a>, Part<'a>), TrainError> {
+    let (mut tr, mut dv): (Part<'a>, Part<'a>) = Default::default();
+    for (r, v) in rows.iter().zip(vectors) {
+        let side = if data::is_dev(r, cfg.fit.seed, cfg.dev_percent) {
+            &mut dv
+        } else {
+            &mut tr
+        };
+        side.0.push(r);
+        side.1.push(v);
+    }
+    if tr.0.is_empty() || dv.0.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "split left {} train and {} dev rows",
+            tr.0.len(),
+            dv.0.len()
+        )));
+    }
+    Ok((tr, dv))
+}
+
+/// Intent and domain temperatures fitted on the dev split's raw logits.
+fn calibrate(
+    heads: &crate::classify::heads::Heads,
+    dev: &Dataset,
+) -> Result<(f32, f32), TrainError> {
+    let x = Tensor::from_vec(dev.x.clone(), (dev.len(), dev.dim), &Device::Cpu)?;
+    let out = heads.forward(&x, None)?;
+    let labels = |mask: &[f32], y: &[u32]| {
+        mask.iter()
+            .zip(y)
+            .map(|(m, y)| (*m > 0.0).then_some(*y as usize))
+            .collect::<Vec<_>>()
+    };
+    let t_int = fit::fit_temperature(
+        &out.intent.to_vec2()?,
+        &labels(&dev.intent_mask, &dev.intent),
+    );
+    let t_dom = fit::fit_temperature(
+        &out.domain.to_vec2()?,
+        &labels(&dev.domain_mask, &dev.domain),
+    );
+    Ok((t_int, t_dom))
+}
+
+/// Where a head came from: data files and hash, hyper-parameters, split, token budget.
+fn provenance(
+    cfg: &TrainConfig,
+    best_epoch: usize,
+    max_tokens: usize,
+) -> Result<BTreeMap<String, serde_json::Value>, TrainError> {
+    let files: Vec<String> = cfg.data.iter().map(|p| p.display().to_string()).collect();
+    let hyper = serde_json::to_value(&cfg.fit).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    Ok(BTreeMap::from([
+        ("data".to_string(), serde_json::json!(files)),
+        (
+            "data_sha256".to_string(),
+            serde_json::json!(data::data_sha256(&cfg.data)?),
+        ),
+        ("hyper_parameters".to_string(), hyper),
+        ("best_epoch".to_string(), serde_json::json!(best_epoch)),
+        (
+            "dev_percent".to_string(),
+            serde_json::json!(cfg.dev_percent),
+        ),
+        (
+            "real_prompt_weight".to_string(),
+            serde_json::json!(cfg.real_prompt_weight),
+        ),
+        ("max_tokens".to_string(), serde_json::json!(max_tokens)),
+    ]))
+}
+
+/// Runs the whole pipeline and writes the head folder to `cfg.out`.
+pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
+    let rows = load_rows(cfg)?;
+    let (intents, domains) = label_sets(&rows, cfg.min_examples)?;
     let t0 = Instant::now();
     let (vectors, embedded) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
     let embed_secs = t0.elapsed().as_secs_f64();
-    let (mut tr, mut dv) = (Vec::new(), Vec::new());
-    for (r, v) in rows.iter().zip(&vectors) {
-        if data::is_dev(r, cfg.fit.seed, cfg.dev_percent) {
-            dv.push((r, v))
-        } else {
-            tr.push((r, v))
-        }
-    }
-    if tr.is_empty() || dv.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "split left {} train and {} dev rows",
-            tr.len(),
-            dv.len()
-        )));
-    }
-    let (tr_rows, tr_vecs): (Vec<&Row>, Vec<_>) = tr.into_iter().unzip();
-    let (dv_rows, dv_vecs): (Vec<&Row>, Vec<_>) = dv.into_iter().unzip();
+    let ((tr_rows, tr_vecs), (dv_rows, dv_vecs)) = split(&rows, &vectors, cfg)?;
     let train_ds = dataset(
         &tr_rows,
         &tr_vecs,
@@ -231,52 +299,10 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     })
     .await
     .map_err(|e| TrainError::Invalid(e.to_string()))??;
-    // Calibrate on the dev split's raw logits.
-    let x = Tensor::from_vec(dev_ds.x.clone(), (dev_ds.len(), dev_ds.dim), &Device::Cpu)?;
-    let out = result.heads.forward(&x, None)?;
-    let labels = |mask: &[f32], y: &[u32]| {
-        mask.iter()
-            .zip(y)
-            .map(|(m, y)| (*m > 0.0).then_some(*y as usize))
-            .collect::<Vec<_>>()
-    };
-    let t_int = fit::fit_temperature(
-        &out.intent.to_vec2()?,
-        &labels(&dev_ds.intent_mask, &dev_ds.intent),
-    );
-    let t_dom = fit::fit_temperature(
-        &out.domain.to_vec2()?,
-        &labels(&dev_ds.domain_mask, &dev_ds.domain),
-    );
+    let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
     let info = embedder.info();
-    let mut training = BTreeMap::new();
-    training.insert(
-        "data".into(),
-        serde_json::json!(cfg
-            .data
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()),
-    );
-    training.insert(
-        "data_sha256".into(),
-        serde_json::json!(data::data_sha256(&cfg.data)?),
-    );
-    training.insert(
-        "hyper_parameters".into(),
-        serde_json::to_value(&cfg.fit).map_err(|e| TrainError::Invalid(e.to_string()))?,
-    );
-    training.insert("best_epoch".into(), serde_json::json!(result.best_epoch));
-    training.insert("dev_percent".into(), serde_json::json!(cfg.dev_percent));
-    training.insert(
-        "real_prompt_weight".into(),
-        serde_json::json!(cfg.real_prompt_weight),
-    );
-    training.insert(
-        "max_tokens".into(),
-        serde_json::json!(embedder.tokenizer().max_tokens()),
-    );
+    let training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
     let mut meta = ClassifierMeta {
         format: 1,
         version: String::new(),

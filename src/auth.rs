@@ -1,0 +1,125 @@
+//! Client API keys: a TOML file of sha256 hashes (never the keys), each bound to a tenant and
+//! optionally to the backends it may use. Checked by a tonic interceptor; the caller's
+//! identity travels to the handlers as a request extension.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    /// Hex sha256 of the key (`switchboard hash-key KEY` prints it).
+    sha256: String,
+    tenant: String,
+    #[serde(default)]
+    backends: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeyEntry>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    pub tenant: String,
+    /// Empty = every backend.
+    pub backends: Vec<String>,
+}
+
+/// The loaded key table.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_hash: HashMap<String, Caller>,
+}
+
+/// Hex sha256 of a key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl ApiKeys {
+    /// Reads a keys file; errors name the file and the entry.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(e, file.clone()))?;
+        let parsed: KeysFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            file: file.clone(),
+            path: "keys".into(),
+            message: e.message().to_string(),
+        })?;
+        let mut by_hash = HashMap::new();
+        for (i, k) in parsed.keys.into_iter().enumerate() {
+            if k.sha256.len() != 64 || !k.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid {
+                    file: file.clone(),
+                    path: format!("keys[{i}].sha256"),
+                    message: "must be 64 hex digits (the key's sha256)".into(),
+                });
+            }
+            by_hash.insert(
+                k.sha256.to_ascii_lowercase(),
+                Caller {
+                    tenant: k.tenant,
+                    backends: k.backends,
+                },
+            );
+        }
+        Ok(Self { by_hash })
+    }
+
+    /// The caller for an `authorization` header value (`Bearer KEY`).
+    pub fn check(&self, header: Option<&str>) -> Result<Caller, &'static str> {
+        let key = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or("missing `authorization: Bearer <key>`")?;
+        self.by_hash
+            .get(&hash_key(key.trim()))
+            .cloned()
+            .ok_or("unknown API key")
+    }
+}
+
+/// A tonic interceptor enforcing `keys` (when configured).
+pub fn interceptor(
+    keys: Option<Arc<ApiKeys>>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |mut req: tonic::Request<()>| {
+        let Some(keys) = &keys else { return Ok(req) };
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = keys.check(header).map_err(tonic::Status::unauthenticated)?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_bearer_keys_by_hash() {
+        let mut keys = ApiKeys::default();
+        keys.by_hash.insert(
+            hash_key("s3cret"),
+            Caller {
+                tenant: "acme".into(),
+                backends: vec![],
+            },
+        );
+        assert_eq!(keys.check(Some("Bearer s3cret")).unwrap().tenant, "acme");
+        assert!(keys.check(Some("Bearer nope")).is_err());
+        assert!(keys.check(Some("s3cret")).is_err());
+        assert!(keys.check(None).is_err());
+    }
+}
