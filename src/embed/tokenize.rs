@@ -11,6 +11,7 @@ use super::EmbedError;
 /// What to keep of an input longer than the token budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Truncation {
     /// Keep the first tokens.
     Head,
