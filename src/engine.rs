@@ -337,23 +337,19 @@ impl Engine {
         if p.abstained {
             m.abstains.inc();
         }
-        if !cache_hit {
+        let stages = [
+            ("queue", t.queue_us),
+            ("embed", t.embed_us),
+            ("classify", t.classify_us),
+            ("rank", t.rank_us),
+            ("total", t.total_us),
+        ];
+        // A cache hit has no queue/embed/classify stages to report.
+        for (stage, us) in stages.into_iter().skip(if cache_hit { 3 } else { 0 }) {
             m.stage_seconds
-                .with_label_values(&["queue"])
-                .observe(t.queue_us as f64 / 1e6);
-            m.stage_seconds
-                .with_label_values(&["embed"])
-                .observe(t.embed_us as f64 / 1e6);
-            m.stage_seconds
-                .with_label_values(&["classify"])
-                .observe(t.classify_us as f64 / 1e6);
+                .with_label_values(&[stage])
+                .observe(us as f64 / 1e6);
         }
-        m.stage_seconds
-            .with_label_values(&["rank"])
-            .observe(t.rank_us as f64 / 1e6);
-        m.stage_seconds
-            .with_label_values(&["total"])
-            .observe(t.total_us as f64 / 1e6);
         m.queue_depth.set(self.embedder.queue_depth() as i64);
     }
 }

@@ -384,10 +384,17 @@ async fn five_hundred_streams_with_ten_percent_failures_lose_nothing() {
         assert!(o.error.is_none(), "stream {i}: {:?}", o.error);
         assert_eq!(o.text, mock::REPLY, "stream {i}");
         let d = o.done.unwrap();
-        failovers += d.attempts.iter().filter(|a| a.error.contains("HTTP 500")).count();
+        failovers += d
+            .attempts
+            .iter()
+            .filter(|a| a.error.contains("HTTP 500"))
+            .count();
     }
     // About one flaky call in ten fails (the breaker's error-rate window may then skip the
     // flaky backend for a while, which is fine: every stream still completes in full).
-    assert!(failovers >= 30, "only {failovers} upstream failures were exercised");
+    assert!(
+        failovers >= 30,
+        "only {failovers} upstream failures were exercised"
+    );
     server.stop().await;
 }

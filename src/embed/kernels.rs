@@ -52,12 +52,7 @@ fn par_rows(
     n: usize,
     f: impl Fn((&mut [f32], &[f32])) + Sync + Send,
 ) {
-    use rayon::prelude::*;
-    if out.len() >= PAR_MIN && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(n).zip(src.par_chunks(n)).for_each(f);
-    } else {
-        out.chunks_mut(n).zip(src.chunks(n)).for_each(f);
-    }
+    par_rows_indexed(out, src, n, |_, o, s| f((o, s)));
 }
 
 fn par_rows_indexed(
