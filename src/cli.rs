@@ -1,0 +1,292 @@
+//! The command line's arguments (clap): part of the `switchboard` binary, not of the library.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard::embed::{EncoderConfig, Truncation};
+use switchboard::train::fit::FitConfig;
+use switchboard::train::run::TrainConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Route LLM prompts with a local sentence encoder"
+)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gRPC service (and /metrics on the HTTP address).
+    Serve {
+        #[arg(long, env = "SWITCHBOARD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+        grpc_addr: SocketAddr,
+        #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+        http_addr: SocketAddr,
+        /// Catalog and settings (TOML); the bundled config/switchboard.toml when absent.
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check the config (and load the classifier it names), then exit.
+        #[arg(long)]
+        validate_config: bool,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Route one prompt and print the decision as a table.
+    Route {
+        prompt: String,
+        /// Server to ask.
+        #[arg(
+            long,
+            env = "SWITCHBOARD_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// Run in-process instead of calling a server.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        trade_off: Option<f64>,
+        #[arg(long, default_value = "")]
+        policy: String,
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Embed one text and print the first values of its vector and the time taken.
+    Embed {
+        text: String,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Train the classifier heads on labelled JSONL and write a head folder.
+    Train(TrainArgs),
+    /// Evaluate a head on labelled JSONL (by default the trainer's dev split).
+    Eval {
+        #[arg(long = "data", required = true, value_delimiter = ',')]
+        data: Vec<PathBuf>,
+        #[arg(long, default_value = "models/classifier")]
+        head: PathBuf,
+        #[arg(long, env = "SWITCHBOARD_CACHE_DIR", default_value = ".cache")]
+        cache_dir: PathBuf,
+        /// Evaluate every row instead of the dev split.
+        #[arg(long)]
+        all_rows: bool,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value_t = 15)]
+        dev_percent: u32,
+        /// Rows sampled for typo robustness (0 = skip).
+        #[arg(long, default_value_t = 1000)]
+        typo_rows: usize,
+        /// Where report.json and the SVG charts go.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Print the sha256 of an API key, for the keys file (`server.api_keys_file`).
+    HashKey { key: String },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Latency switchboard adds over a direct call, against the in-tree mock upstream.
+    Proxy {
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,200")]
+        levels: Vec<usize>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// RouteDecision through the real gRPC server on loopback.
+    Route {
+        #[arg(long, default_value_t = 100)]
+        iterations: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+    /// Single-prompt latency and batched throughput of the encoder.
+    Embed {
+        #[arg(long, env = "SWITCHBOARD_BENCH_ITERATIONS", default_value_t = 100)]
+        iterations: usize,
+        #[arg(long, env = "SWITCHBOARD_BENCH_ROUNDS", default_value_t = 20)]
+        rounds: usize,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// JSONL files (text, intent, domain, complexity); rows with the same id are merged.
+    #[arg(
+        long = "data",
+        required = true,
+        env = "SWITCHBOARD_TRAIN_DATA",
+        value_delimiter = ','
+    )]
+    pub data: Vec<PathBuf>,
+    /// Output head folder.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRAIN_OUT",
+        default_value = "models/classifier"
+    )]
+    pub out: PathBuf,
+    /// Embedding cache folder (inside the repo by default, so nothing lives outside it).
+    #[arg(long, env = "SWITCHBOARD_CACHE_DIR", default_value = ".cache")]
+    pub cache_dir: PathBuf,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 15)]
+    pub dev_percent: u32,
+    /// Hidden units per head (0 = linear heads).
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 60)]
+    pub max_epochs: usize,
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f32,
+    /// Loss weight of real user prompts (source = sharegpt).
+    #[arg(long, default_value_t = 3.0)]
+    pub real_weight: f32,
+    #[arg(long, default_value_t = 10)]
+    pub min_examples: usize,
+    #[arg(long, default_value_t = 0.4)]
+    pub abstain_threshold: f32,
+    /// Use only the first N rows (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            cache_dir: self.cache_dir.clone(),
+            dev_percent: self.dev_percent,
+            real_prompt_weight: self.real_weight,
+            min_examples: self.min_examples,
+            abstain_threshold: self.abstain_threshold,
+            limit: self.limit,
+            fit: FitConfig {
+                hidden: self.hidden,
+                max_epochs: self.max_epochs,
+                patience: self.patience,
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                batch_size: self.batch_size,
+                dropout: self.dropout,
+                seed: self.seed,
+            },
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct EncoderArgs {
+    /// Encoder folder (config.json, tokenizer.json, model.safetensors).
+    #[arg(long, env = "SWITCHBOARD_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Encoder worker threads, each running whole forward passes.
+    #[arg(long, env = "SWITCHBOARD_WORKERS")]
+    pub workers: Option<usize>,
+    /// Threads per forward pass (candle's matmul pool; sets RAYON_NUM_THREADS).
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
+    pub threads: Option<usize>,
+    /// Token budget per prompt, special tokens included.
+    #[arg(long, env = "SWITCHBOARD_MAX_TOKENS")]
+    pub max_tokens: Option<usize>,
+    #[arg(long, env = "SWITCHBOARD_TRUNCATION", value_enum)]
+    pub truncation: Option<Truncation>,
+    #[arg(long, env = "SWITCHBOARD_MAX_INPUT_BYTES")]
+    pub max_input_bytes: Option<usize>,
+    #[arg(long, env = "SWITCHBOARD_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Use the GPU (needs the `cuda` feature).
+    #[arg(long, env = "SWITCHBOARD_GPU")]
+    pub gpu: bool,
+}
+
+impl EncoderArgs {
+    pub fn config(&self) -> EncoderConfig {
+        self.apply(EncoderConfig::default())
+    }
+
+    /// Flags given on the command line override `c` (the config file's `[encoder]`).
+    pub fn apply(&self, mut c: EncoderConfig) -> EncoderConfig {
+        if let Some(v) = &self.model_dir {
+            c.model_dir = v.clone();
+        }
+        if let Some(v) = self.workers {
+            c.workers = v;
+        }
+        if let Some(v) = self.max_tokens {
+            c.max_tokens = v;
+        }
+        if let Some(v) = self.truncation {
+            c.truncation = v;
+        }
+        if let Some(v) = self.max_input_bytes {
+            c.max_input_bytes = v;
+        }
+        if let Some(v) = self.queue_capacity {
+            c.queue_capacity = v;
+        }
+        c.use_gpu = self.gpu;
+        c
+    }
+
+    /// Default: one candle thread per worker, so workers × threads = the machine's cores.
+    pub fn threads(&self) -> usize {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        self.threads
+            .unwrap_or_else(|| (cores / self.config().workers.max(1)).max(1))
+    }
+}
+
+pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
+    match cmd {
+        Command::Serve { encoder, .. }
+        | Command::Embed { encoder, .. }
+        | Command::Route { encoder, .. } => Some(encoder),
+        Command::Train(t) => Some(&t.encoder),
+        Command::Eval { encoder, .. } => Some(encoder),
+        Command::Bench {
+            what:
+                BenchCommand::Embed { encoder, .. }
+                | BenchCommand::Route { encoder, .. }
+                | BenchCommand::Proxy { encoder, .. },
+        } => Some(encoder),
+        Command::HashKey { .. } => None,
+    }
+}
