@@ -49,7 +49,7 @@ impl Mock {
             .route("/v1/chat/completions", post(chat))
             .with_state(counters.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener.tap_io(nodelay), app).await;
+            let _ = axum::serve(listener.tap_io(crate::http::nodelay), app).await;
         });
         Ok(Self {
             addr,
@@ -66,13 +66,6 @@ impl Mock {
 impl Drop for Mock {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Small SSE frames must not wait for delayed ACKs (Nagle).
-pub fn nodelay(s: &mut tokio::net::TcpStream) {
-    if let Err(e) = s.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

@@ -402,12 +402,16 @@ impl Proxy {
             Some((p, c)) => (p, c, false),
             None => {
                 let tok = self.engine.embedder.tokenizer();
-                let prompt: String = chat_request(input)
-                    .messages
-                    .iter()
-                    .map(|m| m.content.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let r = &input.route;
+                let prompt = if r.messages.is_empty() {
+                    r.prompt.clone()
+                } else {
+                    r.messages
+                        .iter()
+                        .map(|(_, c)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
                 (
                     tok.count_tokens(&prompt) as u32,
                     tok.count_tokens(&text).saturating_sub(2) as u32,

@@ -61,19 +61,18 @@ pub struct Slot {
     admit: Admit,
     _permit: OwnedSemaphorePermit,
     finished: bool,
-    fleet_probe: Option<Arc<Fleet>>,
+    fleet: Arc<Fleet>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // A probe that ended without an outcome (client gone) must free the half-open slot.
         if !self.finished && self.admit == Admit::Probe {
-            if let Some(f) = &self.fleet_probe {
-                if let Some(s) = f.states.get(&self.backend) {
-                    s.breaker
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .release_probe();
-                }
+            if let Some(s) = self.fleet.states.get(&self.backend) {
+                s.breaker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .release_probe();
             }
         }
     }
@@ -188,7 +187,7 @@ impl Fleet {
             admit,
             _permit: permit,
             finished: false,
-            fleet_probe: Some(self.clone()),
+            fleet: self.clone(),
         })
     }
 

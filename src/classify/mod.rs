@@ -292,14 +292,9 @@ pub fn varmap_bytes(varmap: &VarMap) -> Result<Vec<u8>, ClassifyError> {
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     drop(data);
-    let tmp = std::env::temp_dir().join(format!(
-        "switchboard-heads-{}.safetensors",
-        std::process::id()
-    ));
-    candle_core::safetensors::save(&named.into_iter().collect(), &tmp)?;
-    let bytes = std::fs::read(&tmp).map_err(|e| load_err(&tmp, e))?;
-    let _ = std::fs::remove_file(&tmp);
-    Ok(bytes)
+    safetensors::tensor::serialize(named, None).map_err(|e| {
+        ClassifyError::Model(candle_core::Error::Msg(format!("serialising heads: {e}")))
+    })
 }
 
 /// Index and value of the largest element.

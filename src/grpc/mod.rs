@@ -160,7 +160,7 @@ pub async fn run(
         engine: engine.clone(),
         ready,
     });
-    let http = axum::serve(bound.http.tap_io(crate::mock::nodelay), http_app)
+    let http = axum::serve(bound.http.tap_io(crate::http::nodelay), http_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http.await });
     tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");

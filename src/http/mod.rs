@@ -30,6 +30,14 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// Sets TCP_NODELAY on an accepted connection: small responses and SSE frames must not wait
+/// for delayed ACKs (Nagle). For `axum::serve(listener.tap_io(nodelay), …)`.
+pub fn nodelay(s: &mut tokio::net::TcpStream) {
+    if let Err(e) = s.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// The HTTP router.
 pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
