@@ -12,6 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("switchboard_descriptor.bin"))
+        // JSON for the HTTP side (`POST /v1/route`): field names as in the .proto.
+        .message_attribute(
+            ".switchboard.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .enum_attribute(
+            ".switchboard.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
+        )
         .compile_protos(&protos, &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

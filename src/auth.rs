@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
+use crate::engine::RouteRequest;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +86,47 @@ impl ApiKeys {
             .cloned()
             .ok_or("unknown API key")
     }
+}
+
+/// Applies the authenticated caller: its tenant replaces any `tenant` metadata, and its
+/// backend list narrows `allow_backends` (and must contain a pinned backend). The error is a
+/// permission-denied message naming the field.
+pub fn apply_caller(
+    req: &mut RouteRequest,
+    pinned: Option<&str>,
+    caller: Option<&Caller>,
+) -> Result<(), String> {
+    let Some(c) = caller else { return Ok(()) };
+    req.metadata.insert("tenant".into(), c.tenant.clone());
+    if c.backends.is_empty() {
+        return Ok(());
+    }
+    if let Some(p) = pinned {
+        if !c.backends.iter().any(|b| b == p) {
+            return Err(format!(
+                "pinned_backend: {p:?} is not allowed for tenant {:?}",
+                c.tenant
+            ));
+        }
+    }
+    let allow: Vec<String> = if req.prefs.allow.is_empty() {
+        c.backends.clone()
+    } else {
+        req.prefs
+            .allow
+            .iter()
+            .filter(|b| c.backends.contains(b))
+            .cloned()
+            .collect()
+    };
+    if allow.is_empty() {
+        return Err(format!(
+            "preferences.allow_backends: none is allowed for tenant {:?}",
+            c.tenant
+        ));
+    }
+    req.prefs.allow = allow;
+    Ok(())
 }
 
 /// A tonic interceptor enforcing `keys` (when configured).

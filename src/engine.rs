@@ -164,7 +164,9 @@ impl Engine {
         Ok(())
     }
 
-    fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
+    /// Validates a request (sizes, roles, preferences, policy) and returns the classifier
+    /// input text. `route` calls it; a pinned completion, which skips routing, calls it too.
+    pub fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
         let s = &self.config.server;
         if req.messages.len() > s.max_messages {
             return Err(invalid(

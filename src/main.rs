@@ -206,6 +206,7 @@ async fn embed(text: &str, encoder: &EncoderArgs) -> anyhow::Result<()> {
 /// A server on 127.0.0.1 port 0 in this process, for the benchmarks.
 struct LocalServer {
     addr: SocketAddr,
+    http: SocketAddr,
     engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), grpc::ServeError>>,
@@ -220,13 +221,14 @@ impl LocalServer {
             config,
         })
         .await?;
-        let (addr, engine) = (bound.grpc_addr()?, bound.engine.clone());
+        let (addr, http, engine) = (bound.grpc_addr()?, bound.http_addr()?, bound.engine.clone());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(grpc::run(bound, async {
             let _ = rx.await;
         }));
         Ok(Self {
             addr,
+            http,
             engine,
             stop,
             task,
@@ -297,9 +299,14 @@ async fn bench(what: BenchCommand) -> anyhow::Result<()> {
                 p.rules.clear();
             }
             let server = LocalServer::start(cfg).await?;
-            let report = switchboard::bench::proxy::proxy(&mock.base_url(), server.addr, &levels)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let report = switchboard::bench::proxy::proxy(
+                &mock.base_url(),
+                server.addr,
+                server.http,
+                &levels,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             println!("{report}");
             server.stop().await?;
         }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub cost_usd: prometheus::CounterVec,
     pub ttft_seconds: HistogramVec,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -146,6 +148,29 @@ impl Metrics {
                         ],
                     ),
                     &["backend"],
+                )?,
+            )?,
+            http_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_requests_total",
+                        "HTTP /v1 requests by route and status",
+                    ),
+                    &["path", "status"],
+                )?,
+            )?,
+            http_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_response_head_seconds",
+                        "Time to the HTTP response head (first token when streaming)",
+                    )
+                    .buckets(vec![
+                        1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                    ]),
+                    &["path"],
                 )?,
             )?,
             registry: r,

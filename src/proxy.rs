@@ -56,9 +56,16 @@ pub struct DoneInfo {
 
 #[derive(Debug, Clone)]
 pub enum ProxyEvent {
+    /// Always first. `decision_id` is the routing decision's, or a fresh id when pinned.
     Decision {
+        decision_id: String,
         outcome: Option<Box<RouteOutcome>>,
         trying: String,
+    },
+    /// The backend whose answer is being relayed, right before its first delta.
+    Serving {
+        backend: String,
+        model: String,
     },
     Delta(String),
     Done(Box<DoneInfo>),
@@ -189,6 +196,7 @@ impl Proxy {
                     message: format!("unknown backend {name:?}"),
                 });
             }
+            self.engine.validate(&input.route)?;
             return Ok((None, vec![name.clone()]));
         }
         // Health is judged by the proxy's own slot check, so that "all open" is an
@@ -226,8 +234,13 @@ impl Proxy {
     ) -> Result<(), ProxyError> {
         let (outcome, names) = self.candidates(input).await?;
         let trying = names.first().cloned().unwrap_or_default();
+        let decision_id = outcome
+            .as_ref()
+            .map(|o| o.decision_id.clone())
+            .unwrap_or_else(crate::engine::new_id);
         if tx
             .send(Ok(ProxyEvent::Decision {
+                decision_id,
                 outcome: outcome.map(Box::new),
                 trying,
             }))
@@ -336,7 +349,13 @@ impl Proxy {
     {
         let mut text = first.clone();
         let mut chunks = 1;
-        if tx.send(Ok(ProxyEvent::Delta(first))).await.is_err() {
+        let serving = ProxyEvent::Serving {
+            backend: b.name.clone(),
+            model: b.model.clone(),
+        };
+        if tx.send(Ok(serving)).await.is_err()
+            || tx.send(Ok(ProxyEvent::Delta(first))).await.is_err()
+        {
             return Ok(()); // client gone: dropping `stream` closes the upstream request
         }
         let mut tail = Vec::new();

@@ -5,51 +5,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use switchboard::config::{Backend, Config};
 use switchboard::mock::{self, Mock};
 use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::{CompleteRequest, DoneEvent, Preferences, RouteDecisionRequest};
 use tonic::Code;
 
-fn backend(name: &str, model: &str, base_url: &str, quality: f64) -> Backend {
-    let mut q = BTreeMap::new();
-    q.insert("default".to_string(), quality);
-    Backend {
-        name: name.into(),
-        provider: "openai_compatible".into(),
-        base_url: base_url.into(),
-        api_key_env: None,
-        model: model.into(),
-        input_price_per_mtok: 1.0,
-        output_price_per_mtok: 4.0,
-        context_window: 100_000,
-        capabilities: vec!["streaming".into()],
-        quality: q,
-        domain_quality: BTreeMap::new(),
-        latency_ms: 100.0,
-        max_concurrency: 1000,
-        tags: vec![],
-        first_token_timeout_ms: 2_000,
-    }
-}
-
-fn config(backends: Vec<Backend>) -> Config {
-    let mut c = common::bundled_config();
-    let first = backends[0].name.clone();
-    c.backends = backends;
-    for p in c.policies.values_mut() {
-        p.default_backend = first.clone();
-        p.rules.clear();
-        p.variants.clear();
-    }
-    c.server.breaker_failures = 1000;
-    c
-}
+use common::{catalog as config, mock_backend as backend};
 
 /// Quality-first routing, so the ranking follows the catalog's quality scores.
 fn request(prompt: &str) -> CompleteRequest {

@@ -1,6 +1,7 @@
 //! `switchboard bench proxy`: what switchboard adds over calling the upstream directly. The
-//! in-tree mock upstream, a direct streaming client, and `Complete` through the real gRPC
-//! server (backend pinned, then routed) run side by side at several concurrencies.
+//! in-tree mock upstream called directly, `Complete` through the real gRPC server (backend
+//! pinned, then routed) and the OpenAI-compatible HTTP facade (pinned; streaming and not) run
+//! side by side at several concurrencies.
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ impl fmt::Display for ProxyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<22} {:>4} {:>6} {:>4} {:>9}  {:>8} {:>8}  {:>8} {:>8}  {:>7}",
+            "{:<24} {:>4} {:>6} {:>4} {:>9}  {:>8} {:>8}  {:>8} {:>8}  {:>7}",
             "path",
             "conc",
             "reqs",
@@ -50,7 +51,7 @@ impl fmt::Display for ProxyReport {
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<22} {:>4} {:>6} {:>4} {:>9.1}  {:>8.3} {:>8.3}  {:>8.3} {:>8.3}  {:>7.3}",
+                "{:<24} {:>4} {:>6} {:>4} {:>9.1}  {:>8.3} {:>8.3}  {:>8.3} {:>8.3}  {:>7.3}",
                 r.path,
                 r.concurrency,
                 r.requests,
@@ -82,12 +83,28 @@ fn cpu_time() -> Duration {
 /// (time to first delta, total, ok)
 type Sample = (Duration, Duration, bool);
 
-async fn direct(http: reqwest::Client, url: String) -> Sample {
+/// One OpenAI-style chat call (the mock directly, or switchboard's facade: same wire format).
+async fn openai_call(
+    http: reqwest::Client,
+    url: String,
+    model: &'static str,
+    stream: bool,
+) -> Sample {
     let start = Instant::now();
-    let body = serde_json::json!({"model": "mock", "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let body = serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]});
     let Ok(resp) = http.post(url).json(&body).send().await else {
         return (start.elapsed(), start.elapsed(), false);
     };
+    if !resp.status().is_success() {
+        return (start.elapsed(), start.elapsed(), false);
+    }
+    if !stream {
+        let ok = resp
+            .bytes()
+            .await
+            .is_ok_and(|b| b.windows(9).any(|w| w == b"\"choices\""));
+        return (start.elapsed(), start.elapsed(), ok);
+    }
     let mut ev = resp.bytes_stream().eventsource();
     let mut first = None;
     let mut ok = false;
@@ -186,6 +203,7 @@ where
 pub async fn proxy(
     mock_url: &str,
     addr: std::net::SocketAddr,
+    http_addr: std::net::SocketAddr,
     levels: &[usize],
 ) -> Result<ProxyReport, String> {
     let http = reqwest::Client::builder()
@@ -194,6 +212,10 @@ pub async fn proxy(
         .build()
         .map_err(|e| e.to_string())?;
     let url = format!("{mock_url}/chat/completions");
+    let facade = format!("http://{http_addr}/v1/chat/completions");
+    let call = |url: &String, model: &'static str, stream: bool| {
+        openai_call(http.clone(), url.clone(), model, stream)
+    };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect()
@@ -202,7 +224,8 @@ pub async fn proxy(
     let client = RouterClient::new(channel);
     // Warm both paths (connections, classification of the routed prompt).
     for _ in 0..20 {
-        direct(http.clone(), url.clone()).await;
+        call(&url, "mock", true).await;
+        call(&facade, "mock", true).await;
         via_grpc(client.clone(), true, "warm".into()).await;
         via_grpc(
             client.clone(),
@@ -214,7 +237,15 @@ pub async fn proxy(
     let mut rows = Vec::new();
     for &c in levels {
         let n = (c * 40).clamp(400, 6000);
-        rows.push(level("direct (mock)", c, n, |_| direct(http.clone(), url.clone())).await);
+        rows.push(level("direct, stream", c, n, |_| call(&url, "mock", true)).await);
+        rows.push(level("direct, non-stream", c, n, |_| call(&url, "mock", false)).await);
+        rows.push(level("http facade, stream", c, n, |_| call(&facade, "mock", true)).await);
+        rows.push(
+            level("http facade, non-stream", c, n, |_| {
+                call(&facade, "mock", false)
+            })
+            .await,
+        );
         rows.push(
             level("grpc Complete, pinned", c, n, |_| {
                 via_grpc(client.clone(), true, "hello".into())

@@ -157,8 +157,9 @@ pub async fn run(
         let _ = rx.wait_for(|v| *v).await;
     };
     let http_app = crate::http::router(crate::http::HttpState {
-        engine: engine.clone(),
+        proxy: bound.proxy.clone(),
         ready,
+        keys: bound.keys.clone(),
     });
     let http = axum::serve(bound.http.tap_io(crate::http::nodelay), http_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));

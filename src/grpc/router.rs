@@ -7,7 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::auth::Caller;
+use crate::auth::{apply_caller, Caller};
 use crate::embed::EmbedError;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
 use crate::policy::{PolicyError, Preferences};
@@ -42,13 +42,20 @@ impl From<ProxyError> for Status {
     }
 }
 
-fn to_event(e: ProxyEvent, engine: &Engine) -> pb::CompleteEvent {
+/// Proxy event → proto event; `Serving` has no proto counterpart (Done names the backend).
+fn to_event(e: ProxyEvent, engine: &Engine) -> Option<pb::CompleteEvent> {
     use pb::complete_event::Event;
     let event = match e {
-        ProxyEvent::Decision { outcome, trying } => Event::Decision(pb::DecisionEvent {
+        ProxyEvent::Decision {
+            decision_id,
+            outcome,
+            trying,
+        } => Event::Decision(pb::DecisionEvent {
             decision: outcome.map(|o| to_response(&o, engine)),
             trying_backend: trying,
+            decision_id,
         }),
+        ProxyEvent::Serving { .. } => return None,
         ProxyEvent::Delta(text) => Event::Delta(pb::DeltaEvent { text }),
         ProxyEvent::Done(d) => Event::Done(pb::DoneEvent {
             finish_reason: d.finish_reason,
@@ -73,7 +80,7 @@ fn to_event(e: ProxyEvent, engine: &Engine) -> pb::CompleteEvent {
                 .collect(),
         }),
     };
-    pb::CompleteEvent { event: Some(event) }
+    Some(pb::CompleteEvent { event: Some(event) })
 }
 
 /// Proto Complete request → proxy input.
@@ -115,46 +122,6 @@ impl From<RouteError> for Status {
             RouteError::Policy(PolicyError::NoneQualifies(_)) => Status::failed_precondition(msg),
         }
     }
-}
-
-/// Applies the authenticated caller: its tenant replaces any `tenant` metadata, and its
-/// backend list narrows `allow_backends` (and must contain a pinned backend).
-fn apply_caller(
-    req: &mut RouteRequest,
-    pinned: Option<&str>,
-    caller: Option<&Caller>,
-) -> Result<(), Status> {
-    let Some(c) = caller else { return Ok(()) };
-    req.metadata.insert("tenant".into(), c.tenant.clone());
-    if c.backends.is_empty() {
-        return Ok(());
-    }
-    if let Some(p) = pinned {
-        if !c.backends.iter().any(|b| b == p) {
-            return Err(Status::permission_denied(format!(
-                "pinned_backend: {p:?} is not allowed for tenant {:?}",
-                c.tenant
-            )));
-        }
-    }
-    let allow: Vec<String> = if req.prefs.allow.is_empty() {
-        c.backends.clone()
-    } else {
-        req.prefs
-            .allow
-            .iter()
-            .filter(|b| c.backends.contains(b))
-            .cloned()
-            .collect()
-    };
-    if allow.is_empty() {
-        return Err(Status::permission_denied(format!(
-            "preferences.allow_backends: none is allowed for tenant {:?}",
-            c.tenant
-        )));
-    }
-    req.prefs.allow = allow;
-    Ok(())
 }
 
 /// Proto request → engine request (no validation here: the engine does it, naming fields).
@@ -253,7 +220,7 @@ impl Router for RouterService {
         async move {
             let caller = request.extensions().get::<Caller>().cloned();
             let mut req = to_route_request(request.into_inner());
-            apply_caller(&mut req, None, caller.as_ref())?;
+            apply_caller(&mut req, None, caller.as_ref()).map_err(Status::permission_denied)?;
             let fleet = self.proxy.fleet.clone();
             match engine.route(&req, &move |n: &str| fleet.live(n)).await {
                 Ok(o) => {
@@ -281,17 +248,19 @@ impl Router for RouterService {
     ) -> Result<Response<Self::CompleteStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let mut input = to_complete_input(request.into_inner());
-        apply_caller(&mut input.route, input.pinned.as_deref(), caller.as_ref())?;
+        apply_caller(&mut input.route, input.pinned.as_deref(), caller.as_ref())
+            .map_err(Status::permission_denied)?;
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         let proxy = self.proxy.clone();
         let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));
         // The producer stops (and drops the upstream request) once the client is gone.
         tokio::spawn(async move { proxy.run(input, tx).await }.instrument(span));
         let engine = self.engine.clone();
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| match item {
-            Ok(e) => Ok(to_event(e, &engine)),
-            Err(e) => Err(Status::from(e)),
-        });
+        let stream =
+            tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |item| match item {
+                Ok(e) => to_event(e, &engine).map(Ok),
+                Err(e) => Some(Err(Status::from(e))),
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }

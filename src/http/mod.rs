@@ -1,25 +1,36 @@
-//! The HTTP side: Prometheus `/metrics`, `/healthz` (process up) and `/readyz` (model warm).
+//! The HTTP side: the OpenAI-compatible facade (`/v1/chat/completions`, `/v1/models`,
+//! `/v1/route`), Prometheus `/metrics`, `/healthz` (process up) and `/readyz` (model warm).
+mod api;
+mod chat;
+pub mod error;
+mod wire;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tracing::Instrument;
 
-use crate::engine::Engine;
+use crate::auth::ApiKeys;
+use crate::proxy::Proxy;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub engine: Arc<Engine>,
+    pub proxy: Arc<Proxy>,
     pub ready: Arc<AtomicBool>,
+    /// Client API keys, as for gRPC; `None` = open.
+    pub keys: Option<Arc<ApiKeys>>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
-    s.engine
-        .metrics
-        .queue_depth
-        .set(s.engine.embedder.queue_depth() as i64);
-    s.engine.metrics.render()
+    let e = &s.proxy.engine;
+    e.metrics.queue_depth.set(e.embedder.queue_depth() as i64);
+    e.metrics.render()
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
@@ -38,11 +49,71 @@ pub fn nodelay(s: &mut tokio::net::TcpStream) {
     }
 }
 
+/// Every `/v1` request: a span, the API-key check, and the request counter.
+async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("http", method = %req.method(), path = %path, status = tracing::field::Empty);
+    async move {
+        let start = Instant::now();
+        let resp = match &s.keys {
+            Some(keys) => {
+                let h = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                match keys.check(h) {
+                    Ok(caller) => {
+                        req.extensions_mut().insert(caller);
+                        next.run(req).await
+                    }
+                    Err(m) => error::ApiError::unauthorized(m).into_response(),
+                }
+            }
+            None => next.run(req).await,
+        };
+        let status = resp.status();
+        tracing::Span::current().record("status", status.as_u16());
+        let m = &s.proxy.engine.metrics;
+        m.http_requests
+            .with_label_values(&[path.as_str(), status.as_str()])
+            .inc();
+        m.http_seconds
+            .with_label_values(&[path.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn not_found() -> Response {
+    error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "no such endpoint",
+    )
+    .code("unknown_url")
+    .into_response()
+}
+
 /// The HTTP router.
 pub fn router(state: HttpState) -> axum::Router {
+    let limit = state.proxy.engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
+    let v1 = axum::Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(api::models))
+        .route("/v1/route", post(api::route))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(limit));
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(v1)
         .with_state(state)
 }

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
+use switchboard::config::{Backend, Config};
 use switchboard::embed::{Embedder, EncoderConfig};
 
 pub fn model_dir() -> PathBuf {
@@ -130,5 +133,43 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
 pub fn bundled_config() -> switchboard::config::Config {
     let mut c = switchboard::config::Config::read(None).expect("bundled config parses");
     c.encoder = encoder_config();
+    c
+}
+
+/// A backend served by the in-tree mock (`model` picks the mock's behaviour).
+pub fn mock_backend(name: &str, model: &str, base_url: &str, quality: f64) -> Backend {
+    let mut q = BTreeMap::new();
+    q.insert("default".to_string(), quality);
+    Backend {
+        name: name.into(),
+        provider: "openai_compatible".into(),
+        base_url: base_url.into(),
+        api_key_env: None,
+        model: model.into(),
+        input_price_per_mtok: 1.0,
+        output_price_per_mtok: 4.0,
+        context_window: 100_000,
+        capabilities: vec!["streaming".into()],
+        quality: q,
+        domain_quality: BTreeMap::new(),
+        latency_ms: 100.0,
+        max_concurrency: 1000,
+        tags: vec![],
+        first_token_timeout_ms: 2_000,
+    }
+}
+
+/// The bundled config with `backends` as the catalog, no rules or variants, the first
+/// backend as every policy's default, and a breaker that never opens.
+pub fn catalog(backends: Vec<Backend>) -> Config {
+    let mut c = bundled_config();
+    let first = backends[0].name.clone();
+    c.backends = backends;
+    for p in c.policies.values_mut() {
+        p.default_backend = first.clone();
+        p.rules.clear();
+        p.variants.clear();
+    }
+    c.server.breaker_failures = 1000;
     c
 }
