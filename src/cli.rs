@@ -29,6 +29,15 @@ pub enum Command {
         grpc_addr: SocketAddr,
         #[arg(long, env = "SWITCHBOARD_HTTP_ADDR", default_value = "127.0.0.1:9090")]
         http_addr: SocketAddr,
+        /// The Admin service (classifier swap, feedback, retrain); served only when the admin
+        /// token is set in the environment variable `admin.token_env` names
+        /// (SWITCHBOARD_ADMIN_TOKEN by default).
+        #[arg(
+            long,
+            env = "SWITCHBOARD_ADMIN_ADDR",
+            default_value = "127.0.0.1:50052"
+        )]
+        admin_addr: SocketAddr,
         /// Catalog and settings (TOML); the bundled config/switchboard.toml when absent.
         #[arg(long, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
@@ -94,6 +103,19 @@ pub enum Command {
     },
     /// Print the sha256 of an API key, for the keys file (`server.api_keys_file`).
     HashKey { key: String },
+    /// Operate the live classifier through the Admin service.
+    Classifier {
+        #[arg(
+            long,
+            env = "SWITCHBOARD_ADMIN",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        admin: String,
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        op: ClassifierOp,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -287,6 +309,48 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
                 | BenchCommand::Route { encoder, .. }
                 | BenchCommand::Proxy { encoder, .. },
         } => Some(encoder),
-        Command::HashKey { .. } => None,
+        Command::HashKey { .. } | Command::Classifier { .. } => None,
     }
+}
+
+#[derive(Subcommand)]
+pub enum ClassifierOp {
+    /// The live version, its labels and metrics, and the versions kept for rollback.
+    Status,
+    /// Validate a head folder (or a full model: encoder/ + heads) and swap it in.
+    Swap {
+        /// Folder on the server.
+        path: PathBuf,
+        /// Send the heads' bytes instead of the path (heads only; the server need not see it).
+        #[arg(long)]
+        inline: bool,
+        /// Refuse unless this version is live (compare-and-swap).
+        #[arg(long, default_value = "")]
+        expected_version: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Swap even if the evaluation gate fails.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Back to the previous version, or to a named kept one.
+    Rollback {
+        #[arg(default_value = "")]
+        version: String,
+    },
+    /// Retrain the live heads on a dataset (JSONL on the server) plus recorded feedback.
+    Retrain {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Leave out the feedback log.
+        #[arg(long)]
+        no_feedback: bool,
+        /// Swap the new heads in if they pass the gate and fit the feedback at least as well.
+        #[arg(long)]
+        promote: bool,
+        #[arg(long, default_value_t = 20)]
+        max_epochs: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }

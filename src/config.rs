@@ -65,6 +65,55 @@ impl Default for ServerConfig {
     }
 }
 
+/// The Admin service, the decision and feedback logs, and the swap gate (`[admin]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Environment variable holding the admin bearer token; unset = Admin not served.
+    pub token_env: String,
+    /// Decision log, feedback log and retrained heads live here.
+    pub state_dir: PathBuf,
+    /// Write the decision log (embedding + classification per decision).
+    pub decision_log: bool,
+    /// Also store raw prompt text in the decision log (off: user text stays out of logs).
+    pub log_prompts: bool,
+    /// Decision-log rotation: bytes per file, and files kept (oldest deleted first).
+    pub decision_file_bytes: u64,
+    pub decision_files: usize,
+    /// Labelled JSONL every candidate classifier is evaluated on before a swap.
+    pub gate_set: PathBuf,
+    /// A candidate may score at most this much below the live classifier on the gate set
+    /// (intent and domain accuracy) unless the swap is forced.
+    pub gate_margin: f64,
+    /// Versions kept in memory for rollback (the live one included).
+    pub kept_versions: usize,
+    /// Largest inline heads artifact accepted by SwapClassifier.
+    pub max_inline_bytes: usize,
+    /// Loss weight of a feedback correction relative to a training row, in Retrain.
+    pub feedback_weight: f32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token_env: "SWITCHBOARD_ADMIN_TOKEN".into(),
+            state_dir: PathBuf::from("state"),
+            decision_log: true,
+            log_prompts: false,
+            decision_file_bytes: 64 << 20,
+            decision_files: 8,
+            gate_set: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/classifier/gate.jsonl"
+            )),
+            gate_margin: 0.02,
+            kept_versions: 5,
+            max_inline_bytes: 8 << 20,
+            feedback_weight: 5.0,
+        }
+    }
+}
+
 /// One upstream model endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +227,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub encoder: EncoderConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub backends: Vec<Backend>,
     pub policies: BTreeMap<String, Policy>,
     /// Name of the policy used when a request names none.

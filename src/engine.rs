@@ -80,20 +80,46 @@ pub struct RouteOutcome {
     pub decision_id: String,
     pub prediction: Arc<Prediction>,
     pub classifier_version: String,
+    /// The classifier that produced `prediction` (its labels name the probabilities).
+    pub classifier: Arc<Classifier>,
+    /// What the classifier saw: for the decision log, from which heads can be retrained.
+    pub features: Arc<Features>,
     pub decision: Decision,
     pub timings: Timings,
     pub cache_hit: bool,
 }
 
+/// The classifier's input for one prompt: the embedding and the tokens the encoder saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub embedding: Vec<f32>,
+    pub tokens: u32,
+}
+
 type CacheKey = (String, [u8; 16]);
-/// A cached classification and the token count of its input text.
-type Cached = (Arc<Prediction>, u32);
+/// A cached classification, its features and the token count of its input text.
+type Cached = (Arc<Prediction>, Arc<Features>, u32);
+
+/// One classification: what `classify` returns.
+struct Classified {
+    prediction: Arc<Prediction>,
+    classifier: Arc<Classifier>,
+    features: Arc<Features>,
+    text_tokens: u32,
+    cache_hit: bool,
+}
+
+/// How often a request re-embeds when a full-model swap lands between choosing the classifier
+/// and embedding (the heads must see their own encoder's vectors).
+const SWAP_RETRIES: usize = 3;
 
 pub struct Engine {
     pub embedder: Embedder,
     pub classifier: ArcSwap<Classifier>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Set once at start when the decision log is on.
+    pub decision_log: std::sync::OnceLock<Arc<crate::admin::logs::DecisionLog>>,
     cache: Option<Mutex<LruCache<CacheKey, Cached>>>,
 }
 
@@ -111,6 +137,7 @@ impl Engine {
             classifier: ArcSwap::from_pointee(classifier),
             config,
             metrics,
+            decision_log: std::sync::OnceLock::new(),
             cache,
         }
     }
@@ -236,50 +263,73 @@ impl Engine {
         Ok(text)
     }
 
-    /// Classifies `text` with the live classifier, through the cache. Returns the prediction,
-    /// the classifier version, the token count of `text`, and whether it was a cache hit.
-    async fn classify(
-        &self,
-        text: &str,
-        timings: &mut Timings,
-    ) -> Result<(Arc<Prediction>, String, u32, bool), RouteError> {
-        let classifier = self.classifier.load_full();
-        let version = classifier.version().to_string();
+    /// Classifies `text` with the live classifier, through the cache (keyed by version).
+    async fn classify(&self, text: &str, timings: &mut Timings) -> Result<Classified, RouteError> {
         let mut key = [0u8; 16];
         key.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
-        let key = (version.clone(), key);
-        if let Some(c) = &self.cache {
-            if let Some((p, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-                self.metrics.cache.with_label_values(&["hit"]).inc();
-                return Ok((p.clone(), version, *tokens, true));
+        for _ in 0..SWAP_RETRIES {
+            let classifier = self.classifier.load_full();
+            let key = (classifier.version().to_string(), key);
+            if let Some(c) = &self.cache {
+                if let Some((p, f, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+                {
+                    self.metrics.cache.with_label_values(&["hit"]).inc();
+                    return Ok(Classified {
+                        prediction: p.clone(),
+                        classifier,
+                        features: f.clone(),
+                        text_tokens: *tokens,
+                        cache_hit: true,
+                    });
+                }
+                self.metrics.cache.with_label_values(&["miss"]).inc();
             }
-            self.metrics.cache.with_label_values(&["miss"]).inc();
+            let e = self
+                .embedder
+                .embed(text)
+                .await
+                .map_err(|source| RouteError::Embed {
+                    field: "messages".into(),
+                    source,
+                })?;
+            if *e.encoder != *classifier.meta.encoder.sha256 {
+                // A full-model swap landed in between: classify again with the new pair.
+                continue;
+            }
+            timings.queue_us = e.queue_us;
+            timings.embed_us = e.embed_us;
+            self.metrics.batch_size.observe(e.batch_size as f64);
+            let t = Instant::now();
+            let p = Arc::new(classifier.predict(
+                &e.vector,
+                e.tokens,
+                self.config.server.abstain_threshold,
+            )?);
+            timings.classify_us = t.elapsed().as_micros() as u64;
+            let features = Arc::new(Features {
+                embedding: e.vector,
+                tokens: e.tokens as u32,
+            });
+            let text_tokens = e.original_tokens as u32;
+            if let Some(c) = &self.cache {
+                c.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .put(key, (p.clone(), features.clone(), text_tokens));
+            }
+            return Ok(Classified {
+                prediction: p,
+                classifier,
+                features,
+                text_tokens,
+                cache_hit: false,
+            });
         }
-        let field = "messages";
-        let e = self
-            .embedder
-            .embed(text)
-            .await
-            .map_err(|source| RouteError::Embed {
-                field: field.into(),
-                source,
-            })?;
-        timings.queue_us = e.queue_us;
-        timings.embed_us = e.embed_us;
-        self.metrics.batch_size.observe(e.batch_size as f64);
-        let t = Instant::now();
-        let p = Arc::new(classifier.predict(
-            &e.vector,
-            e.tokens,
-            self.config.server.abstain_threshold,
-        )?);
-        timings.classify_us = t.elapsed().as_micros() as u64;
-        if let Some(c) = &self.cache {
-            c.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .put(key, (p.clone(), e.original_tokens as u32));
-        }
-        Ok((p, version, e.original_tokens as u32, false))
+        Err(RouteError::Embed {
+            field: "messages".into(),
+            source: EmbedError::Model(format!(
+                "the encoder was swapped {SWAP_RETRIES} times during one request"
+            )),
+        })
     }
 
     /// Routes one request.
@@ -291,8 +341,8 @@ impl Engine {
         let start = Instant::now();
         let text = self.validate(req)?;
         let mut timings = Timings::default();
-        let (prediction, classifier_version, text_tokens, cache_hit) =
-            self.classify(&text, &mut timings).await?;
+        let c = self.classify(&text, &mut timings).await?;
+        let (prediction, text_tokens, cache_hit) = (c.prediction, c.text_tokens, c.cache_hit);
         let t = Instant::now();
         // A single turn is the classifier input itself: its token count is already known.
         let prompt_tokens = if req.messages.len() <= 1 {
@@ -315,14 +365,20 @@ impl Engine {
         timings.rank_us = t.elapsed().as_micros() as u64;
         timings.total_us = start.elapsed().as_micros() as u64;
         self.observe(&prediction, &decision, &timings, cache_hit);
-        Ok(RouteOutcome {
+        let outcome = RouteOutcome {
             decision_id: new_id(),
             prediction,
-            classifier_version,
+            classifier_version: c.classifier.version().to_string(),
+            classifier: c.classifier,
+            features: c.features,
             decision,
             timings,
             cache_hit,
-        })
+        };
+        if let Some(log) = self.decision_log.get() {
+            log.record(&outcome, &text);
+        }
+        Ok(outcome)
     }
 
     fn observe(&self, p: &Prediction, d: &Decision, t: &Timings, cache_hit: bool) {

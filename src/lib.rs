@@ -1,6 +1,7 @@
 //! switchboard: classify prompts with a local sentence encoder and route them to LLM backends.
 //! Flow: request → validate → embed (`embed`) → classify (`classify`) → rank (`policy`) →
 //! response (`grpc`, `http`), with `engine` tying the steps together.
+pub mod admin;
 pub mod auth;
 pub mod backends;
 pub mod bench;

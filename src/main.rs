@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod admin_cli;
 mod cli;
 
 use anyhow::Context;
@@ -48,10 +49,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve {
             grpc_addr,
             http_addr,
+            admin_addr,
             config,
             validate_config,
             encoder,
-        } => serve(grpc_addr, http_addr, config, validate_config, &encoder).await,
+        } => {
+            let addrs = (grpc_addr, http_addr, admin_addr);
+            serve(addrs, config, validate_config, &encoder).await
+        }
         Command::Route {
             prompt,
             server,
@@ -118,12 +123,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { what } => bench(what).await,
+        Command::Classifier { admin, token, op } => admin_cli::run(&admin, &token, op).await,
     }
 }
 
 async fn serve(
-    grpc_addr: SocketAddr,
-    http_addr: SocketAddr,
+    (grpc_addr, http_addr, admin_addr): (SocketAddr, SocketAddr, SocketAddr),
     config: Option<PathBuf>,
     validate: bool,
     encoder: &EncoderArgs,
@@ -140,13 +145,20 @@ async fn serve(
         );
         return Ok(());
     }
+    let admin_token = std::env::var(&cfg.admin.token_env).ok();
     let bound = grpc::bind(ServeConfig {
         grpc_addr,
         http_addr,
         config: cfg,
+        admin_addr: Some(admin_addr),
+        admin_token,
     })
     .await?;
-    tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, "switchboard bound");
+    let admin = bound
+        .admin_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, admin = %admin, "switchboard bound");
     grpc::run(bound, shutdown_signal()).await?;
     Ok(())
 }
@@ -165,7 +177,7 @@ async fn route(
             let o = engine
                 .route(&grpc::to_route_request(req), &|_| Default::default())
                 .await?;
-            grpc::to_response(&o, &engine)
+            grpc::to_response(&o)
         }
         None => RouterClient::connect(server)
             .await?
@@ -219,6 +231,8 @@ impl LocalServer {
             grpc_addr: any,
             http_addr: any,
             config,
+            admin_addr: None,
+            admin_token: None,
         })
         .await?;
         let (addr, http, engine) = (bound.grpc_addr()?, bound.http_addr()?, bound.engine.clone());

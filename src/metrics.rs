@@ -22,6 +22,7 @@ pub struct Metrics {
     pub cost_usd: prometheus::CounterVec,
     pub ttft_seconds: HistogramVec,
     pub http_requests: IntCounterVec,
+    pub classifier_swaps: IntCounterVec,
     pub http_seconds: HistogramVec,
 }
 
@@ -158,6 +159,16 @@ impl Metrics {
                         "HTTP /v1 requests by route and status",
                     ),
                     &["path", "status"],
+                )?,
+            )?,
+            classifier_swaps: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "classifier_swaps_total",
+                        "Classifier swap and rollback attempts by outcome and reason",
+                    ),
+                    &["op", "result", "reason"],
                 )?,
             )?,
             http_seconds: reg(

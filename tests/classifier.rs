@@ -118,9 +118,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         text.replace("\"hidden\": 64", "\"hidden\": 65"),
     )
     .unwrap();
-    let err = Classifier::load(&b, &embedder.info())
-        .err()
-        .expect("malformed head must fail");
+    let err = Classifier::load(&b, &embedder.info()).expect_err("malformed head must fail");
     assert!(err.to_string().contains("shape"), "{err}");
 }
 

@@ -39,6 +39,7 @@ fn config(backends: Vec<Backend>, pol: Policy) -> Config {
     Config {
         server: Default::default(),
         encoder: Default::default(),
+        admin: Default::default(),
         backends,
         policies,
         default_policy: "p".into(),

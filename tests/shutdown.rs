@@ -18,6 +18,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             "127.0.0.1:0",
         ])
         .env("RUST_LOG", "info")
+        .current_dir(std::env::temp_dir())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

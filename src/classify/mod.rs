@@ -78,7 +78,18 @@ pub struct Classifier {
     heads: Heads,
     /// The same weights as plain vectors, for one prompt at a time.
     fast: [heads::FastMlp; 3],
+    /// The safetensors bytes it was built from (warm start for retraining, inline transfer).
+    pub weights: Vec<u8>,
     pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("version", &self.meta.version)
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 fn load_err(path: &Path, e: impl std::fmt::Display) -> ClassifyError {
@@ -177,6 +188,7 @@ impl Classifier {
             meta,
             heads,
             fast,
+            weights: weights.to_vec(),
             dir: dir.to_path_buf(),
         })
     }

@@ -107,6 +107,8 @@ pub struct Embedded {
     pub queue_us: u64,
     pub embed_us: u64,
     pub batch_size: usize,
+    /// sha256 of the encoder weights that produced `vector` (the model can be swapped live).
+    pub encoder: Arc<str>,
 }
 
 struct Inner {
@@ -194,6 +196,12 @@ impl Embedder {
             s.batches.load(Ordering::Relaxed),
             s.batched_items.load(Ordering::Relaxed),
         )
+    }
+
+    /// Replaces the model the workers use from their next batch on (a full-model swap). The
+    /// new model must use the same tokenizer; the caller checks that.
+    pub fn swap_model(&self, model: Arc<SentenceEncoder>) {
+        self.inner.shared.model.store(model);
     }
 
     /// The live model, for callers that run synchronous work beside the queue (benchmarks).

@@ -35,6 +35,7 @@ impl Encoded {
 }
 
 /// Tokenizer + input limits.
+#[derive(Clone)]
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
     max_tokens: usize,

@@ -69,6 +69,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
 fn process(shared: &Shared, batch: Vec<Job>) {
     let started = Instant::now();
     let model = shared.model.load_full();
+    let encoder: Arc<str> = Arc::from(model.info().weights_sha256.as_str());
     let seqs: Vec<&[u32]> = batch.iter().map(|j| j.ids.as_slice()).collect();
     let padded = seqs.iter().map(|s| s.len()).max().unwrap_or(0) * seqs.len();
     let result = model.embed_ids(&seqs);
@@ -99,6 +100,7 @@ fn process(shared: &Shared, batch: Vec<Job>) {
                     queue_us,
                     embed_us,
                     batch_size: size,
+                    encoder: encoder.clone(),
                 }));
             }
         }

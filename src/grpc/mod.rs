@@ -13,6 +13,9 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use crate::admin::logs::{DecisionLog, DecisionLogConfig, FeedbackLog};
+use crate::admin::registry::Registry;
+use crate::admin::{AdminService, AdminState};
 use crate::backends::breaker::BreakerConfig;
 use crate::backends::Fleet;
 use crate::classify::{Classifier, ClassifyError};
@@ -30,6 +33,9 @@ pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub config: Config,
+    /// The Admin service's address and bearer token; served only when both are set.
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
 }
 
 /// Errors while starting the server.
@@ -79,6 +85,7 @@ pub struct Bound {
     pub engine: Arc<Engine>,
     pub proxy: Arc<Proxy>,
     keys: Option<Arc<crate::auth::ApiKeys>>,
+    admin: Option<(TcpListener, Arc<AdminState>, String)>,
 }
 
 impl Bound {
@@ -86,6 +93,12 @@ impl Bound {
         self.grpc
             .local_addr()
             .map_err(|e| ServeError::Setup(e.to_string()))
+    }
+    /// The Admin service's address, when it is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(l, _, _)| l.local_addr().ok())
     }
     pub fn http_addr(&self) -> Result<SocketAddr, ServeError> {
         self.http
@@ -120,12 +133,74 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         Some(p) => Some(Arc::new(crate::auth::ApiKeys::load(p)?)),
         None => None,
     };
+    let decisions = open_decision_log(&engine)?;
+    let admin = match (cfg.admin_addr, cfg.admin_token) {
+        (Some(addr), Some(token)) if !token.is_empty() => {
+            let state = admin_state(&engine, decisions)?;
+            Some((listen(addr).await?, Arc::new(state), token))
+        }
+        (Some(addr), _) => {
+            tracing::warn!(%addr, env = %engine.config.admin.token_env, "Admin service not served: no admin token is set");
+            None
+        }
+        _ => None,
+    };
     Ok(Bound {
         grpc: listen(cfg.grpc_addr).await?,
         http: listen(cfg.http_addr).await?,
         engine,
         proxy,
         keys,
+        admin,
+    })
+}
+
+fn open_decision_log(engine: &Arc<Engine>) -> Result<Option<Arc<DecisionLog>>, ServeError> {
+    let a = &engine.config.admin;
+    if !a.decision_log {
+        return Ok(None);
+    }
+    let dir = a.state_dir.join("decisions");
+    let log = DecisionLog::open(DecisionLogConfig {
+        dir: dir.clone(),
+        file_bytes: a.decision_file_bytes,
+        files: a.decision_files,
+        log_prompts: a.log_prompts,
+    })
+    .map_err(|e| {
+        ServeError::Setup(format!(
+            "admin.state_dir: decision log {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let log = Arc::new(log);
+    let _ = engine.decision_log.set(log.clone());
+    Ok(Some(log))
+}
+
+fn admin_state(
+    engine: &Arc<Engine>,
+    decisions: Option<Arc<DecisionLog>>,
+) -> Result<AdminState, ServeError> {
+    let cfg = engine.config.admin.clone();
+    let registry = Registry::new(
+        engine.clone(),
+        cfg.clone(),
+        &engine.config.server.classifier_dir,
+    )
+    .map_err(|e| ServeError::Setup(format!("admin.gate_set: {e}")))?;
+    let path = cfg.state_dir.join("feedback.jsonl");
+    let feedback = FeedbackLog::open(&path).map_err(|e| {
+        ServeError::Setup(format!(
+            "admin.state_dir: feedback log {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(AdminState {
+        registry,
+        feedback,
+        decisions,
+        cfg,
     })
 }
 
@@ -164,6 +239,23 @@ pub async fn run(
     let http = axum::serve(bound.http.tap_io(crate::http::nodelay), http_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http.await });
+    let admin = bound.admin.map(|(listener, state, token)| {
+        // Room above the inline limit, so an oversized upload gets our message naming the limit.
+        let max = state.cfg.max_inline_bytes * 2 + (1 << 20);
+        let svc = crate::proto::v1::admin_server::AdminServer::new(AdminService { state })
+            .max_decoding_message_size(max);
+        let server = Server::builder()
+            .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path()))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                svc,
+                crate::admin::token_interceptor(&token),
+            ))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(stop_rx.clone()),
+            );
+        tokio::spawn(server)
+    });
     tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
     let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
     let result = Server::builder()
@@ -183,6 +275,9 @@ pub async fn run(
         .await;
     warm.abort();
     let _ = http.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
     tracing::info!("server stopped");
     Ok(result?)
 }

@@ -43,7 +43,7 @@ impl From<ProxyError> for Status {
 }
 
 /// Proxy event → proto event; `Serving` has no proto counterpart (Done names the backend).
-fn to_event(e: ProxyEvent, engine: &Engine) -> Option<pb::CompleteEvent> {
+fn to_event(e: ProxyEvent) -> Option<pb::CompleteEvent> {
     use pb::complete_event::Event;
     let event = match e {
         ProxyEvent::Decision {
@@ -51,7 +51,7 @@ fn to_event(e: ProxyEvent, engine: &Engine) -> Option<pb::CompleteEvent> {
             outcome,
             trying,
         } => Event::Decision(pb::DecisionEvent {
-            decision: outcome.map(|o| to_response(&o, engine)),
+            decision: outcome.map(|o| to_response(&o)),
             trying_backend: trying,
             decision_id,
         }),
@@ -162,8 +162,8 @@ fn probs(labels: &[String], p: &[f32]) -> Vec<pb::LabelProbability> {
 }
 
 /// Engine outcome → proto response.
-pub fn to_response(o: &RouteOutcome, engine: &Engine) -> pb::RouteDecisionResponse {
-    let c = engine.classifier.load();
+pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
+    let c = &o.classifier;
     let p = &o.prediction;
     pb::RouteDecisionResponse {
         decision_id: o.decision_id.clone(),
@@ -227,7 +227,7 @@ impl Router for RouterService {
                     let span = tracing::Span::current();
                     span.record("decision_id", o.decision_id.as_str());
                     span.record("intent", o.prediction.intent.as_str());
-                    Ok(Response::new(to_response(&o, &engine)))
+                    Ok(Response::new(to_response(&o)))
                 }
                 Err(e) => {
                     engine.metrics.errors.with_label_values(&[e.kind()]).inc();
@@ -255,10 +255,9 @@ impl Router for RouterService {
         let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));
         // The producer stops (and drops the upstream request) once the client is gone.
         tokio::spawn(async move { proxy.run(input, tx).await }.instrument(span));
-        let engine = self.engine.clone();
         let stream =
             tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |item| match item {
-                Ok(e) => to_event(e, &engine).map(Ok),
+                Ok(e) => to_event(e).map(Ok),
                 Err(e) => Some(Err(Status::from(e))),
             });
         Ok(Response::new(Box::pin(stream)))

@@ -68,5 +68,5 @@ async fn route_inner(
             ApiError::from(e)
         })?;
     tracing::Span::current().record("decision_id", outcome.decision_id.as_str());
-    Ok(crate::grpc::to_response(&outcome, engine))
+    Ok(crate::grpc::to_response(&outcome))
 }

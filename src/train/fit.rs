@@ -233,12 +233,17 @@ pub fn fit(
     n_intent: usize,
     n_domain: usize,
     cfg: &FitConfig,
+    init: Option<&[(String, Tensor)]>,
     progress: &mut dyn FnMut(&EpochLog),
 ) -> candle_core::Result<FitResult> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let shapes = head_shapes(train.dim, cfg.hidden, n_intent, n_domain);
     let varmap = seeded_varmap(&shapes, &mut rng, &dev)?;
+    if let Some(w) = init {
+        // Warm start (retraining from the live heads).
+        restore(&varmap, w)?;
+    }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let heads = Heads::new(vb, train.dim, cfg.hidden, n_intent, n_domain)?;
     let params = ParamsAdamW {

@@ -209,7 +209,7 @@ fn split<'a>(
 }
 
 /// Intent and domain temperatures fitted on the dev split's raw logits.
-fn calibrate(
+pub fn calibrate(
     heads: &crate::classify::heads::Heads,
     dev: &Dataset,
 ) -> Result<(f32, f32), TrainError> {
@@ -287,7 +287,7 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     let (n_i, n_d) = (intents.len(), domains.len());
     let (tr2, dv2) = (train_ds.clone(), dev_ds.clone());
     let result = tokio::task::spawn_blocking(move || {
-        fit::fit(&tr2, &dv2, n_i, n_d, &fit_cfg, &mut |e| {
+        fit::fit(&tr2, &dv2, n_i, n_d, &fit_cfg, None, &mut |e| {
             tracing::info!(
                 epoch = e.epoch,
                 train_loss = format!("{:.4}", e.train_loss),

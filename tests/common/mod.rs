@@ -41,6 +41,8 @@ pub struct TestServer {
     pub grpc: std::net::SocketAddr,
     pub http: std::net::SocketAddr,
     pub channel: tonic::transport::Channel,
+    /// The Admin service (token `ADMIN_TOKEN`).
+    pub admin: std::net::SocketAddr,
     pub engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::grpc::ServeError>>>,
@@ -54,9 +56,12 @@ impl TestServer {
             grpc_addr: any,
             http_addr: any,
             config,
+            admin_addr: Some(any),
+            admin_token: Some(ADMIN_TOKEN.into()),
         })
         .await
         .expect("server binds");
+        let admin = bound.admin_addr().expect("admin service bound");
         let (grpc_addr, http) = (bound.grpc_addr().unwrap(), bound.http_addr().unwrap());
         let engine = bound.engine.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -79,6 +84,7 @@ impl TestServer {
             grpc: grpc_addr,
             http,
             channel,
+            admin,
             engine,
             stop: Some(tx),
             handle: Some(handle),
@@ -129,10 +135,24 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
     }
 }
 
-/// The bundled config with the test encoder settings.
+/// The admin token of every `TestServer`.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A fresh, empty directory under the system temp dir (left for the OS to clean).
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "switchboard-{tag}-{}",
+        switchboard::engine::new_id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The bundled config with the test encoder settings and a fresh state directory.
 pub fn bundled_config() -> switchboard::config::Config {
     let mut c = switchboard::config::Config::read(None).expect("bundled config parses");
     c.encoder = encoder_config();
+    c.admin.state_dir = scratch_dir("state");
     c
 }
 

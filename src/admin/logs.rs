@@ -1,0 +1,391 @@
+//! The decision log (every routing decision: id, classification, and the embedding the heads
+//! saw, so heads can be retrained without user text) and the feedback log (operator
+//! corrections and outcomes, each flushed and fsynced before it is acknowledged).
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Features, RouteOutcome};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One line of the decision log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub id: String,
+    pub ts_ms: u64,
+    pub classifier_version: String,
+    /// sha256 of the encoder that produced `embedding`.
+    #[serde(default)]
+    pub encoder: String,
+    pub intent: String,
+    pub domain: String,
+    pub complexity: f32,
+    pub confidence: f32,
+    /// Tokens the encoder saw (the heads' length feature).
+    pub tokens: u32,
+    /// The embedding, f32 little-endian, base64.
+    pub embedding: String,
+    pub top_backend: String,
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+impl DecisionRecord {
+    pub fn features(&self) -> Option<Features> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.embedding)
+            .ok()?;
+        let embedding = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(Features {
+            embedding,
+            tokens: self.tokens,
+        })
+    }
+}
+
+enum Msg {
+    Line(String),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Settings of the decision log.
+#[derive(Debug, Clone)]
+pub struct DecisionLogConfig {
+    pub dir: PathBuf,
+    pub file_bytes: u64,
+    pub files: usize,
+    pub log_prompts: bool,
+}
+
+/// Append-only, rotated JSONL written by one background thread; the request path only
+/// formats a line and hands it over (dropped and counted when the writer falls behind).
+pub struct DecisionLog {
+    tx: mpsc::SyncSender<Msg>,
+    known: Mutex<LruCache<String, ()>>,
+    pub dropped: AtomicU64,
+    log_prompts: bool,
+    dir: PathBuf,
+}
+
+/// Decision ids remembered for RecordFeedback's check.
+const KNOWN_IDS: usize = 200_000;
+
+fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("decisions-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Every decision record in `dir`, oldest first; unreadable lines are skipped.
+pub fn read_decisions(dir: &Path) -> std::io::Result<Vec<DecisionRecord>> {
+    let mut out = Vec::new();
+    for f in files(dir)? {
+        for line in BufReader::new(File::open(&f)?).lines() {
+            if let Ok(r) = serde_json::from_str::<DecisionRecord>(&line?) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Writer {
+    cfg: DecisionLogConfig,
+    out: Option<(BufWriter<File>, u64)>,
+    seq: u64,
+}
+
+impl Writer {
+    fn open_next(&mut self) -> std::io::Result<()> {
+        self.seq += 1;
+        let path = self
+            .cfg
+            .dir
+            .join(format!("decisions-{:010}.jsonl", self.seq));
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        self.out = Some((BufWriter::new(f), 0));
+        let all = files(&self.cfg.dir)?;
+        for old in all
+            .iter()
+            .take(all.len().saturating_sub(self.cfg.files.max(1)))
+        {
+            std::fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        let full = self
+            .out
+            .as_ref()
+            .is_none_or(|(_, n)| *n >= self.cfg.file_bytes);
+        if full {
+            if let Some((mut w, _)) = self.out.take() {
+                w.flush()?;
+            }
+            self.open_next()?;
+        }
+        if let Some((w, n)) = self.out.as_mut() {
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")?;
+            *n += line.len() as u64 + 1;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some((w, _)) => w.flush(),
+            None => Ok(()),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            let mut next = Some(msg);
+            // Write the whole burst, then flush once.
+            while let Some(m) = next.take() {
+                let r = match m {
+                    Msg::Line(l) => self.write(&l),
+                    Msg::Flush(done) => {
+                        let r = self.flush();
+                        let _ = done.send(());
+                        r
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, dir = %self.cfg.dir.display(), "decision log write failed");
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "decision log flush failed");
+            }
+        }
+    }
+}
+
+impl DecisionLog {
+    /// Opens (creating) the directory, remembers the ids already logged, starts the writer.
+    pub fn open(cfg: DecisionLogConfig) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let cap = NonZeroUsize::new(KNOWN_IDS).unwrap_or(NonZeroUsize::MIN);
+        let mut known = LruCache::new(cap);
+        for r in read_decisions(&cfg.dir)? {
+            known.put(r.id, ());
+        }
+        let seq = files(&cfg.dir)?
+            .last()
+            .and_then(|p| {
+                p.file_stem()?
+                    .to_str()?
+                    .strip_prefix("decisions-")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::sync_channel(16_384);
+        let (log_prompts, dir) = (cfg.log_prompts, cfg.dir.clone());
+        let writer = Writer {
+            cfg,
+            out: None,
+            seq,
+        };
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Self {
+            tx,
+            known: Mutex::new(known),
+            dropped: AtomicU64::new(0),
+            log_prompts,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Logs one routing decision; never blocks.
+    pub fn record(&self, o: &RouteOutcome, prompt: &str) {
+        let f = &o.features;
+        let mut bytes = Vec::with_capacity(f.embedding.len() * 4);
+        for v in &f.embedding {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let r = DecisionRecord {
+            id: o.decision_id.clone(),
+            ts_ms: now_ms(),
+            classifier_version: o.classifier_version.clone(),
+            encoder: o.classifier.meta.encoder.sha256.clone(),
+            intent: o.prediction.intent.clone(),
+            domain: o.prediction.domain.clone(),
+            complexity: o.prediction.complexity,
+            confidence: o.prediction.confidence,
+            tokens: f.tokens,
+            embedding: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            top_backend: o
+                .decision
+                .ranked
+                .first()
+                .map(|b| b.name.clone())
+                .unwrap_or_default(),
+            policy: o.decision.policy.clone(),
+            prompt: self.log_prompts.then(|| prompt.to_string()),
+        };
+        let Ok(line) = serde_json::to_string(&r) else {
+            return;
+        };
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(r.id, ());
+        if self.tx.try_send(Msg::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `id` was logged (within the remembered window).
+    pub fn knows(&self, id: &str) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// Waits until every line handed over so far is written (blocking; call off the runtime).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+/// One line of the feedback log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeedbackRecord {
+    pub sequence: u64,
+    pub ts_ms: u64,
+    pub decision_id: String,
+    #[serde(default)]
+    pub intent: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub complexity: Option<f32>,
+    #[serde(default)]
+    pub outcome: String,
+    #[serde(default)]
+    pub rating: u32,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// The feedback log: one JSON line per record, fsynced before `append` returns.
+pub struct FeedbackLog {
+    path: PathBuf,
+    file: Mutex<(File, u64)>,
+}
+
+impl FeedbackLog {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let count = Self::read(path)?.len() as u64;
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new((file, count)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `r` (its `sequence` assigned here) durably; returns the sequence. Blocking.
+    pub fn append(&self, mut r: FeedbackRecord) -> std::io::Result<u64> {
+        let mut g = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        r.sequence = g.1 + 1;
+        let mut line = serde_json::to_string(&r).map_err(std::io::Error::other)?;
+        line.push('\n');
+        g.0.write_all(line.as_bytes())?;
+        g.0.sync_data()?;
+        g.1 = r.sequence;
+        Ok(r.sequence)
+    }
+
+    /// Every complete record in the log (a torn last line from a crash is skipped).
+    pub fn read(path: &Path) -> std::io::Result<Vec<FeedbackRecord>> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(f).lines() {
+            if let Ok(r) = serde_json::from_str(&line?) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Joins feedback with the decisions it names: the latest correction per decision, with the
+/// decision's features. Returns the joined rows and the ids with no decision record.
+pub fn join(
+    feedback: &[FeedbackRecord],
+    decisions: &[DecisionRecord],
+) -> (Vec<(FeedbackRecord, Features)>, Vec<String>) {
+    let mut latest: HashMap<&str, &FeedbackRecord> = HashMap::new();
+    for f in feedback {
+        if f.intent.is_some() || f.domain.is_some() || f.complexity.is_some() {
+            latest.insert(f.decision_id.as_str(), f);
+        }
+    }
+    let mut found = HashSet::new();
+    let mut rows = Vec::new();
+    for d in decisions {
+        if let Some(f) = latest.get(d.id.as_str()) {
+            if let (true, Some(features)) = (found.insert(d.id.as_str()), d.features()) {
+                rows.push(((*f).clone(), features));
+            }
+        }
+    }
+    let missing = latest
+        .keys()
+        .filter(|k| !found.contains(*k))
+        .map(|k| k.to_string())
+        .collect();
+    (rows, missing)
+}

@@ -1,0 +1,303 @@
+//! `switchboard.v1.Admin`: the live classifier, validated hot swaps and rollbacks, durable
+//! feedback, and retraining. Served on its own address behind an admin bearer token.
+pub mod gate;
+pub mod logs;
+pub mod registry;
+pub mod retrain;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::AdminConfig;
+use crate::proto::v1 as pb;
+use crate::proto::v1::admin_server::Admin;
+use logs::{DecisionLog, FeedbackLog, FeedbackRecord};
+use registry::{Registry, Source, SwapError, SwapOptions, SwapReport};
+
+/// Everything the Admin service works on.
+pub struct AdminState {
+    pub registry: Registry,
+    pub feedback: FeedbackLog,
+    pub decisions: Option<Arc<DecisionLog>>,
+    pub cfg: AdminConfig,
+}
+
+impl From<SwapError> for Status {
+    fn from(e: SwapError) -> Self {
+        let m = e.to_string();
+        match e {
+            SwapError::Invalid(_) => Status::invalid_argument(m),
+            SwapError::Rejected(_) => Status::failed_precondition(m),
+            SwapError::TooLarge(_) => Status::resource_exhausted(m),
+            SwapError::NotFound(_) => Status::not_found(m),
+            SwapError::Internal(_) => Status::internal(m),
+        }
+    }
+}
+
+/// An interceptor admitting only `authorization: Bearer <token>` (compared by sha256).
+pub fn token_interceptor(
+    token: &str,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let want: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    move |req: Request<()>| {
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("admin: missing `authorization: Bearer <admin token>`")
+            })?;
+        let got: [u8; 32] = Sha256::digest(got.trim().as_bytes()).into();
+        if got != want {
+            return Err(Status::unauthenticated("admin: wrong admin token"));
+        }
+        Ok(req)
+    }
+}
+
+pub struct AdminService {
+    pub state: Arc<AdminState>,
+}
+
+fn to_pb(r: SwapReport) -> pb::SwapClassifierResponse {
+    pb::SwapClassifierResponse {
+        swapped: r.swapped,
+        previous_version: r.previous,
+        version: r.version,
+        messages: r.messages,
+        metrics: r.metrics.into_iter().collect(),
+    }
+}
+
+fn version_pb(k: &registry::Kept) -> pb::ClassifierVersion {
+    pb::ClassifierVersion {
+        version: k.version.clone(),
+        source: k.source.clone(),
+        loaded_at: k.loaded_at.clone(),
+    }
+}
+
+impl AdminService {
+    /// Counts and logs every swap attempt with its outcome.
+    fn observe(&self, what: &str, r: &Result<SwapReport, SwapError>) {
+        let m = &self.state.registry.engine.metrics;
+        let (result, reason) = match r {
+            Ok(rep) if rep.swapped => ("accepted", "ok"),
+            Ok(_) => ("dry_run", "ok"),
+            Err(e) => ("rejected", e.reason()),
+        };
+        m.classifier_swaps
+            .with_label_values(&[what, result, reason])
+            .inc();
+        match r {
+            Ok(rep) => {
+                tracing::info!(what, result, version = %rep.version, previous = %rep.previous, messages = ?rep.messages, "classifier swap")
+            }
+            Err(e) => tracing::warn!(what, result, error = %e, "classifier swap refused"),
+        }
+    }
+
+    fn check_feedback(&self, r: &pb::RecordFeedbackRequest) -> Result<(), Status> {
+        let invalid = |f: &str, m: String| Err(Status::invalid_argument(format!("{f}: {m}")));
+        if r.decision_id.is_empty() {
+            return invalid("decision_id", "required".into());
+        }
+        if let Some(d) = &self.state.decisions {
+            if !d.knows(&r.decision_id) {
+                return Err(Status::not_found(format!(
+                    "decision_id: {:?} is not in the decision log (unknown, or past retention)",
+                    r.decision_id
+                )));
+            }
+        }
+        let c = self.state.registry.engine.classifier.load();
+        if let Some(i) = r
+            .intent
+            .as_ref()
+            .filter(|i| !c.meta.intent_labels.contains(i))
+        {
+            return invalid(
+                "intent",
+                format!("unknown label {i:?}; known: {:?}", c.meta.intent_labels),
+            );
+        }
+        if let Some(d) = r
+            .domain
+            .as_ref()
+            .filter(|d| !c.meta.domain_labels.contains(d))
+        {
+            return invalid(
+                "domain",
+                format!("unknown label {d:?}; known: {:?}", c.meta.domain_labels),
+            );
+        }
+        if let Some(x) = r.complexity.filter(|x| !(0.0..=1.0).contains(x)) {
+            return invalid("complexity", format!("must be in [0, 1], found {x}"));
+        }
+        if !["", "success", "failure"].contains(&r.outcome.as_str()) {
+            return invalid(
+                "outcome",
+                format!("{:?}: expected success, failure or empty", r.outcome),
+            );
+        }
+        if r.rating > 5 {
+            return invalid(
+                "rating",
+                format!("{}: expected 1-5, or 0 for none", r.rating),
+            );
+        }
+        if r.intent.is_none()
+            && r.domain.is_none()
+            && r.complexity.is_none()
+            && r.outcome.is_empty()
+            && r.rating == 0
+        {
+            return invalid(
+                "intent",
+                "nothing to record: give a correction, an outcome or a rating".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_classifier(
+        &self,
+        _: Request<pb::GetClassifierRequest>,
+    ) -> Result<Response<pb::ClassifierInfo>, Status> {
+        let (live, kept) = self.state.registry.versions();
+        let meta = &live.classifier.meta;
+        Ok(Response::new(pb::ClassifierInfo {
+            live: Some(version_pb(&live)),
+            intent_labels: meta.intent_labels.clone(),
+            domain_labels: meta.domain_labels.clone(),
+            metrics: meta.metrics.clone().into_iter().collect(),
+            kept: kept.iter().rev().map(version_pb).collect(),
+            encoder: format!(
+                "{} (sha256 {})",
+                live.encoder.info().name,
+                live.encoder.info().weights_sha256
+            ),
+        }))
+    }
+
+    async fn swap_classifier(
+        &self,
+        request: Request<pb::SwapClassifierRequest>,
+    ) -> Result<Response<pb::SwapClassifierResponse>, Status> {
+        use pb::swap_classifier_request::Source as S;
+        let r = request.into_inner();
+        let src = match r.source {
+            Some(S::Path(p)) if !p.is_empty() => Source::Path(p.into()),
+            Some(S::InlineHeads(b)) => Source::Inline(b),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "source: give `path` or `inline_heads`",
+                ))
+            }
+        };
+        let opt = SwapOptions {
+            expected_version: r.expected_version,
+            dry_run: r.dry_run,
+            force: r.force,
+        };
+        let result = self.state.registry.swap(src, opt).await;
+        self.observe("swap", &result);
+        Ok(Response::new(to_pb(result?)))
+    }
+
+    async fn rollback_classifier(
+        &self,
+        request: Request<pb::RollbackClassifierRequest>,
+    ) -> Result<Response<pb::SwapClassifierResponse>, Status> {
+        let result = self
+            .state
+            .registry
+            .rollback(&request.into_inner().version)
+            .await;
+        self.observe("rollback", &result);
+        Ok(Response::new(to_pb(result?)))
+    }
+
+    async fn record_feedback(
+        &self,
+        request: Request<pb::RecordFeedbackRequest>,
+    ) -> Result<Response<pb::RecordFeedbackResponse>, Status> {
+        let r = request.into_inner();
+        self.check_feedback(&r)?;
+        let rec = FeedbackRecord {
+            sequence: 0,
+            ts_ms: logs::now_ms(),
+            decision_id: r.decision_id,
+            intent: r.intent,
+            domain: r.domain,
+            complexity: r.complexity,
+            outcome: r.outcome,
+            rating: r.rating,
+            comment: r.comment,
+        };
+        let state = self.state.clone();
+        let sequence = tokio::task::spawn_blocking(move || state.feedback.append(rec))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "feedback log {}: {e}",
+                    self.state.feedback.path().display()
+                ))
+            })?;
+        Ok(Response::new(pb::RecordFeedbackResponse { sequence }))
+    }
+
+    type RetrainStream = Pin<Box<dyn Stream<Item = Result<pb::RetrainProgress, Status>> + Send>>;
+
+    async fn retrain(
+        &self,
+        request: Request<pb::RetrainRequest>,
+    ) -> Result<Response<Self::RetrainStream>, Status> {
+        use tokio_stream::StreamExt;
+        let r = request.into_inner();
+        let data = (!r.data_path.is_empty()).then(|| std::path::PathBuf::from(&r.data_path));
+        if let Some(d) = data.as_ref().filter(|d| !d.is_file()) {
+            return Err(Status::invalid_argument(format!(
+                "data_path: {} is not a file",
+                d.display()
+            )));
+        }
+        let params = retrain::RetrainParams {
+            data,
+            include_feedback: r.include_feedback,
+            promote_if_better: r.promote_if_better,
+            seed: r.seed,
+            max_epochs: if r.max_epochs == 0 {
+                20
+            } else {
+                r.max_epochs as usize
+            },
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(retrain::retrain(self.state.clone(), params, tx));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
+            Ok(p) => Ok(pb::RetrainProgress {
+                epoch: p.epoch,
+                train_loss: p.train_loss,
+                dev_loss: p.dev_loss,
+                dev_metrics: p.dev_metrics.into_iter().collect(),
+                message: p.message,
+                output_path: p.output_path,
+                promoted: p.promoted,
+                version: p.version,
+            }),
+            Err(e) => Err(Status::failed_precondition(format!("retrain: {e}"))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,293 @@
+//! Retrain: warm-start the live heads on a dataset plus the operator's corrections (feedback
+//! joined with the decision log's embeddings), calibrate, write a new head folder, and
+//! optionally promote it through the same validated swap.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use tokio::sync::mpsc;
+
+use super::logs::{self, FeedbackLog};
+use super::registry::{Registry, Source, SwapOptions};
+use super::AdminState;
+use crate::classify::{content_version, varmap_bytes, Classifier};
+use crate::engine::Features;
+use crate::train::data::{self, Row};
+use crate::train::fit::{self, Dataset, FitConfig};
+use crate::train::run;
+
+#[derive(Debug, Clone)]
+pub struct RetrainParams {
+    pub data: Option<PathBuf>,
+    pub include_feedback: bool,
+    pub promote_if_better: bool,
+    pub seed: u64,
+    pub max_epochs: usize,
+}
+
+/// One progress message (epochs, then a final summary).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub dev_metrics: BTreeMap<String, f64>,
+    pub message: String,
+    pub output_path: String,
+    pub promoted: bool,
+    pub version: String,
+}
+
+type Tx = mpsc::Sender<Result<Progress, String>>;
+
+fn say(tx: &Tx, message: String) -> Result<(), String> {
+    tx.try_send(Ok(Progress {
+        message,
+        ..Default::default()
+    }))
+    .map_err(|_| "client gone".to_string())
+}
+
+/// Appends `b` to `a` (same dimension).
+fn extend(a: &mut Dataset, b: Dataset) {
+    a.dim = a.dim.max(b.dim);
+    a.x.extend(b.x);
+    a.intent.extend(b.intent);
+    a.intent_mask.extend(b.intent_mask);
+    a.domain.extend(b.domain);
+    a.domain_mask.extend(b.domain_mask);
+    a.complexity.extend(b.complexity);
+    a.complexity_mask.extend(b.complexity_mask);
+    a.weight.extend(b.weight);
+}
+
+/// Training rows from feedback corrections whose decision was embedded by the live encoder.
+fn feedback_rows(s: &AdminState, encoder: &str, tx: &Tx) -> Result<Vec<(Row, Features)>, String> {
+    let Some(dlog) = &s.decisions else {
+        return Err("include_feedback: the decision log is disabled (admin.decision_log)".into());
+    };
+    dlog.flush();
+    let fb = FeedbackLog::read(s.feedback.path()).map_err(|e| e.to_string())?;
+    let decisions = logs::read_decisions(dlog.dir()).map_err(|e| e.to_string())?;
+    let (joined, missing) = logs::join(&fb, &decisions);
+    if !missing.is_empty() {
+        say(
+            tx,
+            format!(
+                "{} feedback records name decisions no longer in the log (retention): skipped",
+                missing.len()
+            ),
+        )?;
+    }
+    let by_id: std::collections::HashMap<&str, &logs::DecisionRecord> =
+        decisions.iter().map(|d| (d.id.as_str(), d)).collect();
+    let mut out = Vec::new();
+    for (f, features) in joined {
+        if by_id
+            .get(f.decision_id.as_str())
+            .is_none_or(|d| d.encoder != encoder)
+        {
+            continue;
+        }
+        out.push((
+            Row {
+                id: f.decision_id.clone(),
+                text: String::new(),
+                intent: f.intent.clone(),
+                domain: f.domain.clone(),
+                complexity: f.complexity,
+                source: "feedback".into(),
+                graded: None,
+                origin: format!("feedback #{}", f.sequence),
+            },
+            features,
+        ));
+    }
+    Ok(out)
+}
+
+/// Share of feedback rows whose corrected intent/domain the classifier predicts.
+fn feedback_accuracy(c: &Classifier, rows: &[(Row, Features)]) -> f64 {
+    let (mut hit, mut n) = (0usize, 0usize);
+    for (r, f) in rows {
+        let Ok(p) = c.predict(&f.embedding, f.tokens as usize, Some(0.0)) else {
+            continue;
+        };
+        for (want, got) in [(&r.intent, &p.intent), (&r.domain, &p.domain)] {
+            if let Some(w) = want {
+                n += 1;
+                hit += usize::from(w == got);
+            }
+        }
+    }
+    if n == 0 {
+        1.0
+    } else {
+        hit as f64 / n as f64
+    }
+}
+
+/// Runs a retrain, streaming progress into `tx`; the last message carries the result.
+pub async fn retrain(s: Arc<AdminState>, p: RetrainParams, tx: Tx) {
+    let result = run_retrain(&s, &p, &tx).await;
+    let _ = match result {
+        Ok(last) => tx.send(Ok(last)).await,
+        Err(e) => tx.send(Err(e)).await,
+    };
+}
+
+async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, String> {
+    let reg: &Registry = &s.registry;
+    let live = reg.versions().0;
+    let meta = live.classifier.meta.clone();
+    let encoder = live.encoder.info().weights_sha256.clone();
+    let mut rows = Vec::new();
+    if let Some(path) = &p.data {
+        let (r, bad) =
+            data::read_all(std::slice::from_ref(path)).map_err(|e| format!("data_path: {e}"))?;
+        for b in bad.iter().take(5) {
+            say(tx, format!("skipped: {b}"))?;
+        }
+        rows = r;
+    }
+    let fb = if p.include_feedback {
+        feedback_rows(s, &encoder, tx)?
+    } else {
+        Vec::new()
+    };
+    if rows.is_empty() && fb.is_empty() {
+        return Err(
+            "nothing to train on: give data_path and/or include_feedback with corrections".into(),
+        );
+    }
+    say(
+        tx,
+        format!(
+            "{} data rows, {} feedback corrections; embedding data rows",
+            rows.len(),
+            fb.len()
+        ),
+    )?;
+    let cache = s.cfg.state_dir.join("cache");
+    let (vectors, _) = run::embed_rows(&reg.engine.embedder, &rows, &cache)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (il, dl) = (&meta.intent_labels, &meta.domain_labels);
+    let (mut tr, mut dv): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+    for (i, r) in rows.iter().enumerate() {
+        if data::is_dev(r, p.seed, 10) {
+            dv.push(i)
+        } else {
+            tr.push(i)
+        }
+    }
+    let pick = |ix: &[usize]| -> Dataset {
+        let rs: Vec<&Row> = ix.iter().map(|&i| &rows[i]).collect();
+        let vs: Vec<&(Vec<f32>, u32)> = ix.iter().map(|&i| &vectors[i]).collect();
+        run::dataset(&rs, &vs, il, dl, 1.0)
+    };
+    let mut train = pick(&tr);
+    let fb_vecs: Vec<(Vec<f32>, u32)> = fb
+        .iter()
+        .map(|(_, f)| (f.embedding.clone(), f.tokens))
+        .collect();
+    let fb_rows: Vec<&Row> = fb.iter().map(|(r, _)| r).collect();
+    let mut fb_ds = run::dataset(&fb_rows, &fb_vecs.iter().collect::<Vec<_>>(), il, dl, 1.0);
+    fb_ds
+        .weight
+        .iter_mut()
+        .for_each(|w| *w = s.cfg.feedback_weight);
+    extend(&mut train, fb_ds);
+    let dev = if dv.is_empty() {
+        train.clone()
+    } else {
+        pick(&dv)
+    };
+    let before = feedback_accuracy(&live.classifier, &fb);
+    let cfg = FitConfig {
+        hidden: meta.hidden,
+        max_epochs: p.max_epochs.max(1),
+        patience: 3,
+        lr: 5e-4,
+        weight_decay: 1e-4,
+        batch_size: 64,
+        dropout: 0.1,
+        seed: p.seed,
+    };
+    let init: Vec<(String, Tensor)> =
+        candle_core::safetensors::load_buffer(&live.classifier.weights, &Device::Cpu)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+    let (n_i, n_d, etx) = (il.len(), dl.len(), tx.clone());
+    let (train2, dev2, cfg2) = (train.clone(), dev.clone(), cfg.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        fit::fit(&train2, &dev2, n_i, n_d, &cfg2, Some(&init), &mut |e| {
+            let _ = etx.blocking_send(Ok(Progress {
+                epoch: e.epoch as u32,
+                train_loss: e.train_loss,
+                dev_loss: e.dev_loss,
+                dev_metrics: BTreeMap::from([(
+                    "dev_intent_accuracy".into(),
+                    e.dev_intent_accuracy,
+                )]),
+                ..Default::default()
+            }));
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let (t_int, t_dom) = run::calibrate(&result.heads, &dev).map_err(|e| e.to_string())?;
+    let mut new_meta = meta.clone();
+    (new_meta.intent_temperature, new_meta.domain_temperature) = (t_int, t_dom);
+    new_meta.training = BTreeMap::from([
+        ("retrained_from".into(), serde_json::json!(live.version)),
+        (
+            "data".into(),
+            serde_json::json!(p.data.as_ref().map(|d| d.display().to_string())),
+        ),
+        ("feedback_rows".into(), serde_json::json!(fb.len())),
+        (
+            "hyper_parameters".into(),
+            serde_json::to_value(&cfg).unwrap_or_default(),
+        ),
+        ("best_epoch".into(), serde_json::json!(result.best_epoch)),
+    ]);
+    let weights = varmap_bytes(&result.varmap).map_err(|e| e.to_string())?;
+    new_meta.version = content_version(&weights, &new_meta);
+    let out = s.cfg.state_dir.join("heads").join(&new_meta.version);
+    let c = Classifier::from_parts(new_meta.clone(), &weights, &out).map_err(|e| e.to_string())?;
+    let after = feedback_accuracy(&c, &fb);
+    new_meta.metrics = reg
+        .score(&c, &live.encoder)
+        .await
+        .map_err(|e| e.to_string())?;
+    new_meta.metrics.insert("feedback_accuracy".into(), after);
+    Classifier::save_parts(&out, &new_meta, &weights).map_err(|e| e.to_string())?;
+    let mut last = Progress {
+        output_path: out.display().to_string(),
+        version: new_meta.version.clone(),
+        dev_metrics: new_meta.metrics.clone(),
+        message: format!(
+            "wrote {}; feedback accuracy {before:.3} → {after:.3}",
+            out.display()
+        ),
+        ..Default::default()
+    };
+    if p.promote_if_better {
+        if after < before {
+            last.message += "; not promoted: feedback accuracy fell";
+        } else {
+            match reg.swap(Source::Path(out), SwapOptions::default()).await {
+                Ok(r) => {
+                    last.promoted = r.swapped;
+                    last.message += &format!("; promoted: {}", r.messages.join("; "));
+                }
+                Err(e) => last.message += &format!("; not promoted: {e}"),
+            }
+        }
+    }
+    Ok(last)
+}

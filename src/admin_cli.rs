@@ -1,0 +1,119 @@
+//! `switchboard classifier …`: the operator's client for the Admin service.
+use anyhow::Context;
+use switchboard::proto::v1 as pb;
+use switchboard::proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use crate::cli::ClassifierOp;
+
+fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(r)
+}
+
+fn print_swap(r: &pb::SwapClassifierResponse) {
+    let state = if r.swapped { "swapped" } else { "not swapped" };
+    println!("{state}: {} → {}", r.previous_version, r.version);
+    for m in &r.messages {
+        println!("  {m}");
+    }
+}
+
+pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(addr.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the Admin service at {addr}"))?;
+    let mut c = AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    match op {
+        ClassifierOp::Status => {
+            let i = c
+                .get_classifier(authed(pb::GetClassifierRequest {}, token)?)
+                .await?
+                .into_inner();
+            let live = i.live.unwrap_or_default();
+            println!(
+                "live     {}  from {}  at {}",
+                live.version, live.source, live.loaded_at
+            );
+            println!("encoder  {}", i.encoder);
+            println!("intents  {}", i.intent_labels.join(", "));
+            println!("domains  {}", i.domain_labels.join(", "));
+            let mut metrics: Vec<_> = i.metrics.into_iter().collect();
+            metrics.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in metrics {
+                println!("  {k:<28} {v:.4}");
+            }
+            for k in i.kept {
+                println!(
+                    "kept     {}  from {}  at {}",
+                    k.version, k.source, k.loaded_at
+                );
+            }
+        }
+        ClassifierOp::Swap {
+            path,
+            inline,
+            expected_version,
+            dry_run,
+            force,
+        } => {
+            use pb::swap_classifier_request::Source;
+            let source = if inline {
+                let bytes =
+                    switchboard::admin::registry::pack_inline(&path).map_err(anyhow::Error::msg)?;
+                Source::InlineHeads(bytes)
+            } else {
+                Source::Path(path.display().to_string())
+            };
+            let req = pb::SwapClassifierRequest {
+                source: Some(source),
+                expected_version,
+                dry_run,
+                force,
+            };
+            print_swap(&c.swap_classifier(authed(req, token)?).await?.into_inner());
+        }
+        ClassifierOp::Rollback { version } => {
+            let req = pb::RollbackClassifierRequest { version };
+            print_swap(
+                &c.rollback_classifier(authed(req, token)?)
+                    .await?
+                    .into_inner(),
+            );
+        }
+        ClassifierOp::Retrain {
+            data,
+            no_feedback,
+            promote,
+            max_epochs,
+            seed,
+        } => {
+            let req = pb::RetrainRequest {
+                data_path: data.map(|d| d.display().to_string()).unwrap_or_default(),
+                include_feedback: !no_feedback,
+                promote_if_better: promote,
+                seed,
+                max_epochs,
+            };
+            let mut s = c.retrain(authed(req, token)?).await?.into_inner();
+            while let Some(p) = s.message().await? {
+                if p.epoch > 0 {
+                    println!(
+                        "epoch {:>3}  train loss {:.4}  dev loss {:.4}",
+                        p.epoch, p.train_loss, p.dev_loss
+                    );
+                }
+                if !p.message.is_empty() {
+                    println!("{}", p.message);
+                }
+                if !p.version.is_empty() {
+                    println!("version {}  promoted {}", p.version, p.promoted);
+                }
+            }
+        }
+    }
+    Ok(())
+}
