@@ -132,6 +132,16 @@ pub enum BenchCommand {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// RouteDecision latency from concurrent clients with and without classifier swaps.
+    Swap {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
     /// RouteDecision through the real gRPC server on loopback.
     Route {
         #[arg(long, default_value_t = 100)]
@@ -307,7 +317,8 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
             what:
                 BenchCommand::Embed { encoder, .. }
                 | BenchCommand::Route { encoder, .. }
-                | BenchCommand::Proxy { encoder, .. },
+                | BenchCommand::Proxy { encoder, .. }
+                | BenchCommand::Swap { encoder, .. },
         } => Some(encoder),
         Command::HashKey { .. } | Command::Classifier { .. } => None,
     }

@@ -91,6 +91,9 @@ pub struct AdminConfig {
     pub max_inline_bytes: usize,
     /// Loss weight of a feedback correction relative to a training row, in Retrain.
     pub feedback_weight: f32,
+    /// New head folders appearing here are swapped in through the validated path.
+    pub watch_dir: Option<PathBuf>,
+    pub watch_interval_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -110,6 +113,8 @@ impl Default for AdminConfig {
             kept_versions: 5,
             max_inline_bytes: 8 << 20,
             feedback_weight: 5.0,
+            watch_dir: None,
+            watch_interval_ms: 2000,
         }
     }
 }

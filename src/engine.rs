@@ -268,7 +268,7 @@ impl Engine {
         let mut key = [0u8; 16];
         key.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
         for _ in 0..SWAP_RETRIES {
-            let classifier = self.classifier.load_full();
+            let mut classifier = self.classifier.load_full();
             let key = (classifier.version().to_string(), key);
             if let Some(c) = &self.cache {
                 if let Some((p, f, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
@@ -293,8 +293,12 @@ impl Engine {
                     source,
                 })?;
             if *e.encoder != *classifier.meta.encoder.sha256 {
-                // A full-model swap landed in between: classify again with the new pair.
-                continue;
+                // A full-model swap landed in between. The heads now live usually match the
+                // encoder that embedded the prompt; if not (mid-swap), embed again.
+                classifier = self.classifier.load_full();
+                if *e.encoder != *classifier.meta.encoder.sha256 {
+                    continue;
+                }
             }
             timings.queue_us = e.queue_us;
             timings.embed_us = e.embed_us;
@@ -312,6 +316,7 @@ impl Engine {
             });
             let text_tokens = e.original_tokens as u32;
             if let Some(c) = &self.cache {
+                let key = (classifier.version().to_string(), key.1);
                 c.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .put(key, (p.clone(), features.clone(), text_tokens));

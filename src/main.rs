@@ -219,6 +219,7 @@ async fn embed(text: &str, encoder: &EncoderArgs) -> anyhow::Result<()> {
 struct LocalServer {
     addr: SocketAddr,
     http: SocketAddr,
+    admin: Option<SocketAddr>,
     engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), grpc::ServeError>>,
@@ -226,15 +227,20 @@ struct LocalServer {
 
 impl LocalServer {
     async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with_admin(config, None).await
+    }
+
+    async fn start_with_admin(config: Config, token: Option<&str>) -> anyhow::Result<Self> {
         let any: SocketAddr = "127.0.0.1:0".parse()?;
         let bound = grpc::bind(ServeConfig {
             grpc_addr: any,
             http_addr: any,
             config,
-            admin_addr: None,
-            admin_token: None,
+            admin_addr: token.map(|_| any),
+            admin_token: token.map(str::to_string),
         })
         .await?;
+        let admin = bound.admin_addr();
         let (addr, http, engine) = (bound.grpc_addr()?, bound.http_addr()?, bound.engine.clone());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(grpc::run(bound, async {
@@ -243,6 +249,7 @@ impl LocalServer {
         Ok(Self {
             addr,
             http,
+            admin,
             engine,
             stop,
             task,
@@ -288,6 +295,38 @@ async fn bench(what: BenchCommand) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             println!("{report}");
             server.stop().await?;
+        }
+        BenchCommand::Swap {
+            concurrency,
+            secs,
+            encoder,
+        } => {
+            let mut cfg = Config::read(None)?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            let state =
+                std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+            cfg.admin.state_dir = state.clone();
+            let (base, enc_dir) = (
+                cfg.server.classifier_dir.clone(),
+                cfg.encoder.model_dir.clone(),
+            );
+            let token = switchboard::engine::new_id();
+            let server = LocalServer::start_with_admin(cfg, Some(&token)).await?;
+            let admin = server.admin.context("admin service not bound")?;
+            let report = switchboard::bench::swap::swap(
+                server.addr,
+                admin,
+                &token,
+                &base,
+                &enc_dir,
+                concurrency,
+                secs,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            server.stop().await?;
+            let _ = std::fs::remove_dir_all(state);
         }
         BenchCommand::Proxy { levels, encoder } => {
             let mock = switchboard::mock::Mock::start().await?;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard::classify::{content_version, ClassifierMeta, META_FILE, WEIGHTS_FILE};
+use switchboard::bench::swap;
+use switchboard::classify::{META_FILE, WEIGHTS_FILE};
 use switchboard::proto::v1 as pb;
 use switchboard::proto::v1::admin_client::AdminClient;
 use switchboard::proto::v1::router_client::RouterClient;
@@ -49,70 +50,32 @@ fn shipped() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/classifier")
 }
 
-fn read_meta(dir: &Path) -> ClassifierMeta {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(META_FILE)).unwrap()).unwrap()
-}
-
-/// Writes a head folder: `meta` (version recomputed) with the shipped weights, or `weights`.
-fn write_heads(dir: &Path, mut meta: ClassifierMeta, weights: Option<&[u8]>) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let shipped_w = std::fs::read(shipped().join(WEIGHTS_FILE)).unwrap();
-    let w = weights.unwrap_or(&shipped_w);
-    meta.version = content_version(w, &meta);
-    std::fs::write(dir.join(WEIGHTS_FILE), w).unwrap();
-    std::fs::write(
-        dir.join(META_FILE),
-        serde_json::to_string_pretty(&meta).unwrap(),
-    )
-    .unwrap();
-    meta.version
+fn shipped_weights() -> Vec<u8> {
+    std::fs::read(shipped().join(WEIGHTS_FILE)).unwrap()
 }
 
 /// The shipped heads with a slightly different calibration: a valid, distinct version.
 fn variant(dir: &Path, factor: f32) -> String {
-    let mut m = read_meta(&shipped());
-    m.intent_temperature *= factor;
-    write_heads(dir, m, None)
+    swap::variant(&shipped(), dir, factor).unwrap()
 }
 
-/// A full model: the bundled encoder converted to f32 (new weights file, new identity) with
-/// the shipped heads re-bound to it.
+/// The bundled encoder re-saved as f32 (a new identity) with the shipped heads bound to it.
 fn full_model(dir: &Path) -> String {
-    let src = common::model_dir();
-    let enc = dir.join("encoder");
-    std::fs::create_dir_all(enc.join("1_Pooling")).unwrap();
-    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
-        if src.join(f).is_file() {
-            std::fs::copy(src.join(f), enc.join(f)).unwrap();
-        }
-    }
-    let tensors =
-        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
-    let f32s: std::collections::HashMap<String, candle_core::Tensor> = tensors
-        .into_iter()
-        .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F32).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&f32s, enc.join("model.safetensors")).unwrap();
-    let sha = switchboard::embed::model::sha256_file(&enc.join("model.safetensors")).unwrap();
-    let mut m = read_meta(&shipped());
-    m.encoder.name = "all-MiniLM-L6-v2-f32".into();
-    m.encoder.sha256 = sha;
-    write_heads(dir, m, None)
+    swap::full_model(&shipped(), &common::model_dir(), dir).unwrap()
 }
 
 /// Label names rotated: same shapes and label set, wrong answers; must fail the gate.
 fn below_gate(dir: &Path) -> String {
-    let mut m = read_meta(&shipped());
+    let mut m = swap::read_meta(&shipped()).unwrap();
     m.intent_labels.rotate_left(1);
     m.domain_labels.rotate_left(1);
-    write_heads(dir, m, None)
+    swap::write_heads(dir, m, &shipped_weights()).unwrap()
 }
 
 fn foreign_encoder(dir: &Path) -> String {
-    let mut m = read_meta(&shipped());
+    let mut m = swap::read_meta(&shipped()).unwrap();
     m.encoder.sha256 = "0".repeat(64);
-    write_heads(dir, m, None)
+    swap::write_heads(dir, m, &shipped_weights()).unwrap()
 }
 
 fn corrupt(dir: &Path) {
@@ -437,5 +400,156 @@ async fn inline_swaps_cas_dry_run_and_limits() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    server.stop().await;
+}
+
+async fn route(c: &mut RouterClient<Channel>, prompt: &str) -> pb::RouteDecisionResponse {
+    let req = pb::RouteDecisionRequest {
+        prompt: prompt.into(),
+        ..Default::default()
+    };
+    c.route_decision(req).await.unwrap().into_inner()
+}
+
+/// The runner-up intent: the plausible correction an operator would make.
+fn runner_up(d: &pb::RouteDecisionResponse) -> String {
+    let mut p = d.classification.clone().unwrap().intent_probabilities;
+    p.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    p[1].label.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feedback_retrain_promote_closes_the_loop() {
+    let mut cfg = config();
+    cfg.admin.feedback_weight = 20.0;
+    let server = common::TestServer::start(cfg).await;
+    let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    let before = live(&mut a).await;
+    let prompts = [
+        "Can you help me name my new bakery? Something cozy.",
+        "What do you think about remote work?",
+        "Turn these notes into a short paragraph: met client, agreed budget, next call Friday",
+        "Is this review positive or negative: 'the battery died in two days'",
+    ];
+    let mut corrections = Vec::new();
+    for p in prompts {
+        let d = route(&mut c, p).await;
+        let want = runner_up(&d);
+        assert_ne!(d.classification.as_ref().unwrap().intent, want);
+        let seq = a
+            .record_feedback(pb::RecordFeedbackRequest {
+                decision_id: d.decision_id.clone(),
+                intent: Some(want.clone()),
+                comment: "operator correction".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sequence;
+        assert_eq!(seq as usize, corrections.len() + 1);
+        corrections.push((p, want));
+    }
+    // Bad feedback is refused, naming the field; nothing is appended.
+    let e = a
+        .record_feedback(pb::RecordFeedbackRequest {
+            decision_id: "0".repeat(32),
+            intent: Some("code".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let id = route(&mut c, "hello there").await.decision_id;
+    let e = a
+        .record_feedback(pb::RecordFeedbackRequest {
+            decision_id: id,
+            intent: Some("poetry".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("intent:"), "{e:?}");
+
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train_slice.jsonl");
+    let req = pb::RetrainRequest {
+        data_path: data.display().to_string(),
+        include_feedback: true,
+        promote_if_better: true,
+        seed: 7,
+        max_epochs: 30,
+    };
+    let mut s = a.retrain(req).await.unwrap().into_inner();
+    let (mut epochs, mut last) = (0, None);
+    while let Some(p) = s.message().await.unwrap() {
+        epochs += usize::from(p.epoch > 0);
+        last = Some(p);
+    }
+    let last = last.unwrap();
+    assert!(epochs >= 1, "no epoch progress streamed");
+    assert!(last.promoted, "not promoted: {}", last.message);
+    assert_ne!(last.version, before);
+    assert_eq!(live(&mut a).await, last.version);
+    assert!(Path::new(&last.output_path).join(META_FILE).is_file());
+    // The corrected prompts are now classified as corrected, by the new version.
+    for (p, want) in &corrections {
+        let d = route(&mut c, p).await;
+        assert_eq!(d.classifier_version, last.version);
+        assert_eq!(&d.classification.unwrap().intent, want, "{p}");
+    }
+    // Held-out: the gate metrics did not fall more than the margin below the old head's.
+    let mut dry = swap_req(&shipped());
+    dry.dry_run = true;
+    dry.force = true;
+    let old = a.swap_classifier(dry).await.unwrap().into_inner().metrics;
+    let margin = server.engine.config.admin.gate_margin;
+    for k in ["gate_intent_accuracy", "gate_domain_accuracy"] {
+        assert!(
+            last.dev_metrics[k] >= old[k] - margin,
+            "{k}: {} vs {}",
+            last.dev_metrics[k],
+            old[k]
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_dropped_into_the_watch_dir_is_validated_and_swapped_in() {
+    let watch = common::scratch_dir("watch");
+    let staging = common::scratch_dir("staging");
+    let mut cfg = config();
+    cfg.admin.watch_dir = Some(watch.clone());
+    cfg.admin.watch_interval_ms = 50;
+    let server = common::TestServer::start(cfg).await;
+    let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
+    let shipped_v = live(&mut a).await;
+    // A folder that fails the gate is refused; the live version stays.
+    below_gate(&staging.join("bad"));
+    std::fs::rename(staging.join("bad"), watch.join("bad")).unwrap();
+    let rejected =
+        r#"switchboard_classifier_swaps_total{op="watch",reason="rejected",result="rejected"} 1"#;
+    let t = Instant::now();
+    while !server.engine_metrics().contains(rejected) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the bad folder was never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live(&mut a).await, shipped_v);
+    // A good one goes live.
+    let v = variant(&staging.join("good"), 1.3);
+    std::fs::rename(staging.join("good"), watch.join("good")).unwrap();
+    let t = Instant::now();
+    while live(&mut a).await != v {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the new folder never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }

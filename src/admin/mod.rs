@@ -4,6 +4,7 @@ pub mod gate;
 pub mod logs;
 pub mod registry;
 pub mod retrain;
+pub mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -83,10 +84,10 @@ fn version_pb(k: &registry::Kept) -> pb::ClassifierVersion {
     }
 }
 
-impl AdminService {
-    /// Counts and logs every swap attempt with its outcome.
-    fn observe(&self, what: &str, r: &Result<SwapReport, SwapError>) {
-        let m = &self.state.registry.engine.metrics;
+/// Counts and logs every swap attempt with its outcome.
+pub(crate) fn observe(state: &AdminState, what: &str, r: &Result<SwapReport, SwapError>) {
+    {
+        let m = &state.registry.engine.metrics;
         let (result, reason) = match r {
             Ok(rep) if rep.swapped => ("accepted", "ok"),
             Ok(_) => ("dry_run", "ok"),
@@ -102,7 +103,9 @@ impl AdminService {
             Err(e) => tracing::warn!(what, result, error = %e, "classifier swap refused"),
         }
     }
+}
 
+impl AdminService {
     fn check_feedback(&self, r: &pb::RecordFeedbackRequest) -> Result<(), Status> {
         let invalid = |f: &str, m: String| Err(Status::invalid_argument(format!("{f}: {m}")));
         if r.decision_id.is_empty() {
@@ -210,7 +213,7 @@ impl Admin for AdminService {
             force: r.force,
         };
         let result = self.state.registry.swap(src, opt).await;
-        self.observe("swap", &result);
+        observe(&self.state, "swap", &result);
         Ok(Response::new(to_pb(result?)))
     }
 
@@ -223,7 +226,7 @@ impl Admin for AdminService {
             .registry
             .rollback(&request.into_inner().version)
             .await;
-        self.observe("rollback", &result);
+        observe(&self.state, "rollback", &result);
         Ok(Response::new(to_pb(result?)))
     }
 

@@ -195,6 +195,9 @@ impl Registry {
                         dir.display()
                     )));
                 }
+                if let Some(k) = self.kept_copy(&dir) {
+                    return Ok(k);
+                }
                 let enc_dir = dir.join("encoder");
                 let enc = if enc_dir.join("model.safetensors").is_file() {
                     self.load_encoder(&enc_dir, &live_enc).await?
@@ -214,6 +217,24 @@ impl Registry {
                 Ok((c, enc, dir.display().to_string()))
             }
         }
+    }
+
+    /// A version still held in memory whose classifier.json matches `dir`'s (same content
+    /// version and encoder identity): re-promoting it needs no reload from disk.
+    fn kept_copy(&self, dir: &Path) -> Option<(Classifier, Arc<SentenceEncoder>, String)> {
+        let text = std::fs::read_to_string(dir.join(META_FILE)).ok()?;
+        let meta: ClassifierMeta = serde_json::from_str(&text).ok()?;
+        let (live, older) = self.versions();
+        // Heads only (no encoder/ folder) pair with the live encoder, as a fresh load would.
+        let full = dir.join("encoder").join("model.safetensors").is_file();
+        let live_sha = live.encoder.info().weights_sha256.clone();
+        let k = std::iter::once(&live).chain(&older).find(|k| {
+            let sha = &k.encoder.info().weights_sha256;
+            k.version == meta.version && *sha == meta.encoder.sha256 && (full || *sha == live_sha)
+        })?;
+        let c =
+            Classifier::from_parts(k.classifier.meta.clone(), &k.classifier.weights, dir).ok()?;
+        Some((c, k.encoder.clone(), dir.display().to_string()))
     }
 
     /// A full model's encoder, loaded off to the side; it must keep the live tokenizer.

@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod proxy;
 pub mod route;
+pub mod swap;
 
 use std::fmt;
 use std::time::Duration;
@@ -80,6 +81,17 @@ impl fmt::Display for Stats {
             self.min, self.p50, self.p99
         )
     }
+}
+
+/// A varied prompt of `words` words, different for each `seed`.
+pub fn synthetic_prompt(seed: usize, words: usize) -> String {
+    let mut i = seed;
+    let mut out = Vec::with_capacity(words);
+    for _ in 0..words {
+        out.push(WORDS[i % WORDS.len()]);
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    out.join(" ")
 }
 
 /// Builds a prompt of exactly `tokens` tokens (special tokens included) for `embedder`.

@@ -239,6 +239,15 @@ pub async fn run(
     let http = axum::serve(bound.http.tap_io(crate::http::nodelay), http_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let http = tokio::spawn(async move { http.await });
+    let watcher = bound.admin.as_ref().and_then(|(_, state, _)| {
+        let dir = state.cfg.watch_dir.clone()?;
+        let every = Duration::from_millis(state.cfg.watch_interval_ms.max(10));
+        Some(tokio::spawn(crate::admin::watch::run(
+            state.clone(),
+            dir,
+            every,
+        )))
+    });
     let admin = bound.admin.map(|(listener, state, token)| {
         // Room above the inline limit, so an oversized upload gets our message naming the limit.
         let max = state.cfg.max_inline_bytes * 2 + (1 << 20);
@@ -274,6 +283,9 @@ pub async fn run(
         )
         .await;
     warm.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let _ = http.await;
     if let Some(a) = admin {
         let _ = a.await;

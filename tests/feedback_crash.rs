@@ -1,0 +1,174 @@
+//! The feedback log survives a crash: the real binary is killed with SIGKILL right after
+//! RecordFeedback returns; after a restart every acknowledged record is in the log, and the
+//! next record continues the sequence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use switchboard::admin::logs::FeedbackLog;
+use switchboard::proto::v1 as pb;
+use switchboard::proto::v1::admin_client::AdminClient;
+use switchboard::proto::v1::router_client::RouterClient;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "crash-test-token";
+
+/// Starts `switchboard serve` in `dir` on free ports; returns the child and (gRPC, admin).
+fn start(dir: &Path) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let field = |k: &str| {
+                line.split(k)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_string)
+            };
+            if let (Some(g), Some(a)) = (field("grpc="), field("admin=")) {
+                let _ = tx.send((g, a));
+            }
+        }
+    });
+    let (grpc, admin) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("server logs its addresses");
+    (child, grpc, admin)
+}
+
+async fn connect(addr: &str) -> Channel {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    common::wait_serving(channel.clone()).await;
+    channel
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+async fn decision(grpc: &str, prompt: &str) -> String {
+    let mut c = RouterClient::new(connect(grpc).await);
+    let req = pb::RouteDecisionRequest {
+        prompt: prompt.into(),
+        ..Default::default()
+    };
+    c.route_decision(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_feedback_survives_sigkill() {
+    let dir = common::scratch_dir("crash");
+    let (mut child, grpc, admin_addr) = start(&dir);
+    let id = decision(&grpc, "Write a SQL query that lists customers by revenue").await;
+    let admin_channel = tonic::transport::Endpoint::from_shared(format!("http://{admin_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut a = AdminClient::new(admin_channel);
+    let mut acked = Vec::new();
+    for i in 0..25u32 {
+        let req = pb::RecordFeedbackRequest {
+            decision_id: id.clone(),
+            intent: (i % 2 == 0).then(|| "code".to_string()),
+            outcome: if i % 3 == 0 {
+                "failure".into()
+            } else {
+                "success".into()
+            },
+            rating: i % 5 + 1,
+            comment: format!("record {i}"),
+            ..Default::default()
+        };
+        acked.push(
+            a.record_feedback(authed(req))
+                .await
+                .unwrap()
+                .into_inner()
+                .sequence,
+        );
+    }
+    // Killed the moment the last acknowledgement is in hand: no graceful shutdown.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(acked, (1..=25).collect::<Vec<u64>>());
+
+    let log = dir.join("state/feedback.jsonl");
+    let records = FeedbackLog::read(&log).unwrap();
+    assert_eq!(records.len(), 25);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.sequence, i as u64 + 1);
+        assert_eq!(r.comment, format!("record {i}"));
+        assert_eq!(r.decision_id, id);
+    }
+    // A restarted server sees them all: the next record is number 26.
+    let (mut child, grpc, admin_addr) = start(&dir);
+    let id2 = decision(&grpc, "Summarise this paragraph in one line").await;
+    let admin_channel = tonic::transport::Endpoint::from_shared(format!("http://{admin_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut a = AdminClient::new(admin_channel);
+    let req = pb::RecordFeedbackRequest {
+        decision_id: id2,
+        outcome: "success".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        a.record_feedback(authed(req))
+            .await
+            .unwrap()
+            .into_inner()
+            .sequence,
+        26
+    );
+    // The decision made before the crash is still known after it.
+    let req = pb::RecordFeedbackRequest {
+        decision_id: id,
+        rating: 4,
+        ..Default::default()
+    };
+    assert_eq!(
+        a.record_feedback(authed(req))
+            .await
+            .unwrap()
+            .into_inner()
+            .sequence,
+        27
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
