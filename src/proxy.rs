@@ -167,9 +167,17 @@ impl Proxy {
     /// Runs one completion, sending events to `tx` until done, failed, or the client leaves.
     pub async fn run(&self, input: CompleteInput, tx: Tx) {
         let started = Instant::now();
-        let result = self.run_inner(&input, &tx, started).await;
+        let mut id = String::new();
+        let result = self.run_inner(&input, &tx, started, &mut id).await;
+        if let (Some(log), false) = (self.engine.decision_log.get(), id.is_empty()) {
+            let backend = match &result {
+                Ok(b) | Err(ProxyError::MidStream { backend: b, .. }) => b.as_str(),
+                Err(_) => "",
+            };
+            log.served(&id, backend, result.is_ok());
+        }
         let outcome = match &result {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(ProxyError::MidStream { .. }) => "mid_stream_failure",
             Err(ProxyError::AllFailed(_) | ProxyError::NoneAvailable(_)) => "unavailable",
             Err(_) => "rejected",
@@ -231,13 +239,15 @@ impl Proxy {
         input: &CompleteInput,
         tx: &Tx,
         started: Instant,
-    ) -> Result<(), ProxyError> {
+        id: &mut String,
+    ) -> Result<String, ProxyError> {
         let (outcome, names) = self.candidates(input).await?;
         let trying = names.first().cloned().unwrap_or_default();
         let decision_id = outcome
             .as_ref()
             .map(|o| o.decision_id.clone())
             .unwrap_or_else(crate::engine::new_id);
+        id.clone_from(&decision_id);
         if tx
             .send(Ok(ProxyEvent::Decision {
                 decision_id,
@@ -247,7 +257,7 @@ impl Proxy {
             .await
             .is_err()
         {
-            return Ok(());
+            return Ok(String::new());
         }
         let req = chat_request(input);
         let m = &self.engine.metrics;
@@ -343,7 +353,7 @@ impl Proxy {
         started: Instant,
         attempts: Vec<AttemptInfo>,
         tx: &Tx,
-    ) -> Result<(), ProxyError>
+    ) -> Result<String, ProxyError>
     where
         S: futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Unpin,
     {
@@ -356,7 +366,7 @@ impl Proxy {
         if tx.send(Ok(serving)).await.is_err()
             || tx.send(Ok(ProxyEvent::Delta(first))).await.is_err()
         {
-            return Ok(()); // client gone: dropping `stream` closes the upstream request
+            return Ok(String::new()); // client gone: dropping `stream` closes the upstream request
         }
         let mut tail = Vec::new();
         loop {
@@ -364,7 +374,7 @@ impl Proxy {
             // the upstream's next chunk.
             let item = tokio::select! {
                 biased;
-                _ = tx.closed() => return Ok(()),
+                _ = tx.closed() => return Ok(String::new()),
                 item = stream.next() => item,
             };
             let Some(item) = item else { break };
@@ -373,7 +383,7 @@ impl Proxy {
                     text.push_str(&t);
                     chunks += 1;
                     if tx.send(Ok(ProxyEvent::Delta(t))).await.is_err() {
-                        return Ok(());
+                        return Ok(String::new());
                     }
                 }
                 Ok(other) => tail.push(other),
@@ -404,7 +414,7 @@ impl Proxy {
         started: Instant,
         attempts: Vec<AttemptInfo>,
         tx: &Tx,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<String, ProxyError> {
         let mut finish = "stop".to_string();
         let mut usage = None;
         for e in events {
@@ -462,6 +472,6 @@ impl Proxy {
             attempts,
         };
         let _ = tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
-        Ok(())
+        Ok(b.name.clone())
     }
 }

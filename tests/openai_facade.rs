@@ -263,3 +263,56 @@ async fn client_disconnect_cancels_the_upstream() {
     assert_eq!(s.m.counters.completed_streams.load(Ordering::SeqCst), 0);
     s.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outcome_feedback_names_the_completion_that_served() {
+    use switchboard::proto::v1::admin_client::AdminClient;
+    use switchboard::proto::v1::RecordFeedbackRequest;
+    let s = Setup::start().await;
+    // Pinned: no routing happened, yet the decision id is logged with the serving backend.
+    let r = s.post("/v1/chat/completions", chat("fast", false)).await;
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-switchboard-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.server.admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut a = AdminClient::new(channel);
+    let mut req = tonic::Request::new(RecordFeedbackRequest {
+        decision_id: id.clone(),
+        outcome: "success".into(),
+        rating: 5,
+        ..Default::default()
+    });
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN).parse().unwrap();
+    req.metadata_mut().insert("authorization", auth);
+    assert_eq!(
+        a.record_feedback(req).await.unwrap().into_inner().sequence,
+        1
+    );
+    let dir = s.server.engine.config.admin.state_dir.join("decisions");
+    let t = Instant::now();
+    let served = loop {
+        let text: String = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+            break line.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no served record for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let v: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(v["kind"], "served");
+    assert_eq!(v["backend"], "fast");
+    assert_eq!(v["ok"], true);
+    s.server.stop().await;
+}

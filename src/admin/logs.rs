@@ -197,8 +197,16 @@ impl DecisionLog {
         std::fs::create_dir_all(&cfg.dir)?;
         let cap = NonZeroUsize::new(KNOWN_IDS).unwrap_or(NonZeroUsize::MIN);
         let mut known = LruCache::new(cap);
-        for r in read_decisions(&cfg.dir)? {
-            known.put(r.id, ());
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        for f in files(&cfg.dir)? {
+            for line in BufReader::new(File::open(&f)?).lines() {
+                if let Ok(r) = serde_json::from_str::<Id>(&line?) {
+                    known.put(r.id, ());
+                }
+            }
         }
         let seq = files(&cfg.dir)?
             .last()
@@ -268,6 +276,19 @@ impl DecisionLog {
             .unwrap_or_else(|p| p.into_inner())
             .put(r.id, ());
         if self.tx.try_send(Msg::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs which backend served a completion (`ok` false: it failed), so outcome feedback
+    /// names the backend used; also makes a pinned completion's id known. Never blocks.
+    pub fn served(&self, id: &str, backend: &str, ok: bool) {
+        let line = serde_json::json!({"kind": "served", "id": id, "ts_ms": now_ms(), "backend": backend, "ok": ok});
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(id.to_string(), ());
+        if self.tx.try_send(Msg::Line(line.to_string())).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
