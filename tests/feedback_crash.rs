@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use switchboard::admin::logs::FeedbackLog;
 use switchboard::proto::v1 as pb;
@@ -17,44 +16,19 @@ use tonic::transport::Channel;
 
 const TOKEN: &str = "crash-test-token";
 
-/// Starts `switchboard serve` in `dir` on free ports; returns the child and (gRPC, admin).
+/// Starts `switchboard serve` in `dir`; returns the child, its gRPC and admin addresses.
 fn start(dir: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
-        .current_dir(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
+    let (child, addrs) = common::spawn_serve(dir, &[("SWITCHBOARD_ADMIN_TOKEN", TOKEN)]);
+    (child, addrs["grpc"].clone(), addrs["admin"].clone())
+}
+
+async fn admin(addr: &str) -> AdminClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let field = |k: &str| {
-                line.split(k)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(str::to_string)
-            };
-            if let (Some(g), Some(a)) = (field("grpc="), field("admin=")) {
-                let _ = tx.send((g, a));
-            }
-        }
-    });
-    let (grpc, admin) = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("server logs its addresses");
-    (child, grpc, admin)
+    AdminClient::new(channel)
 }
 
 async fn connect(addr: &str) -> Channel {
@@ -92,12 +66,7 @@ async fn acknowledged_feedback_survives_sigkill() {
     let dir = common::scratch_dir("crash");
     let (mut child, grpc, admin_addr) = start(&dir);
     let id = decision(&grpc, "Write a SQL query that lists customers by revenue").await;
-    let admin_channel = tonic::transport::Endpoint::from_shared(format!("http://{admin_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut a = AdminClient::new(admin_channel);
+    let mut a = admin(&admin_addr).await;
     let mut acked = Vec::new();
     for i in 0..25u32 {
         let req = pb::RecordFeedbackRequest {
@@ -136,12 +105,7 @@ async fn acknowledged_feedback_survives_sigkill() {
     // A restarted server sees them all: the next record is number 26.
     let (mut child, grpc, admin_addr) = start(&dir);
     let id2 = decision(&grpc, "Summarise this paragraph in one line").await;
-    let admin_channel = tonic::transport::Endpoint::from_shared(format!("http://{admin_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut a = AdminClient::new(admin_channel);
+    let mut a = admin(&admin_addr).await;
     let req = pb::RecordFeedbackRequest {
         decision_id: id2,
         outcome: "success".into(),

@@ -1,41 +1,17 @@
 //! SIGTERM during load: the real binary stops accepting, finishes in-flight requests, exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::RouteDecisionRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .current_dir(std::env::temp_dir())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Readiness probe: the log line that names the bound address, then gRPC health.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("grpc=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("server logs its address");
+    let (mut child, addrs) = common::spawn_serve(&std::env::temp_dir(), &[]);
+    let addr = &addrs["grpc"];
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

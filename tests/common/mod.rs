@@ -193,3 +193,59 @@ pub fn catalog(backends: Vec<Backend>) -> Config {
     c.server.breaker_failures = 1000;
     c
 }
+
+/// Runs the real `switchboard serve` binary in `dir` on free ports with `env` added; returns
+/// the child and the addresses its `switchboard bound` log line names (grpc, http, admin).
+pub fn spawn_serve(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, String>,
+) {
+    use std::io::{BufRead, BufReader};
+    let any = "127.0.0.1:0";
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        any,
+        "--http-addr",
+        any,
+        "--admin-addr",
+        any,
+    ])
+    .env("RUST_LOG", "info")
+    .current_dir(dir)
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !line.contains("switchboard bound") {
+                continue;
+            }
+            let addrs = ["grpc", "http", "admin"]
+                .iter()
+                .filter_map(|k| {
+                    let v = line
+                        .split(&format!("{k}="))
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?;
+                    Some((k.to_string(), v.to_string()))
+                })
+                .collect();
+            let _ = tx.send(addrs);
+        }
+    });
+    let addrs = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("server logs its addresses");
+    (child, addrs)
+}
