@@ -332,6 +332,8 @@ async fn twenty_swaps_under_load_fail_no_request() {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
     server.stop().await;
+    // The full model is ~90 MB: do not leave it behind.
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

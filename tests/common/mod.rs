@@ -138,7 +138,8 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
 /// The admin token of every `TestServer`.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// A fresh, empty directory under the system temp dir (left for the OS to clean).
+/// A fresh, empty directory under the system temp dir (small state; tests that write large
+/// artifacts remove theirs).
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "switchboard-{tag}-{}",
