@@ -402,6 +402,19 @@ async fn inline_swaps_cas_dry_run_and_limits() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // Retrain requests that cannot run say why, with the field.
+    let req = pb::RetrainRequest {
+        data_path: "/nonexistent/data.jsonl".into(),
+        ..Default::default()
+    };
+    let e = a.retrain(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("data_path:"), "{e:?}");
+    let req = pb::RetrainRequest::default();
+    let mut stream = a.retrain(req).await.unwrap().into_inner();
+    let e = stream.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nothing to train on"), "{e:?}");
     server.stop().await;
 }
 

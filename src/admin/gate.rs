@@ -9,6 +9,24 @@ use crate::embed::model::SentenceEncoder;
 use crate::embed::TextTokenizer;
 use crate::train::data::{self, Row};
 
+/// Why the gate set could not be loaded or a classifier could not be scored on it.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("gate set {path}: {message}")]
+    Load {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("embedding the gate set: {0}")]
+    Embed(#[from] crate::embed::EmbedError),
+    #[error("embedding the gate set: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("scoring on the gate set: {0}")]
+    Classify(#[from] crate::classify::ClassifyError),
+    #[error("the classifier produced NaN or Inf on the gate set")]
+    NonFinite,
+}
+
 /// (embedding, tokens the encoder saw) per gate row.
 pub type GateFeatures = Arc<Vec<(Vec<f32>, u32)>>;
 
@@ -18,16 +36,17 @@ pub struct GateSet {
 }
 
 impl GateSet {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let (rows, bad) = data::read_all(&[path.to_path_buf()]).map_err(|e| e.to_string())?;
+    pub fn load(path: &Path) -> Result<Self, GateError> {
+        let err = |message: String| GateError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (rows, bad) = data::read_all(&[path.to_path_buf()]).map_err(|e| err(e.to_string()))?;
         if let Some(b) = bad.first() {
-            return Err(format!("gate set {}: {b}", path.display()));
+            return Err(err(b.to_string()));
         }
         if rows.iter().filter(|r| r.intent.is_some()).count() < 20 {
-            return Err(format!(
-                "gate set {}: fewer than 20 rows with an intent label",
-                path.display()
-            ));
+            return Err(err("fewer than 20 rows with an intent label".into()));
         }
         Ok(Self { rows })
     }
@@ -38,16 +57,15 @@ impl GateSet {
         &self,
         model: &SentenceEncoder,
         tok: &TextTokenizer,
-    ) -> Result<Vec<(Vec<f32>, u32)>, String> {
+    ) -> Result<Vec<(Vec<f32>, u32)>, GateError> {
         let mut out = Vec::with_capacity(self.rows.len());
         for chunk in self.rows.chunks(16) {
             let ids: Vec<Vec<u32>> = chunk
                 .iter()
                 .map(|r| tok.encode(&r.text).map(|e| e.ids))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
+                .collect::<Result<_, _>>()?;
             let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
-            let vecs = model.embed_ids(&seqs).map_err(|e| e.to_string())?;
+            let vecs = model.embed_ids(&seqs)?;
             out.extend(vecs.into_iter().zip(ids.iter().map(|i| i.len() as u32)));
         }
         Ok(out)
@@ -58,15 +76,13 @@ impl GateSet {
         &self,
         c: &Classifier,
         features: &[(Vec<f32>, u32)],
-    ) -> Result<BTreeMap<String, f64>, String> {
+    ) -> Result<BTreeMap<String, f64>, GateError> {
         let (mut ih, mut in_, mut dh, mut dn, mut cerr, mut cn) = (0, 0, 0, 0, 0.0, 0);
         for (r, (v, t)) in self.rows.iter().zip(features) {
-            let p = c
-                .predict(v, *t as usize, Some(0.0))
-                .map_err(|e| e.to_string())?;
-            let probs = p.intent_probs.iter().chain(&p.domain_probs);
-            if !probs.clone().all(|x| x.is_finite()) || !p.complexity.is_finite() {
-                return Err("the classifier produced NaN or Inf on the gate set".into());
+            let p = c.predict(v, *t as usize, Some(0.0))?;
+            let mut probs = p.intent_probs.iter().chain(&p.domain_probs);
+            if !probs.all(|x| x.is_finite()) || !p.complexity.is_finite() {
+                return Err(GateError::NonFinite);
             }
             if let Some(l) = &r.intent {
                 in_ += 1;

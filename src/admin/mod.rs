@@ -40,6 +40,21 @@ impl From<SwapError> for Status {
     }
 }
 
+impl From<retrain::RetrainError> for Status {
+    fn from(e: retrain::RetrainError) -> Self {
+        use retrain::RetrainError as E;
+        let m = format!("retrain: {e}");
+        match e {
+            E::Invalid { .. } | E::Data(_) => Status::invalid_argument(m),
+            E::Swap(s) => Status::from(s),
+            E::ClientGone => Status::cancelled(m),
+            E::Train(_) | E::Classify(_) | E::Model(_) | E::Io(_) | E::Internal(_) => {
+                Status::internal(m)
+            }
+        }
+    }
+}
+
 /// An interceptor admitting only `authorization: Bearer <token>` (compared by sha256).
 pub fn token_interceptor(
     token: &str,
@@ -299,7 +314,7 @@ impl Admin for AdminService {
                 promoted: p.promoted,
                 version: p.version,
             }),
-            Err(e) => Err(Status::failed_precondition(format!("retrain: {e}"))),
+            Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))
     }

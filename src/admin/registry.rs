@@ -109,7 +109,11 @@ fn blocking_err(e: tokio::task::JoinError) -> SwapError {
 }
 
 impl Registry {
-    pub fn new(engine: Arc<Engine>, cfg: AdminConfig, source: &Path) -> Result<Self, String> {
+    pub fn new(
+        engine: Arc<Engine>,
+        cfg: AdminConfig,
+        source: &Path,
+    ) -> Result<Self, gate::GateError> {
         let gate = GateSet::load(&cfg.gate_set)?;
         let live = Kept {
             version: engine.classifier.load().version().to_string(),
@@ -151,7 +155,7 @@ impl Registry {
         let f = tokio::task::spawn_blocking(move || rows.embed(&enc, &tok))
             .await
             .map_err(blocking_err)?
-            .map_err(SwapError::Internal)?;
+            .map_err(|e| SwapError::Internal(e.to_string()))?;
         let f = Arc::new(f);
         cache.insert(key, f.clone());
         Ok(f)
@@ -164,7 +168,9 @@ impl Registry {
         enc: &Arc<SentenceEncoder>,
     ) -> Result<BTreeMap<String, f64>, SwapError> {
         let f = self.features(enc).await?;
-        self.gate.score(c, &f).map_err(SwapError::Rejected)
+        self.gate
+            .score(c, &f)
+            .map_err(|e| SwapError::Rejected(e.to_string()))
     }
 
     /// Loads a candidate without touching the live service.
@@ -430,13 +436,17 @@ fn inline_meta(bytes: &[u8]) -> Result<ClassifierMeta, SwapError> {
 }
 
 /// Packs a head folder into one inline artifact (heads with classifier.json as metadata).
-pub fn pack_inline(dir: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::read_to_string(dir.join(META_FILE))
-        .map_err(|e| format!("{}: {e}", dir.join(META_FILE).display()))?;
+pub fn pack_inline(dir: &Path) -> Result<Vec<u8>, SwapError> {
+    let read = |p: PathBuf| {
+        std::fs::read(&p).map_err(|e| SwapError::Invalid(format!("{}: {e}", p.display())))
+    };
+    let meta = String::from_utf8(read(dir.join(META_FILE))?)
+        .map_err(|e| SwapError::Invalid(format!("{META_FILE}: {e}")))?;
     let wpath = dir.join(crate::classify::WEIGHTS_FILE);
-    let weights = std::fs::read(&wpath).map_err(|e| format!("{}: {e}", wpath.display()))?;
+    let weights = read(wpath.clone())?;
     let tensors = safetensors::SafeTensors::deserialize(&weights)
-        .map_err(|e| format!("{}: {e}", wpath.display()))?;
+        .map_err(|e| SwapError::Invalid(format!("{}: {e}", wpath.display())))?;
     let info = HashMap::from([(META_FILE.to_string(), meta)]);
-    safetensors::tensor::serialize(tensors.tensors(), Some(info)).map_err(|e| e.to_string())
+    safetensors::tensor::serialize(tensors.tensors(), Some(info))
+        .map_err(|e| SwapError::Internal(e.to_string()))
 }

@@ -17,6 +17,32 @@ use crate::train::data::{self, Row};
 use crate::train::fit::{self, Dataset, FitConfig};
 use crate::train::run;
 
+/// Why a retrain stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrainError {
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("data_path: {0}")]
+    Data(#[from] crate::train::data::DataError),
+    #[error(transparent)]
+    Train(#[from] crate::train::run::TrainError),
+    #[error(transparent)]
+    Classify(#[from] crate::classify::ClassifyError),
+    #[error("training failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("reading the decision or feedback log: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Swap(#[from] super::registry::SwapError),
+    #[error("the client left")]
+    ClientGone,
+    #[error("{0}")]
+    Internal(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct RetrainParams {
     pub data: Option<PathBuf>,
@@ -39,14 +65,14 @@ pub struct Progress {
     pub version: String,
 }
 
-type Tx = mpsc::Sender<Result<Progress, String>>;
+type Tx = mpsc::Sender<Result<Progress, RetrainError>>;
 
-fn say(tx: &Tx, message: String) -> Result<(), String> {
+fn say(tx: &Tx, message: String) -> Result<(), RetrainError> {
     tx.try_send(Ok(Progress {
         message,
         ..Default::default()
     }))
-    .map_err(|_| "client gone".to_string())
+    .map_err(|_| RetrainError::ClientGone)
 }
 
 /// Appends `b` to `a` (same dimension).
@@ -63,13 +89,20 @@ fn extend(a: &mut Dataset, b: Dataset) {
 }
 
 /// Training rows from feedback corrections whose decision was embedded by the live encoder.
-fn feedback_rows(s: &AdminState, encoder: &str, tx: &Tx) -> Result<Vec<(Row, Features)>, String> {
+fn feedback_rows(
+    s: &AdminState,
+    encoder: &str,
+    tx: &Tx,
+) -> Result<Vec<(Row, Features)>, RetrainError> {
     let Some(dlog) = &s.decisions else {
-        return Err("include_feedback: the decision log is disabled (admin.decision_log)".into());
+        return Err(RetrainError::Invalid {
+            field: "include_feedback",
+            message: "the decision log is disabled (admin.decision_log)".into(),
+        });
     };
     dlog.flush();
-    let fb = FeedbackLog::read(s.feedback.path()).map_err(|e| e.to_string())?;
-    let decisions = logs::read_decisions(dlog.dir()).map_err(|e| e.to_string())?;
+    let fb = FeedbackLog::read(s.feedback.path())?;
+    let decisions = logs::read_decisions(dlog.dir())?;
     let (joined, missing) = logs::join(&fb, &decisions);
     if !missing.is_empty() {
         say(
@@ -137,15 +170,14 @@ pub async fn retrain(s: Arc<AdminState>, p: RetrainParams, tx: Tx) {
     };
 }
 
-async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, String> {
+async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, RetrainError> {
     let reg: &Registry = &s.registry;
     let live = reg.versions().0;
     let meta = live.classifier.meta.clone();
     let encoder = live.encoder.info().weights_sha256.clone();
     let mut rows = Vec::new();
     if let Some(path) = &p.data {
-        let (r, bad) =
-            data::read_all(std::slice::from_ref(path)).map_err(|e| format!("data_path: {e}"))?;
+        let (r, bad) = data::read_all(std::slice::from_ref(path))?;
         for b in bad.iter().take(5) {
             say(tx, format!("skipped: {b}"))?;
         }
@@ -157,9 +189,11 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         Vec::new()
     };
     if rows.is_empty() && fb.is_empty() {
-        return Err(
-            "nothing to train on: give data_path and/or include_feedback with corrections".into(),
-        );
+        return Err(RetrainError::Invalid {
+            field: "data_path",
+            message: "nothing to train on: give data_path and/or include_feedback with corrections"
+                .into(),
+        });
     }
     say(
         tx,
@@ -170,9 +204,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         ),
     )?;
     let cache = s.cfg.state_dir.join("cache");
-    let (vectors, _) = run::embed_rows(&reg.engine.embedder, &rows, &cache)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (vectors, _) = run::embed_rows(&reg.engine.embedder, &rows, &cache).await?;
     let (il, dl) = (&meta.intent_labels, &meta.domain_labels);
     let (mut tr, mut dv): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
     for (i, r) in rows.iter().enumerate() {
@@ -216,8 +248,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         seed: p.seed,
     };
     let init: Vec<(String, Tensor)> =
-        candle_core::safetensors::load_buffer(&live.classifier.weights, &Device::Cpu)
-            .map_err(|e| e.to_string())?
+        candle_core::safetensors::load_buffer(&live.classifier.weights, &Device::Cpu)?
             .into_iter()
             .collect();
     let (n_i, n_d, etx) = (il.len(), dl.len(), tx.clone());
@@ -237,9 +268,8 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         })
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let (t_int, t_dom) = run::calibrate(&result.heads, &dev).map_err(|e| e.to_string())?;
+    .map_err(|e| RetrainError::Internal(e.to_string()))??;
+    let (t_int, t_dom) = run::calibrate(&result.heads, &dev)?;
     let mut new_meta = meta.clone();
     (new_meta.intent_temperature, new_meta.domain_temperature) = (t_int, t_dom);
     new_meta.training = BTreeMap::from([
@@ -255,17 +285,14 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         ),
         ("best_epoch".into(), serde_json::json!(result.best_epoch)),
     ]);
-    let weights = varmap_bytes(&result.varmap).map_err(|e| e.to_string())?;
+    let weights = varmap_bytes(&result.varmap)?;
     new_meta.version = content_version(&weights, &new_meta);
     let out = s.cfg.state_dir.join("heads").join(&new_meta.version);
-    let c = Classifier::from_parts(new_meta.clone(), &weights, &out).map_err(|e| e.to_string())?;
+    let c = Classifier::from_parts(new_meta.clone(), &weights, &out)?;
     let after = feedback_accuracy(&c, &fb);
-    new_meta.metrics = reg
-        .score(&c, &live.encoder)
-        .await
-        .map_err(|e| e.to_string())?;
+    new_meta.metrics = reg.score(&c, &live.encoder).await?;
     new_meta.metrics.insert("feedback_accuracy".into(), after);
-    Classifier::save_parts(&out, &new_meta, &weights).map_err(|e| e.to_string())?;
+    Classifier::save_parts(&out, &new_meta, &weights)?;
     let mut last = Progress {
         output_path: out.display().to_string(),
         version: new_meta.version.clone(),
