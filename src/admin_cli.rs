@@ -1,4 +1,5 @@
-//! `switchboard classifier …`: the operator's client for the Admin service.
+//! `switchboard classifier …`: the operator's client for the Admin service. Part of the binary,
+//! not the library: printing the answers is its job.
 use anyhow::Context;
 use switchboard::proto::v1 as pb;
 use switchboard::proto::v1::admin_client::AdminClient;
@@ -7,10 +8,7 @@ use tonic::transport::Channel;
 use crate::cli::ClassifierOp;
 
 fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(r)
+    Ok(switchboard::auth::with_bearer(msg, token)?)
 }
 
 fn print_swap(r: &pb::SwapClassifierResponse) {

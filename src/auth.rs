@@ -41,6 +41,22 @@ pub struct ApiKeys {
     by_hash: HashMap<String, Caller>,
 }
 
+/// The token of an `authorization: Bearer <token>` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    header?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// A client request carrying `authorization: Bearer <token>`.
+pub fn with_bearer<T>(
+    msg: T,
+    token: &str,
+) -> Result<tonic::Request<T>, tonic::metadata::errors::InvalidMetadataValue> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(r)
+}
+
 /// Hex sha256 of a key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -78,11 +94,9 @@ impl ApiKeys {
 
     /// The caller for an `authorization` header value (`Bearer KEY`).
     pub fn check(&self, header: Option<&str>) -> Result<Caller, &'static str> {
-        let key = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or("missing `authorization: Bearer <key>`")?;
+        let key = bearer(header).ok_or("missing `authorization: Bearer <key>`")?;
         self.by_hash
-            .get(&hash_key(key.trim()))
+            .get(&hash_key(key))
             .cloned()
             .ok_or("unknown API key")
     }

@@ -42,10 +42,7 @@ async fn connect(addr: &str) -> Channel {
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    r
+    switchboard::auth::with_bearer(msg, TOKEN).unwrap()
 }
 
 async fn decision(grpc: &str, prompt: &str) -> String {

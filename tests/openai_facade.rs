@@ -282,14 +282,13 @@ async fn outcome_feedback_names_the_completion_that_served() {
         .await
         .unwrap();
     let mut a = AdminClient::new(channel);
-    let mut req = tonic::Request::new(RecordFeedbackRequest {
+    let msg = RecordFeedbackRequest {
         decision_id: id.clone(),
         outcome: "success".into(),
         rating: 5,
         ..Default::default()
-    });
-    let auth = format!("Bearer {}", common::ADMIN_TOKEN).parse().unwrap();
-    req.metadata_mut().insert("authorization", auth);
+    };
+    let req = switchboard::auth::with_bearer(msg, common::ADMIN_TOKEN).unwrap();
     assert_eq!(
         a.record_feedback(req).await.unwrap().into_inner().sequence,
         1

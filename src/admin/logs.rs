@@ -382,12 +382,12 @@ impl FeedbackLog {
     }
 }
 
-/// Joins feedback with the decisions it names: the latest correction per decision, with the
-/// decision's features. Returns the joined rows and the ids with no decision record.
-pub fn join(
+/// Joins feedback with the decisions it names: the latest correction per decision, with its
+/// decision record. Returns the joined rows and the ids with no decision record.
+pub fn join<'d>(
     feedback: &[FeedbackRecord],
-    decisions: &[DecisionRecord],
-) -> (Vec<(FeedbackRecord, Features)>, Vec<String>) {
+    decisions: &'d [DecisionRecord],
+) -> (Vec<(FeedbackRecord, &'d DecisionRecord)>, Vec<String>) {
     let mut latest: HashMap<&str, &FeedbackRecord> = HashMap::new();
     for f in feedback {
         if f.intent.is_some() || f.domain.is_some() || f.complexity.is_some() {
@@ -398,8 +398,8 @@ pub fn join(
     let mut rows = Vec::new();
     for d in decisions {
         if let Some(f) = latest.get(d.id.as_str()) {
-            if let (true, Some(features)) = (found.insert(d.id.as_str()), d.features()) {
-                rows.push(((*f).clone(), features));
+            if found.insert(d.id.as_str()) {
+                rows.push(((*f).clone(), d));
             }
         }
     }

@@ -61,15 +61,14 @@ pub fn token_interceptor(
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     let want: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     move |req: Request<()>| {
-        let got = req
+        let header = req
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("admin: missing `authorization: Bearer <admin token>`")
-            })?;
-        let got: [u8; 32] = Sha256::digest(got.trim().as_bytes()).into();
+            .and_then(|v| v.to_str().ok());
+        let got = crate::auth::bearer(header).ok_or_else(|| {
+            Status::unauthenticated("admin: missing `authorization: Bearer <admin token>`")
+        })?;
+        let got: [u8; 32] = Sha256::digest(got.as_bytes()).into();
         if got != want {
             return Err(Status::unauthenticated("admin: wrong admin token"));
         }
@@ -101,22 +100,23 @@ fn version_pb(k: &registry::Kept) -> pb::ClassifierVersion {
 
 /// Counts and logs every swap attempt with its outcome.
 pub(crate) fn observe(state: &AdminState, what: &str, r: &Result<SwapReport, SwapError>) {
-    {
-        let m = &state.registry.engine.metrics;
-        let (result, reason) = match r {
-            Ok(rep) if rep.swapped => ("accepted", "ok"),
-            Ok(_) => ("dry_run", "ok"),
-            Err(e) => ("rejected", e.reason()),
-        };
-        m.classifier_swaps
-            .with_label_values(&[what, result, reason])
-            .inc();
-        match r {
-            Ok(rep) => {
-                tracing::info!(what, result, version = %rep.version, previous = %rep.previous, messages = ?rep.messages, "classifier swap")
-            }
-            Err(e) => tracing::warn!(what, result, error = %e, "classifier swap refused"),
+    let (result, reason) = match r {
+        Ok(rep) if rep.swapped => ("accepted", "ok"),
+        Ok(_) => ("dry_run", "ok"),
+        Err(e) => ("rejected", e.reason()),
+    };
+    state
+        .registry
+        .engine
+        .metrics
+        .classifier_swaps
+        .with_label_values(&[what, result, reason])
+        .inc();
+    match r {
+        Ok(rep) => {
+            tracing::info!(what, result, version = %rep.version, previous = %rep.previous, messages = ?rep.messages, "classifier swap")
         }
+        Err(e) => tracing::warn!(what, result, error = %e, "classifier swap refused"),
     }
 }
 
@@ -135,25 +135,13 @@ impl AdminService {
             }
         }
         let c = self.state.registry.engine.classifier.load();
-        if let Some(i) = r
-            .intent
-            .as_ref()
-            .filter(|i| !c.meta.intent_labels.contains(i))
-        {
-            return invalid(
-                "intent",
-                format!("unknown label {i:?}; known: {:?}", c.meta.intent_labels),
-            );
-        }
-        if let Some(d) = r
-            .domain
-            .as_ref()
-            .filter(|d| !c.meta.domain_labels.contains(d))
-        {
-            return invalid(
-                "domain",
-                format!("unknown label {d:?}; known: {:?}", c.meta.domain_labels),
-            );
+        for (field, value, labels) in [
+            ("intent", &r.intent, &c.meta.intent_labels),
+            ("domain", &r.domain, &c.meta.domain_labels),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| !labels.contains(v)) {
+                return invalid(field, format!("unknown label {v:?}; known: {labels:?}"));
+            }
         }
         if let Some(x) = r.complexity.filter(|x| !(0.0..=1.0).contains(x)) {
             return invalid("complexity", format!("must be in [0, 1], found {x}"));

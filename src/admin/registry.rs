@@ -77,8 +77,11 @@ pub struct Registry {
     cfg: AdminConfig,
     /// The live version, and the older ones kept (oldest first).
     kept: Mutex<(Kept, Vec<Kept>)>,
-    gate: GateSet,
+    gate: Arc<GateSet>,
     gate_features: tokio::sync::Mutex<HashMap<String, GateFeatures>>,
+    /// Gate metrics by (classifier version, encoder sha): a version is a content hash, so its
+    /// score never changes; the live one is scored once, not at every swap.
+    scores: Mutex<HashMap<(String, String), BTreeMap<String, f64>>>,
     swap_lock: tokio::sync::Mutex<()>,
 }
 
@@ -114,7 +117,7 @@ impl Registry {
         cfg: AdminConfig,
         source: &Path,
     ) -> Result<Self, gate::GateError> {
-        let gate = GateSet::load(&cfg.gate_set)?;
+        let gate = Arc::new(GateSet::load(&cfg.gate_set)?);
         let live = Kept {
             version: engine.classifier.load().version().to_string(),
             source: source.display().to_string(),
@@ -128,6 +131,7 @@ impl Registry {
             kept: Mutex::new((live, Vec::new())),
             gate,
             gate_features: tokio::sync::Mutex::new(HashMap::new()),
+            scores: Mutex::new(HashMap::new()),
             swap_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -149,10 +153,8 @@ impl Registry {
             return Ok(f.clone());
         }
         let (enc, tok) = (enc.clone(), self.engine.embedder.tokenizer().clone());
-        let rows = GateSet {
-            rows: self.gate.rows.clone(),
-        };
-        let f = tokio::task::spawn_blocking(move || rows.embed(&enc, &tok))
+        let gate = self.gate.clone();
+        let f = tokio::task::spawn_blocking(move || gate.embed(&enc, &tok))
             .await
             .map_err(blocking_err)?
             .map_err(|e| SwapError::Internal(e.to_string()))?;
@@ -167,17 +169,32 @@ impl Registry {
         c: &Classifier,
         enc: &Arc<SentenceEncoder>,
     ) -> Result<BTreeMap<String, f64>, SwapError> {
+        let key = (c.version().to_string(), enc.info().weights_sha256.clone());
+        if let Some(m) = self
+            .scores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(m.clone());
+        }
         let f = self.features(enc).await?;
-        self.gate
+        let m = self
+            .gate
             .score(c, &f)
-            .map_err(|e| SwapError::Rejected(e.to_string()))
+            .map_err(|e| SwapError::Rejected(e.to_string()))?;
+        self.scores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, m.clone());
+        Ok(m)
     }
 
     /// Loads a candidate without touching the live service.
     async fn load(
         &self,
         src: Source,
-    ) -> Result<(Classifier, Arc<SentenceEncoder>, String), SwapError> {
+    ) -> Result<(Arc<Classifier>, Arc<SentenceEncoder>, String), SwapError> {
         let live_enc = self.engine.embedder.model();
         match src {
             Source::Inline(bytes) => {
@@ -192,7 +209,7 @@ impl Registry {
                 check_encoder(&meta, &live_enc, "inline_heads")?;
                 let c = Classifier::from_parts(meta, &bytes, Path::new("<inline>"))
                     .map_err(|e| SwapError::Invalid(format!("inline_heads: {e}")))?;
-                Ok((c, live_enc, "inline".into()))
+                Ok((Arc::new(c), live_enc, "inline".into()))
             }
             Source::Path(dir) => {
                 if !dir.join(META_FILE).is_file() {
@@ -220,14 +237,14 @@ impl Registry {
                         }
                         other => SwapError::Invalid(format!("path: {other}")),
                     })?;
-                Ok((c, enc, dir.display().to_string()))
+                Ok((Arc::new(c), enc, dir.display().to_string()))
             }
         }
     }
 
     /// A version still held in memory whose classifier.json matches `dir`'s (same content
     /// version and encoder identity): re-promoting it needs no reload from disk.
-    fn kept_copy(&self, dir: &Path) -> Option<(Classifier, Arc<SentenceEncoder>, String)> {
+    fn kept_copy(&self, dir: &Path) -> Option<(Arc<Classifier>, Arc<SentenceEncoder>, String)> {
         let text = std::fs::read_to_string(dir.join(META_FILE)).ok()?;
         let meta: ClassifierMeta = serde_json::from_str(&text).ok()?;
         let (live, older) = self.versions();
@@ -238,9 +255,11 @@ impl Registry {
             let sha = &k.encoder.info().weights_sha256;
             k.version == meta.version && *sha == meta.encoder.sha256 && (full || *sha == live_sha)
         })?;
-        let c =
-            Classifier::from_parts(k.classifier.meta.clone(), &k.classifier.weights, dir).ok()?;
-        Some((c, k.encoder.clone(), dir.display().to_string()))
+        Some((
+            k.classifier.clone(),
+            k.encoder.clone(),
+            dir.display().to_string(),
+        ))
     }
 
     /// A full model's encoder, loaded off to the side; it must keep the live tokenizer.
@@ -337,7 +356,7 @@ impl Registry {
             version: version.clone(),
             source,
             loaded_at: rfc3339(super::logs::now_ms()),
-            classifier: Arc::new(c),
+            classifier: c,
             encoder: enc,
         });
         messages.push(format!("live: {previous} → {version}"));

@@ -75,19 +75,6 @@ fn say(tx: &Tx, message: String) -> Result<(), RetrainError> {
     .map_err(|_| RetrainError::ClientGone)
 }
 
-/// Appends `b` to `a` (same dimension).
-fn extend(a: &mut Dataset, b: Dataset) {
-    a.dim = a.dim.max(b.dim);
-    a.x.extend(b.x);
-    a.intent.extend(b.intent);
-    a.intent_mask.extend(b.intent_mask);
-    a.domain.extend(b.domain);
-    a.domain_mask.extend(b.domain_mask);
-    a.complexity.extend(b.complexity);
-    a.complexity_mask.extend(b.complexity_mask);
-    a.weight.extend(b.weight);
-}
-
 /// Training rows from feedback corrections whose decision was embedded by the live encoder.
 fn feedback_rows(
     s: &AdminState,
@@ -113,16 +100,15 @@ fn feedback_rows(
             ),
         )?;
     }
-    let by_id: std::collections::HashMap<&str, &logs::DecisionRecord> =
-        decisions.iter().map(|d| (d.id.as_str(), d)).collect();
     let mut out = Vec::new();
-    for (f, features) in joined {
-        if by_id
-            .get(f.decision_id.as_str())
-            .is_none_or(|d| d.encoder != encoder)
-        {
+    for (f, d) in joined {
+        // Only vectors from the live encoder can train the live heads.
+        if d.encoder != encoder {
             continue;
         }
+        let Some(features) = d.features() else {
+            continue;
+        };
         out.push((
             Row {
                 id: f.decision_id.clone(),
@@ -230,7 +216,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         .weight
         .iter_mut()
         .for_each(|w| *w = s.cfg.feedback_weight);
-    extend(&mut train, fb_ds);
+    train.append(fb_ds);
     let dev = if dv.is_empty() {
         train.clone()
     } else {

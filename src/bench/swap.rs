@@ -94,10 +94,7 @@ impl fmt::Display for SwapReport {
 type Admin = AdminClient<tonic::transport::Channel>;
 
 fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, String> {
-    let mut r = tonic::Request::new(msg);
-    let v = format!("Bearer {token}").parse().map_err(io)?;
-    r.metadata_mut().insert("authorization", v);
-    Ok(r)
+    crate::auth::with_bearer(msg, token).map_err(io)
 }
 
 /// `concurrency` clients for `secs`; returns latencies and errors.

@@ -24,6 +24,19 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Appends `other`'s rows (same feature dimension).
+    pub fn append(&mut self, other: Dataset) {
+        self.dim = self.dim.max(other.dim);
+        self.x.extend(other.x);
+        self.intent.extend(other.intent);
+        self.intent_mask.extend(other.intent_mask);
+        self.domain.extend(other.domain);
+        self.domain_mask.extend(other.domain_mask);
+        self.complexity.extend(other.complexity);
+        self.complexity_mask.extend(other.complexity_mask);
+        self.weight.extend(other.weight);
+    }
+
     pub fn len(&self) -> usize {
         self.weight.len()
     }
