@@ -8,6 +8,11 @@ use std::time::Instant;
 mod admin_cli;
 mod cli;
 
+// glibc malloc spent ~15% of the proxy path's CPU (measured with perf); mimalloc's per-thread
+// free lists avoid its arena locks and consolidation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use cli::{encoder_args, BenchCommand, Cli, Command, EncoderArgs};
