@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use switchboard::embed::{EncoderConfig, Truncation};
+use switchboard::train::finetune::FinetuneConfig;
 use switchboard::train::fit::FitConfig;
 use switchboard::train::run::TrainConfig;
 
@@ -213,6 +214,25 @@ pub struct TrainArgs {
     /// Use only the first N rows (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
+    /// Also fine-tune the encoder's top N layers with the heads (0 = heads only, on frozen
+    /// embeddings). The output folder then holds `encoder/` beside the heads.
+    #[arg(long, default_value_t = 0)]
+    pub finetune_layers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub finetune_epochs: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    pub encoder_lr: f64,
+    #[arg(long, default_value_t = 16)]
+    pub finetune_batch: usize,
+    /// Rows per fine-tuning epoch: every real prompt, then a seeded sample of the rest.
+    #[arg(long, default_value_t = 12000)]
+    pub finetune_rows: usize,
+    /// Dev rows scored after each fine-tuning epoch (early stopping).
+    #[arg(long, default_value_t = 800)]
+    pub finetune_dev_rows: usize,
+    /// Start the heads from this head folder when fine-tuning (labels and shape must match).
+    #[arg(long)]
+    pub init_heads: Option<PathBuf>,
     #[command(flatten)]
     pub encoder: EncoderArgs,
 }
@@ -239,6 +259,21 @@ impl TrainArgs {
                 seed: self.seed,
             },
         }
+    }
+
+    /// The fine-tuning settings, when `--finetune-layers` is set.
+    pub fn finetune(&self) -> Option<FinetuneConfig> {
+        (self.finetune_layers > 0).then(|| FinetuneConfig {
+            layers: self.finetune_layers,
+            epochs: self.finetune_epochs,
+            encoder_lr: self.encoder_lr,
+            batch_size: self.finetune_batch,
+            max_rows: self.finetune_rows,
+            dev_rows: self.finetune_dev_rows,
+            // candle's dropout draws from an unseeded RNG; without it a run is deterministic.
+            encoder_dropout: 0.0,
+            init_heads: self.init_heads.clone(),
+        })
     }
 }
 

@@ -84,12 +84,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Embed { text, encoder } => embed(&text, &encoder).await,
         Command::Train(args) => {
-            let embedder = start(&args.encoder).await?;
-            let out = switchboard::train::run::train(&embedder, &args.config()).await?;
-            println!(
-                "embedded {} new prompts in {:.1} s; trained on {} rows (dev {}) in {:.1} s",
-                out.embedded, out.embed_secs, out.train_rows, out.dev_rows, out.fit_secs
-            );
+            let out = if let Some(ft) = args.finetune() {
+                let enc = args.encoder.config();
+                let out = switchboard::train::finetune::finetune(&enc, &args.config(), &ft).await?;
+                println!(
+                    "fine-tuned the top {} layers with the heads on {} rows in {:.1} s ({} epochs); embedded the dev split ({} rows, {} new) in {:.1} s",
+                    ft.layers, out.train_rows, out.fit_secs, out.history.len(), out.dev_rows, out.embedded, out.embed_secs
+                );
+                out
+            } else {
+                let embedder = start(&args.encoder).await?;
+                let out = switchboard::train::run::train(&embedder, &args.config()).await?;
+                println!(
+                    "embedded {} new prompts in {:.1} s; trained on {} rows (dev {}) in {:.1} s",
+                    out.embedded, out.embed_secs, out.train_rows, out.dev_rows, out.fit_secs
+                );
+                out
+            };
             println!(
                 "wrote {} (version {})",
                 args.out.display(),
@@ -109,6 +120,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             out_dir,
             encoder,
         } => {
+            let mut encoder = encoder;
+            if let Some(dir) = switchboard::classify::own_encoder(&head) {
+                encoder.model_dir = Some(dir);
+            }
             let embedder = start(&encoder).await?;
             let cfg = switchboard::train::evaluate::EvalConfig {
                 data,

@@ -266,21 +266,42 @@ pub struct Bert {
     token_type: candle_nn::Embedding,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
+    /// Layers below this index (and the embeddings) are frozen: they always run the fast
+    /// inference path, whatever mode `forward` is given.
+    train_from: usize,
     cfg: BertConfig,
+}
+
+fn unprefixed(vb: VarBuilder) -> VarBuilder {
+    if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+        vb.pp("bert")
+    } else {
+        vb
+    }
 }
 
 impl Bert {
     /// Loads weights with HF names, with or without a `bert.` prefix.
     pub fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
+        Self::load_split(vb.clone(), vb, cfg, 0)
+    }
+
+    /// For fine-tuning the top layers: layers `train_from..` load from `top` (Vars, so they get
+    /// gradients), the embeddings and lower layers from `frozen`.
+    pub fn load_split(
+        frozen: VarBuilder,
+        top: VarBuilder,
+        cfg: &BertConfig,
+        train_from: usize,
+    ) -> candle_core::Result<Self> {
+        let (vb, top) = (unprefixed(frozen), unprefixed(top));
         let h = cfg.hidden_size;
         let e = vb.pp("embeddings");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg))
+            .map(|i| {
+                let src = if i >= train_from { &top } else { &vb };
+                Layer::load(src.pp(format!("encoder.layer.{i}")), cfg)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             word: candle_nn::embedding(cfg.vocab_size, h, e.pp("word_embeddings"))?,
@@ -296,6 +317,7 @@ impl Bert {
             )?,
             emb_ln: LayerNorm::load(e.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             layers,
+            train_from,
             cfg: cfg.clone(),
         })
     }
@@ -319,10 +341,17 @@ impl Bert {
         let x = x.broadcast_add(&tt)?;
         let h = x.dim(2)?;
         let x = x.reshape((b * l, h))?;
-        let mut x = dropout(self.emb_ln.forward(&x, mode)?, mode)?;
+        let frozen = |i: usize| {
+            if i < self.train_from {
+                Mode::Inference
+            } else {
+                mode
+            }
+        };
+        let mut x = dropout(self.emb_ln.forward(&x, frozen(0))?, frozen(0))?;
         let additive = additive_mask(mask)?;
-        for layer in &self.layers {
-            x = layer.forward(&x, &additive, b, l, mode)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &additive, b, l, frozen(i))?;
         }
         x.reshape((b, l, h))
     }

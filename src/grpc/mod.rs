@@ -60,7 +60,11 @@ pub enum ServeError {
 
 /// Loads the encoder and the classifier and validates the config against its labels.
 pub async fn load_engine(config: Config) -> Result<Arc<Engine>, ServeError> {
-    let enc = config.encoder.clone();
+    let mut enc = config.encoder.clone();
+    if let Some(dir) = crate::classify::own_encoder(&config.server.classifier_dir) {
+        tracing::info!(encoder = %dir.display(), "the classifier folder carries its own encoder");
+        enc.model_dir = dir;
+    }
     let embedder = tokio::task::spawn_blocking(move || Embedder::start(&enc))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))??;

@@ -45,7 +45,7 @@ impl Dataset {
         self.weight.is_empty()
     }
 
-    fn tensors(&self, idx: &[usize], dev: &Device) -> candle_core::Result<Batch> {
+    pub(crate) fn tensors(&self, idx: &[usize], dev: &Device) -> candle_core::Result<Batch> {
         let d = self.dim;
         let mut x = Vec::with_capacity(idx.len() * d);
         for &i in idx {
@@ -78,8 +78,8 @@ fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x * y).collect()
 }
 
-struct Batch {
-    x: Tensor,
+pub(crate) struct Batch {
+    pub(crate) x: Tensor,
     intent: Tensor,
     intent_w: Tensor,
     domain: Tensor,
@@ -133,7 +133,7 @@ fn masked_bce(z: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor>
     (loss * w)?.sum_all()?.broadcast_div(&denom)
 }
 
-fn loss(out: &HeadOutputs, b: &Batch) -> candle_core::Result<Tensor> {
+pub(crate) fn loss(out: &HeadOutputs, b: &Batch) -> candle_core::Result<Tensor> {
     let li = masked_nll(&out.intent, &b.intent, &b.intent_w)?;
     let ld = masked_nll(&out.domain, &b.domain, &b.domain_w)?;
     let lc = masked_bce(&out.complexity, &b.cx, &b.cx_w)?;
@@ -141,7 +141,7 @@ fn loss(out: &HeadOutputs, b: &Batch) -> candle_core::Result<Tensor> {
 }
 
 /// Torch-style uniform init, drawn from our seeded RNG.
-fn seeded_varmap(
+pub(crate) fn seeded_varmap(
     shapes: &[(String, Vec<usize>)],
     rng: &mut StdRng,
     dev: &Device,
@@ -174,7 +174,7 @@ fn seeded_varmap(
     Ok(varmap)
 }
 
-fn head_shapes(
+pub(crate) fn head_shapes(
     inputs: usize,
     hidden: usize,
     n_intent: usize,
@@ -197,7 +197,7 @@ fn head_shapes(
     v
 }
 
-fn dropout_masks(
+pub(crate) fn dropout_masks(
     rng: &mut StdRng,
     n: usize,
     hidden: usize,
@@ -302,7 +302,7 @@ pub fn fit(
     })
 }
 
-fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tensor)>> {
+pub(crate) fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tensor)>> {
     let data = varmap
         .data()
         .lock()
@@ -312,7 +312,7 @@ fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tensor)>> {
         .collect()
 }
 
-fn restore(varmap: &VarMap, weights: &[(String, Tensor)]) -> candle_core::Result<()> {
+pub(crate) fn restore(varmap: &VarMap, weights: &[(String, Tensor)]) -> candle_core::Result<()> {
     let data = varmap
         .data()
         .lock()

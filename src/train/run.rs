@@ -168,7 +168,10 @@ pub fn load_rows(cfg: &TrainConfig) -> Result<Vec<Row>, TrainError> {
 }
 
 /// Label sets with at least `min` rows each; rarer labels are reported and left out.
-fn label_sets(rows: &[Row], min: usize) -> Result<(Vec<String>, Vec<String>), TrainError> {
+pub(crate) fn label_sets(
+    rows: &[Row],
+    min: usize,
+) -> Result<(Vec<String>, Vec<String>), TrainError> {
     let (intents, rare_i) = data::label_set(rows, "intent", |r| r.intent.as_ref(), min);
     let (domains, rare_d) = data::label_set(rows, "domain", |r| r.domain.as_ref(), min);
     for e in rare_i.iter().chain(&rare_d) {
@@ -233,7 +236,7 @@ pub fn calibrate(
 }
 
 /// Where a head came from: data files and hash, hyper-parameters, split, token budget.
-fn provenance(
+pub(crate) fn provenance(
     cfg: &TrainConfig,
     best_epoch: usize,
     max_tokens: usize,
@@ -258,6 +261,52 @@ fn provenance(
         ),
         ("max_tokens".to_string(), serde_json::json!(max_tokens)),
     ]))
+}
+
+/// A trained head's weights and what its metadata records.
+pub(crate) struct HeadParts<'a> {
+    pub varmap: &'a candle_nn::VarMap,
+    pub temperatures: (f32, f32),
+    pub labels: (Vec<String>, Vec<String>),
+    pub inputs: usize,
+    pub training: BTreeMap<String, serde_json::Value>,
+}
+
+/// Evaluates the head on the dev rows, records the metrics and writes the folder `cfg.out`.
+pub(crate) fn write_head(
+    cfg: &TrainConfig,
+    info: &crate::embed::EncoderInfo,
+    head: HeadParts,
+    dv_rows: &[&Row],
+    dv_vecs: &[&(Vec<f32>, u32)],
+) -> Result<(Classifier, EvalReport), TrainError> {
+    let mut meta = ClassifierMeta {
+        format: 1,
+        version: String::new(),
+        encoder: EncoderRef {
+            name: info.name.clone(),
+            sha256: info.weights_sha256.clone(),
+        },
+        intent_labels: head.labels.0,
+        domain_labels: head.labels.1,
+        inputs: head.inputs,
+        hidden: cfg.fit.hidden,
+        intent_temperature: head.temperatures.0,
+        domain_temperature: head.temperatures.1,
+        abstain_threshold: cfg.abstain_threshold,
+        training: head.training,
+        metrics: BTreeMap::new(),
+    };
+    let weights = varmap_bytes(head.varmap)?;
+    meta.version = content_version(&weights, &meta);
+    let classifier = Classifier::from_parts(meta.clone(), &weights, &cfg.out)?;
+    let dev_report = eval::evaluate(&classifier, dv_rows, dv_vecs)?;
+    meta.metrics = dev_report.headline();
+    Classifier::save_parts(&cfg.out, &meta, &weights)?;
+    Ok((
+        Classifier::from_parts(meta, &weights, &cfg.out)?,
+        dev_report,
+    ))
 }
 
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.
@@ -301,32 +350,15 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     .map_err(|e| TrainError::Invalid(e.to_string()))??;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
-    let info = embedder.info();
     let training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
-    let mut meta = ClassifierMeta {
-        format: 1,
-        version: String::new(),
-        encoder: EncoderRef {
-            name: info.name.clone(),
-            sha256: info.weights_sha256.clone(),
-        },
-        intent_labels: intents,
-        domain_labels: domains,
+    let head = HeadParts {
+        varmap: &result.varmap,
+        temperatures: (t_int, t_dom),
+        labels: (intents, domains),
         inputs: train_ds.dim,
-        hidden: cfg.fit.hidden,
-        intent_temperature: t_int,
-        domain_temperature: t_dom,
-        abstain_threshold: cfg.abstain_threshold,
         training,
-        metrics: BTreeMap::new(),
     };
-    let weights = varmap_bytes(&result.varmap)?;
-    meta.version = content_version(&weights, &meta);
-    let classifier = Classifier::from_parts(meta.clone(), &weights, &cfg.out)?;
-    let dev_report = eval::evaluate(&classifier, &dv_rows, &dv_vecs)?;
-    meta.metrics = dev_report.headline();
-    Classifier::save_parts(&cfg.out, &meta, &weights)?;
-    let classifier = Classifier::from_parts(meta, &weights, &cfg.out)?;
+    let (classifier, dev_report) = write_head(cfg, &embedder.info(), head, &dv_rows, &dv_vecs)?;
     Ok(TrainOutcome {
         classifier,
         dev_report,

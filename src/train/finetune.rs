@@ -1,0 +1,525 @@
+//! Fine-tuning the encoder's top layers together with the heads (`switchboard train
+//! --finetune-layers K`). The result is one artifact: `encoder/` (the whole encoder, its top K
+//! layers changed) beside heads bound to that encoder's sha256, so the server, the swap and the
+//! rollback treat both as a unit. Frozen layers run the fast inference path; only the top
+//! layers are Vars (see shared/notes/candle-finetune.md for why the stock BERT cannot train).
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::data::{self, Row};
+use super::fit::{self, Dataset, EpochLog};
+use super::run::{self, HeadParts, TrainConfig, TrainError, TrainOutcome};
+use crate::classify::heads::Heads;
+use crate::embed::bert::{mean_pool_normalize, Bert, BertConfig, Mode};
+use crate::embed::{Embedder, EncoderConfig};
+
+/// Settings of the fine-tuning variant.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FinetuneConfig {
+    /// Top encoder layers trained (the rest, and the embeddings, stay frozen).
+    pub layers: usize,
+    pub epochs: usize,
+    pub encoder_lr: f64,
+    pub batch_size: usize,
+    /// Training rows per epoch: every real prompt, then a seeded sample of the rest up to this.
+    pub max_rows: usize,
+    /// Dev rows scored after each epoch for early stopping (real prompts first).
+    pub dev_rows: usize,
+    /// Dropout inside the trained encoder layers.
+    pub encoder_dropout: f32,
+    /// Start the heads from this head folder (same labels) instead of a seeded init.
+    pub init_heads: Option<std::path::PathBuf>,
+}
+
+/// One selected row: token ids and its index into the label dataset.
+struct Sample {
+    ids: Vec<u32>,
+}
+
+/// Every real prompt, then a seeded sample of the other rows, up to `max`.
+fn select<'a>(rows: &[&'a Row], max: usize, rng: &mut StdRng) -> Vec<&'a Row> {
+    let (mut real, mut other): (Vec<&Row>, Vec<&Row>) =
+        rows.iter().partition(|r| r.source == "sharegpt");
+    other.shuffle(rng);
+    let room = max.saturating_sub(real.len());
+    real.extend(other.into_iter().take(room));
+    real.truncate(max.max(1));
+    real
+}
+
+/// Labels (and the length feature as `x`) of `rows`, in the trainer's dataset form.
+fn labels(
+    rows: &[&Row],
+    samples: &[Sample],
+    cfg: &TrainConfig,
+    sets: &(Vec<String>, Vec<String>),
+) -> Dataset {
+    let lens: Vec<(Vec<f32>, u32)> = samples
+        .iter()
+        .map(|s| (Vec::new(), s.ids.len() as u32))
+        .collect();
+    let refs: Vec<&(Vec<f32>, u32)> = lens.iter().collect();
+    run::dataset(rows, &refs, &sets.0, &sets.1, cfg.real_prompt_weight)
+}
+
+/// Whether a weight name belongs to an encoder layer at or above `from`.
+fn trainable(name: &str, from: usize) -> bool {
+    name.split("encoder.layer.")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .is_some_and(|i| i >= from)
+}
+
+/// The encoder with its top layers as Vars in `varmap`.
+struct Trainable {
+    bert: Bert,
+    varmap: VarMap,
+    /// The weights as loaded (original dtypes), to write the new encoder file from.
+    original: HashMap<String, Tensor>,
+    /// A trained weight and its starting value: proof that gradients reach the encoder.
+    probe: (String, Tensor),
+}
+
+fn load_trainable(dir: &Path, layers: usize, dev: &Device) -> Result<Trainable, TrainError> {
+    let cfg_text = std::fs::read_to_string(dir.join("config.json"))?;
+    let cfg: BertConfig = serde_json::from_str(&cfg_text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
+    if layers == 0 || layers > cfg.num_hidden_layers {
+        return Err(TrainError::Invalid(format!(
+            "--finetune-layers must be 1..={}, got {layers}",
+            cfg.num_hidden_layers
+        )));
+    }
+    let from = cfg.num_hidden_layers - layers;
+    let original = candle_core::safetensors::load(dir.join("model.safetensors"), dev)?;
+    let varmap = VarMap::new();
+    let mut probe = None;
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Invalid("varmap lock".into()))?;
+        for (name, t) in &original {
+            if trainable(name, from) {
+                let t = t.to_dtype(DType::F32)?;
+                if name.ends_with("output.dense.weight") && probe.is_none() {
+                    probe = Some((name.clone(), t.copy()?));
+                }
+                data.insert(name.clone(), Var::from_tensor(&t)?);
+            }
+        }
+    }
+    let probe =
+        probe.ok_or_else(|| TrainError::Invalid("no trainable encoder weight found".into()))?;
+    let frozen = VarBuilder::from_tensors(original.clone(), DType::F32, dev);
+    let top = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+    let bert = Bert::load_split(frozen, top, &cfg, from)?;
+    Ok(Trainable {
+        bert,
+        varmap,
+        original,
+        probe,
+    })
+}
+
+/// Largest absolute change of the probe weight since the start.
+fn probe_change(t: &Trainable) -> Result<f32, TrainError> {
+    let data = t
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid("varmap lock".into()))?;
+    let now = data
+        .get(&t.probe.0)
+        .ok_or_else(|| TrainError::Invalid("probe weight missing".into()))?;
+    Ok((now.as_tensor() - &t.probe.1)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?)
+}
+
+/// Heads' features for a batch: pooled sentence vectors beside the length column.
+fn forward(
+    t: &Trainable,
+    heads: &Heads,
+    samples: &[&Sample],
+    length: &Tensor,
+    mode: Mode,
+    masks: Option<&[Tensor; 3]>,
+) -> Result<crate::classify::heads::HeadOutputs, TrainError> {
+    let dev = length.device();
+    let l = samples.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+    let (mut ids, mut mask) = (vec![0u32; samples.len() * l], vec![0u32; samples.len() * l]);
+    for (row, s) in samples.iter().enumerate() {
+        ids[row * l..row * l + s.ids.len()].copy_from_slice(&s.ids);
+        mask[row * l..row * l + s.ids.len()].fill(1);
+    }
+    let ids = Tensor::from_vec(ids, (samples.len(), l), dev)?;
+    let mask = Tensor::from_vec(mask, (samples.len(), l), dev)?;
+    let hidden = t.bert.forward(&ids, &mask, mode)?;
+    let x = Tensor::cat(&[&mean_pool_normalize(&hidden, &mask)?, length], 1)?;
+    Ok(heads.forward(&x, masks)?)
+}
+
+/// Batches of similar length (less padding), in a seeded order.
+fn batches(samples: &[Sample], size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.shuffle(rng);
+    let mut out = Vec::new();
+    for pool in order.chunks(size * 32) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| samples[i].ids.len());
+        out.extend(pool.chunks(size).map(<[usize]>::to_vec));
+    }
+    out.shuffle(rng);
+    out
+}
+
+/// Dev loss and intent accuracy with the current weights (no dropout).
+fn score(
+    t: &Trainable,
+    heads: &Heads,
+    samples: &[Sample],
+    ds: &Dataset,
+) -> Result<(f64, f64), TrainError> {
+    let (mut loss, mut hits, mut labelled) = (0.0, 0.0, 0.0);
+    let idx: Vec<usize> = (0..samples.len()).collect();
+    for chunk in idx.chunks(64) {
+        let b = ds.tensors(chunk, &Device::Cpu)?;
+        let picked: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
+        let out = forward(t, heads, &picked, &b.x, Mode::Train { dropout: 0.0 }, None)?;
+        loss += fit::loss(&out, &b)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let pred = out
+            .intent
+            .argmax(candle_core::D::Minus1)?
+            .to_vec1::<u32>()?;
+        for (j, &i) in chunk.iter().enumerate() {
+            if ds.intent_mask[i] > 0.0 {
+                labelled += 1.0;
+                hits += f64::from(u8::from(pred[j] == ds.intent[i]));
+            }
+        }
+    }
+    Ok((
+        loss / samples.len().max(1) as f64,
+        hits / f64::max(labelled, 1.0),
+    ))
+}
+
+/// The heads' Vars: seeded, or started from `ft.init_heads` (which must have the same shape).
+fn init_heads(
+    cfg: &TrainConfig,
+    ft: &FinetuneConfig,
+    sets: &(Vec<String>, Vec<String>),
+    dim: usize,
+    dev: &Device,
+) -> Result<(VarMap, Heads), TrainError> {
+    let (n_i, n_d) = (sets.0.len(), sets.1.len());
+    let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
+    let shapes = fit::head_shapes(dim, cfg.fit.hidden, n_i, n_d);
+    let varmap = fit::seeded_varmap(&shapes, &mut rng, dev)?;
+    if let Some(dir) = &ft.init_heads {
+        let path = dir.join(crate::classify::META_FILE);
+        let text = std::fs::read_to_string(&path)?;
+        let meta: crate::classify::ClassifierMeta = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        if meta.intent_labels != sets.0 || meta.domain_labels != sets.1 {
+            return Err(TrainError::Invalid(format!(
+                "--init-heads {}: its labels differ from the data's ({:?} / {:?})",
+                dir.display(),
+                meta.intent_labels,
+                meta.domain_labels
+            )));
+        }
+        if meta.hidden != cfg.fit.hidden || meta.inputs != dim {
+            return Err(TrainError::Invalid(format!(
+                "--init-heads {}: shape {}→{} differs from --hidden {} on {dim} inputs",
+                dir.display(),
+                meta.inputs,
+                meta.hidden,
+                cfg.fit.hidden
+            )));
+        }
+        let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), dev)?;
+        fit::restore(&varmap, &w.into_iter().collect::<Vec<_>>())?;
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+    let heads = Heads::new(vb, dim, cfg.fit.hidden, n_i, n_d)?;
+    Ok((varmap, heads))
+}
+
+/// What the loop hands back.
+struct Trained {
+    history: Vec<EpochLog>,
+    best_epoch: usize,
+    epoch_secs: Vec<f64>,
+}
+
+/// Epochs of joint training with early stopping on the dev rows (patience 1); the best
+/// epoch's weights are restored.
+fn train_loop(
+    t: &Trainable,
+    (heads, head_vars): (&Heads, &VarMap),
+    train: (&[Sample], &Dataset),
+    dev_set: (&[Sample], &Dataset),
+    cfg: &TrainConfig,
+    ft: &FinetuneConfig,
+) -> Result<Trained, TrainError> {
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
+    let adamw = |lr, weight_decay| ParamsAdamW {
+        lr,
+        weight_decay,
+        ..Default::default()
+    };
+    let mut enc_opt = AdamW::new(t.varmap.all_vars(), adamw(ft.encoder_lr, 0.01))?;
+    let mut head_opt = AdamW::new(
+        head_vars.all_vars(),
+        adamw(cfg.fit.lr, cfg.fit.weight_decay),
+    )?;
+    let mode = Mode::Train {
+        dropout: ft.encoder_dropout,
+    };
+    let mut best = (
+        f64::INFINITY,
+        0,
+        fit::snapshot(&t.varmap)?,
+        fit::snapshot(head_vars)?,
+    );
+    let mut out = Trained {
+        history: Vec::new(),
+        best_epoch: 0,
+        epoch_secs: Vec::new(),
+    };
+    for epoch in 1..=ft.epochs {
+        let started = Instant::now();
+        let plan = batches(train.0, ft.batch_size.max(1), &mut rng);
+        let mut sum = 0.0;
+        for (step, batch) in plan.iter().enumerate() {
+            let b = train.1.tensors(batch, &dev)?;
+            let picked: Vec<&Sample> = batch.iter().map(|&i| &train.0[i]).collect();
+            let masks =
+                fit::dropout_masks(&mut rng, batch.len(), cfg.fit.hidden, cfg.fit.dropout, &dev)?;
+            let l = fit::loss(&forward(t, heads, &picked, &b.x, mode, masks.as_ref())?, &b)?;
+            let grads = l.backward()?;
+            enc_opt.step(&grads)?;
+            head_opt.step(&grads)?;
+            if epoch == 1 && step == 0 {
+                check_encoder_moved(t)?;
+            }
+            sum += l.to_scalar::<f32>()? as f64 * batch.len() as f64;
+            if (step + 1) % 25 == 0 || step + 1 == plan.len() {
+                let per_step = started.elapsed().as_secs_f64() / (step + 1) as f64;
+                tracing::info!(
+                    epoch,
+                    step = step + 1,
+                    steps = plan.len(),
+                    s_per_step = format!("{per_step:.2}"),
+                    "fine-tuning"
+                );
+            }
+        }
+        out.epoch_secs.push(started.elapsed().as_secs_f64());
+        let (dev_loss, acc) = score(t, heads, dev_set.0, dev_set.1)?;
+        let log = EpochLog {
+            epoch,
+            train_loss: sum / train.0.len().max(1) as f64,
+            dev_loss,
+            dev_intent_accuracy: acc,
+        };
+        tracing::info!(
+            epoch,
+            train_loss = format!("{:.4}", log.train_loss),
+            dev_loss = format!("{dev_loss:.4}"),
+            dev_intent_acc = format!("{acc:.4}"),
+            secs = format!("{:.0}", out.epoch_secs[epoch - 1]),
+            "epoch"
+        );
+        out.history.push(log);
+        if dev_loss < best.0 {
+            best = (
+                dev_loss,
+                epoch,
+                fit::snapshot(&t.varmap)?,
+                fit::snapshot(head_vars)?,
+            );
+        } else {
+            break;
+        }
+    }
+    fit::restore(&t.varmap, &best.2)?;
+    fit::restore(head_vars, &best.3)?;
+    out.best_epoch = best.1;
+    Ok(out)
+}
+
+/// candle's stock BERT silently gives the encoder no gradients; refuse to go on if ours did too.
+fn check_encoder_moved(t: &Trainable) -> Result<(), TrainError> {
+    let moved = probe_change(t)?;
+    if moved <= 0.0 {
+        return Err(TrainError::Invalid(format!(
+            "encoder weight {} did not change after the first step: no gradient reaches the encoder",
+            t.probe.0
+        )));
+    }
+    tracing::info!(weight = %t.probe.0, max_change = moved, "encoder weights moved after the first step");
+    Ok(())
+}
+
+/// Writes the fine-tuned encoder: the base folder's files with the trained layers replaced
+/// (kept in the base file's dtype).
+fn write_encoder(t: &Trainable, base: &Path, out: &Path) -> Result<(), TrainError> {
+    std::fs::create_dir_all(out.join("1_Pooling"))?;
+    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
+        if base.join(f).is_file() {
+            std::fs::copy(base.join(f), out.join(f))?;
+        }
+    }
+    let data = t
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid("varmap lock".into()))?;
+    let mut tensors = t.original.clone();
+    for (name, v) in data.iter() {
+        let dtype = tensors.get(name).map(Tensor::dtype).unwrap_or(DType::F32);
+        tensors.insert(name.clone(), v.as_tensor().to_dtype(dtype)?);
+    }
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+    Ok(())
+}
+
+async fn start_embedder(cfg: EncoderConfig) -> Result<Embedder, TrainError> {
+    tokio::task::spawn_blocking(move || Embedder::start(&cfg))
+        .await
+        .map_err(|e| TrainError::Invalid(e.to_string()))?
+        .map_err(TrainError::from)
+}
+
+fn tokenize(embedder: &Embedder, rows: &[&Row]) -> Result<Vec<Sample>, TrainError> {
+    rows.iter()
+        .map(|r| {
+            Ok(Sample {
+                ids: embedder.tokenizer().encode(&r.text)?.ids,
+            })
+        })
+        .collect()
+}
+
+/// Fine-tunes the top `ft.layers` encoder layers with the heads, writes `cfg.out/encoder/` and
+/// the heads bound to it into `cfg.out`, then calibrates and evaluates on the whole dev split
+/// embedded by the new encoder.
+pub async fn finetune(
+    enc: &EncoderConfig,
+    cfg: &TrainConfig,
+    ft: &FinetuneConfig,
+) -> Result<TrainOutcome, TrainError> {
+    let rows = run::load_rows(cfg)?;
+    let sets = run::label_sets(&rows, cfg.min_examples)?;
+    let (dv, tr): (Vec<&Row>, Vec<&Row>) = rows
+        .iter()
+        .partition(|r| data::is_dev(r, cfg.fit.seed, cfg.dev_percent));
+    if tr.is_empty() || dv.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "split left {} train and {} dev rows",
+            tr.len(),
+            dv.len()
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
+    let (train_rows, dev_rows) = (
+        select(&tr, ft.max_rows, &mut rng),
+        select(&dv, ft.dev_rows, &mut rng),
+    );
+    let base = start_embedder(enc.clone()).await?;
+    let (train_s, dev_s) = (tokenize(&base, &train_rows)?, tokenize(&base, &dev_rows)?);
+    let train_ds = labels(&train_rows, &train_s, cfg, &sets);
+    let dev_ds = labels(&dev_rows, &dev_s, cfg, &sets);
+    let dim = base.info().dim + crate::classify::heads::EXTRA_FEATURES;
+    drop(base);
+    tracing::info!(
+        train_rows = train_s.len(),
+        dev_rows = dev_s.len(),
+        layers = ft.layers,
+        "fine-tuning the encoder with the heads"
+    );
+    let t0 = Instant::now();
+    let (dir, cfg2, ft2, sets2) = (enc.model_dir.clone(), cfg.clone(), ft.clone(), sets.clone());
+    let (t, head_vars, heads, trained) = tokio::task::spawn_blocking(move || {
+        let dev = Device::Cpu;
+        let t = load_trainable(&dir, ft2.layers, &dev)?;
+        let (head_vars, heads) = init_heads(&cfg2, &ft2, &sets2, dim, &dev)?;
+        let trained = train_loop(
+            &t,
+            (&heads, &head_vars),
+            (&train_s, &train_ds),
+            (&dev_s, &dev_ds),
+            &cfg2,
+            &ft2,
+        )?;
+        Ok::<_, TrainError>((t, head_vars, heads, trained))
+    })
+    .await
+    .map_err(|e| TrainError::Invalid(e.to_string()))??;
+    let fit_secs = t0.elapsed().as_secs_f64();
+    let enc_dir = cfg.out.join("encoder");
+    write_encoder(&t, &enc.model_dir, &enc_dir)?;
+    drop(t);
+    // The dev split as the new encoder embeds it: calibration and the report use the artifact
+    // exactly as the server will run it.
+    let new = start_embedder(EncoderConfig {
+        model_dir: enc_dir,
+        ..enc.clone()
+    })
+    .await?;
+    let dv_owned: Vec<Row> = dv.iter().map(|r| (*r).clone()).collect();
+    let t1 = Instant::now();
+    let (vectors, embedded) = run::embed_rows(&new, &dv_owned, &cfg.cache_dir).await?;
+    let embed_secs = t1.elapsed().as_secs_f64();
+    let vec_refs: Vec<&(Vec<f32>, u32)> = vectors.iter().collect();
+    let dev_full = run::dataset(&dv, &vec_refs, &sets.0, &sets.1, cfg.real_prompt_weight);
+    let temperatures = run::calibrate(&heads, &dev_full)?;
+    let mut training = run::provenance(cfg, trained.best_epoch, new.tokenizer().max_tokens())?;
+    training.insert(
+        "finetune".into(),
+        serde_json::to_value(ft).map_err(|e| TrainError::Invalid(e.to_string()))?,
+    );
+    training.insert(
+        "finetune_epoch_seconds".into(),
+        serde_json::json!(trained.epoch_secs),
+    );
+    training.insert(
+        "finetune_train_rows".into(),
+        serde_json::json!(train_rows.len()),
+    );
+    training.insert(
+        "base_encoder".into(),
+        serde_json::json!(enc.model_dir.display().to_string()),
+    );
+    let head = HeadParts {
+        varmap: &head_vars,
+        temperatures,
+        labels: sets,
+        inputs: dim,
+        training,
+    };
+    let (classifier, dev_report) = run::write_head(cfg, &new.info(), head, &dv, &vec_refs)?;
+    Ok(TrainOutcome {
+        classifier,
+        dev_report,
+        history: trained.history,
+        embed_secs,
+        embedded,
+        fit_secs,
+        train_rows: train_rows.len(),
+        dev_rows: dv.len(),
+    })
+}
