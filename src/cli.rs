@@ -233,6 +233,9 @@ pub struct TrainArgs {
     /// Start the heads from this head folder when fine-tuning (labels and shape must match).
     #[arg(long)]
     pub init_heads: Option<PathBuf>,
+    /// Share of fine-tuning rows added again with 5% character noise.
+    #[arg(long, default_value_t = 0.0)]
+    pub finetune_noise: f32,
     #[command(flatten)]
     pub encoder: EncoderArgs,
 }
@@ -273,6 +276,7 @@ impl TrainArgs {
             // candle's dropout draws from an unseeded RNG; without it a run is deterministic.
             encoder_dropout: 0.0,
             init_heads: self.init_heads.clone(),
+            noise_share: self.finetune_noise,
         })
     }
 }

@@ -78,11 +78,12 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
         dev_rows: 32,
         encoder_dropout: 0.0,
         init_heads: None,
+        noise_share: 0.25,
     };
     let outcome = finetune::finetune(&enc, &config(&out, &tmp.path().join("cache")), &ft)
         .await
         .unwrap();
-    assert_eq!(outcome.train_rows, 64);
+    assert_eq!(outcome.train_rows, 80, "64 rows and 16 noisy copies");
     assert_eq!(outcome.history.len(), 1);
     assert!(
         outcome.dev_report.intent.n >= 40,
@@ -170,6 +171,7 @@ async fn finetuning_refuses_a_layer_count_the_encoder_lacks() {
         dev_rows: 16,
         encoder_dropout: 0.0,
         init_heads: None,
+        noise_share: 0.0,
     };
     let cfg = config(&tmp.path().join("x"), &tmp.path().join("cache"));
     let err = finetune::finetune(&common::encoder_config(), &cfg, &ft)

@@ -38,9 +38,12 @@ pub fn variant(base: &Path, out: &Path, factor: f32) -> Result<String, String> {
     write_heads(out, m, &w)
 }
 
-/// A full model: the encoder in `encoder_dir` re-saved as f32 (a new weights file, so a new
-/// encoder identity) with `base`'s heads bound to it.
+/// A full model: `base`'s own encoder (or, for heads only, the encoder in `encoder_dir`)
+/// re-saved as f32 (a new weights file, so a new encoder identity) with `base`'s heads bound
+/// to it.
 pub fn full_model(base: &Path, encoder_dir: &Path, out: &Path) -> Result<String, String> {
+    let own = crate::classify::own_encoder(base);
+    let encoder_dir = own.as_deref().unwrap_or(encoder_dir);
     let enc = out.join("encoder");
     std::fs::create_dir_all(enc.join("1_Pooling")).map_err(io)?;
     for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
@@ -58,7 +61,7 @@ pub fn full_model(base: &Path, encoder_dir: &Path, out: &Path) -> Result<String,
         .map_err(io)?;
     candle_core::safetensors::save(&f32s, enc.join("model.safetensors")).map_err(io)?;
     let mut m = read_meta(base)?;
-    m.encoder.name = "all-MiniLM-L6-v2-f32".into();
+    m.encoder.name = format!("{}-f32", m.encoder.name);
     m.encoder.sha256 =
         crate::embed::model::sha256_file(&enc.join("model.safetensors")).map_err(io)?;
     let w = std::fs::read(base.join(WEIGHTS_FILE)).map_err(io)?;

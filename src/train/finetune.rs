@@ -36,6 +36,8 @@ pub struct FinetuneConfig {
     pub encoder_dropout: f32,
     /// Start the heads from this head folder (same labels) instead of a seeded init.
     pub init_heads: Option<std::path::PathBuf>,
+    /// Share of the training rows added again with 5% character noise (typo robustness).
+    pub noise_share: f32,
 }
 
 /// One selected row: token ids and its index into the label dataset.
@@ -52,6 +54,21 @@ fn select<'a>(rows: &[&'a Row], max: usize, rng: &mut StdRng) -> Vec<&'a Row> {
     real.extend(other.into_iter().take(room));
     real.truncate(max.max(1));
     real
+}
+
+/// Noisy copies (5% character noise, as the typo-robustness figure applies) of a seeded
+/// `share` of `rows`.
+fn with_noise(rows: &[&Row], share: f32, seed: u64, rng: &mut StdRng) -> Vec<Row> {
+    let n = (rows.len() as f32 * share.clamp(0.0, 1.0)).round() as usize;
+    let mut pick: Vec<&Row> = rows.to_vec();
+    pick.shuffle(rng);
+    pick.into_iter()
+        .take(n)
+        .map(|r| Row {
+            text: super::evaluate::typo_noise(&r.text, 0.05, seed.wrapping_add(1000)),
+            ..r.clone()
+        })
+        .collect()
 }
 
 /// Labels (and the length feature as `x`) of `rows`, in the trainer's dataset form.
@@ -435,10 +452,12 @@ pub async fn finetune(
         )));
     }
     let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
-    let (train_rows, dev_rows) = (
+    let (mut train_rows, dev_rows) = (
         select(&tr, ft.max_rows, &mut rng),
         select(&dv, ft.dev_rows, &mut rng),
     );
+    let noisy = with_noise(&train_rows, ft.noise_share, cfg.fit.seed, &mut rng);
+    train_rows.extend(noisy.iter());
     let base = start_embedder(enc.clone()).await?;
     let (train_s, dev_s) = (tokenize(&base, &train_rows)?, tokenize(&base, &dev_rows)?);
     let train_ds = labels(&train_rows, &train_s, cfg, &sets);
