@@ -4,44 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use switchboard::classify::{Classifier, ClassifyError, META_FILE, WEIGHTS_FILE};
 use switchboard::embed::Embedder;
 use switchboard::train::data::{self, DataError};
-use switchboard::train::fit::FitConfig;
-use switchboard::train::run::{self, TrainConfig};
-
-fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    assert!(p.is_file(), "missing fixture {}", p.display());
-    p
-}
-
-fn config(out: &Path, cache: &Path) -> TrainConfig {
-    TrainConfig {
-        data: vec![fixture("train_slice.jsonl")],
-        out: out.to_path_buf(),
-        cache_dir: cache.to_path_buf(),
-        dev_percent: 25,
-        real_prompt_weight: 3.0,
-        min_examples: 10,
-        abstain_threshold: 0.4,
-        limit: 0,
-        fit: FitConfig {
-            hidden: 64,
-            max_epochs: 40,
-            patience: 5,
-            lr: 2e-3,
-            weight_decay: 1e-4,
-            batch_size: 32,
-            dropout: 0.1,
-            seed: 11,
-        },
-    }
-}
+use switchboard::train::run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
@@ -50,7 +16,9 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     let cache = tmp.path().join("cache");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
 
-    let first = run::train(&embedder, &config(&a, &cache)).await.unwrap();
+    let first = run::train(&embedder, &common::slice_config(&a, &cache))
+        .await
+        .unwrap();
     assert!(first.embedded > 300, "first run embeds the slice");
     // Rare labels (< 10 rows) are left out, not fatal.
     let labels = &first.classifier.meta.intent_labels;
@@ -76,7 +44,9 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     );
 
     // Same seed → identical weights, and the cache makes the second run embed nothing.
-    let second = run::train(&embedder, &config(&b, &cache)).await.unwrap();
+    let second = run::train(&embedder, &common::slice_config(&b, &cache))
+        .await
+        .unwrap();
     assert_eq!(second.embedded, 0);
     let (wa, wb) = (
         std::fs::read(a.join(WEIGHTS_FILE)).unwrap(),
@@ -124,7 +94,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
 
 #[test]
 fn bad_rows_are_reported_with_file_and_line() {
-    let path = fixture("bad_rows.jsonl");
+    let path = common::fixture("bad_rows.jsonl");
     let (rows, bad) = data::read_jsonl(&path).unwrap();
     assert_eq!(rows.len(), 2);
     let lines: Vec<usize> = bad

@@ -5,46 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use switchboard::classify::{Classifier, ClassifyError};
 use switchboard::embed::{Embedder, EncoderConfig};
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::RouteDecisionRequest;
 use switchboard::train::finetune::{self, FinetuneConfig};
-use switchboard::train::fit::FitConfig;
-use switchboard::train::run::TrainConfig;
-
-fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    assert!(p.is_file(), "missing fixture {}", p.display());
-    p
-}
-
-fn config(out: &Path, cache: &Path) -> TrainConfig {
-    TrainConfig {
-        data: vec![fixture("train_slice.jsonl")],
-        out: out.to_path_buf(),
-        cache_dir: cache.to_path_buf(),
-        dev_percent: 25,
-        real_prompt_weight: 3.0,
-        min_examples: 10,
-        abstain_threshold: 0.4,
-        limit: 0,
-        fit: FitConfig {
-            hidden: 64,
-            max_epochs: 1,
-            patience: 1,
-            lr: 2e-3,
-            weight_decay: 1e-4,
-            batch_size: 16,
-            dropout: 0.1,
-            seed: 11,
-        },
-    }
-}
 
 fn weights(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
     candle_core::safetensors::load(path, &candle_core::Device::Cpu)
@@ -80,9 +47,13 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
         init_heads: None,
         noise_share: 0.25,
     };
-    let outcome = finetune::finetune(&enc, &config(&out, &tmp.path().join("cache")), &ft)
-        .await
-        .unwrap();
+    let outcome = finetune::finetune(
+        &enc,
+        &common::slice_config(&out, &tmp.path().join("cache")),
+        &ft,
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.train_rows, 80, "64 rows and 16 noisy copies");
     assert_eq!(outcome.history.len(), 1);
     assert!(
@@ -173,7 +144,7 @@ async fn finetuning_refuses_a_layer_count_the_encoder_lacks() {
         init_heads: None,
         noise_share: 0.0,
     };
-    let cfg = config(&tmp.path().join("x"), &tmp.path().join("cache"));
+    let cfg = common::slice_config(&tmp.path().join("x"), &tmp.path().join("cache"));
     let err = finetune::finetune(&common::encoder_config(), &cfg, &ft)
         .await
         .err()

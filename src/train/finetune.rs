@@ -171,7 +171,7 @@ fn forward(
     length: &Tensor,
     mode: Mode,
     masks: Option<&[Tensor; 3]>,
-) -> Result<crate::classify::heads::HeadOutputs, TrainError> {
+) -> candle_core::Result<crate::classify::heads::HeadOutputs> {
     let dev = length.device();
     let l = samples.iter().map(|s| s.ids.len()).max().unwrap_or(1);
     let (mut ids, mut mask) = (vec![0u32; samples.len() * l], vec![0u32; samples.len() * l]);
@@ -183,7 +183,7 @@ fn forward(
     let mask = Tensor::from_vec(mask, (samples.len(), l), dev)?;
     let hidden = t.bert.forward(&ids, &mask, mode)?;
     let x = Tensor::cat(&[&mean_pool_normalize(&hidden, &mask)?, length], 1)?;
-    Ok(heads.forward(&x, masks)?)
+    heads.forward(&x, masks)
 }
 
 /// Batches of similar length (less padding), in a seeded order.
@@ -207,28 +207,11 @@ fn score(
     samples: &[Sample],
     ds: &Dataset,
 ) -> Result<(f64, f64), TrainError> {
-    let (mut loss, mut hits, mut labelled) = (0.0, 0.0, 0.0);
-    let idx: Vec<usize> = (0..samples.len()).collect();
-    for chunk in idx.chunks(64) {
-        let b = ds.tensors(chunk, &Device::Cpu)?;
+    let no_dropout = Mode::Train { dropout: 0.0 };
+    Ok(fit::evaluate_with(ds, 64, &Device::Cpu, |chunk, b| {
         let picked: Vec<&Sample> = chunk.iter().map(|&i| &samples[i]).collect();
-        let out = forward(t, heads, &picked, &b.x, Mode::Train { dropout: 0.0 }, None)?;
-        loss += fit::loss(&out, &b)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        let pred = out
-            .intent
-            .argmax(candle_core::D::Minus1)?
-            .to_vec1::<u32>()?;
-        for (j, &i) in chunk.iter().enumerate() {
-            if ds.intent_mask[i] > 0.0 {
-                labelled += 1.0;
-                hits += f64::from(u8::from(pred[j] == ds.intent[i]));
-            }
-        }
-    }
-    Ok((
-        loss / samples.len().max(1) as f64,
-        hits / f64::max(labelled, 1.0),
-    ))
+        forward(t, heads, &picked, &b.x, no_dropout, None)
+    })?)
 }
 
 /// The heads' Vars: seeded, or started from `ft.init_heads` (which must have the same shape).

@@ -219,11 +219,22 @@ pub(crate) fn dropout_masks(
 
 /// Dev loss and intent accuracy with the current weights (no dropout).
 pub fn evaluate(heads: &Heads, ds: &Dataset, dev: &Device) -> candle_core::Result<(f64, f64)> {
+    evaluate_with(ds, 4096, dev, |_, b| heads.forward(&b.x, None))
+}
+
+/// Mean loss and intent accuracy of `ds`, scored in chunks by `forward` (which gets the
+/// chunk's row indices and its batch).
+pub(crate) fn evaluate_with(
+    ds: &Dataset,
+    chunk_size: usize,
+    dev: &Device,
+    mut forward: impl FnMut(&[usize], &Batch) -> candle_core::Result<HeadOutputs>,
+) -> candle_core::Result<(f64, f64)> {
     let idx: Vec<usize> = (0..ds.len()).collect();
     let (mut total, mut hits, mut labelled) = (0.0, 0.0, 0.0);
-    for chunk in idx.chunks(4096) {
+    for chunk in idx.chunks(chunk_size) {
         let b = ds.tensors(chunk, dev)?;
-        let out = heads.forward(&b.x, None)?;
+        let out = forward(chunk, &b)?;
         total += loss(&out, &b)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         let pred = out.intent.argmax(D::Minus1)?.to_vec1::<u32>()?;
         for (j, &i) in chunk.iter().enumerate() {

@@ -250,3 +250,39 @@ pub fn spawn_serve(
         .expect("server logs its addresses");
     (child, addrs)
 }
+
+/// A file under tests/fixtures (missing → the test fails here, loudly).
+pub fn fixture(name: &str) -> PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    assert!(p.is_file(), "missing fixture {}", p.display());
+    p
+}
+
+/// Training settings for the small real slice (`tests/fixtures/train_slice.jsonl`).
+pub fn slice_config(
+    out: &std::path::Path,
+    cache: &std::path::Path,
+) -> switchboard::train::run::TrainConfig {
+    switchboard::train::run::TrainConfig {
+        data: vec![fixture("train_slice.jsonl")],
+        out: out.to_path_buf(),
+        cache_dir: cache.to_path_buf(),
+        dev_percent: 25,
+        real_prompt_weight: 3.0,
+        min_examples: 10,
+        abstain_threshold: 0.4,
+        limit: 0,
+        fit: switchboard::train::fit::FitConfig {
+            hidden: 64,
+            max_epochs: 40,
+            patience: 5,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            batch_size: 32,
+            dropout: 0.1,
+            seed: 11,
+        },
+    }
+}
