@@ -263,6 +263,48 @@ struct Trained {
     epoch_secs: Vec<f64>,
 }
 
+/// One pass over the training rows; returns the summed (row-weighted) loss.
+fn one_epoch(
+    t: &Trainable,
+    heads: &Heads,
+    (enc_opt, head_opt): (&mut AdamW, &mut AdamW),
+    train: (&[Sample], &Dataset),
+    (cfg, ft): (&TrainConfig, &FinetuneConfig),
+    epoch: usize,
+    rng: &mut StdRng,
+) -> Result<f64, TrainError> {
+    let (dev, started) = (Device::Cpu, Instant::now());
+    let mode = Mode::Train {
+        dropout: ft.encoder_dropout,
+    };
+    let plan = batches(train.0, ft.batch_size.max(1), rng);
+    let mut sum = 0.0;
+    for (step, batch) in plan.iter().enumerate() {
+        let b = train.1.tensors(batch, &dev)?;
+        let picked: Vec<&Sample> = batch.iter().map(|&i| &train.0[i]).collect();
+        let masks = fit::dropout_masks(rng, batch.len(), cfg.fit.hidden, cfg.fit.dropout, &dev)?;
+        let l = fit::loss(&forward(t, heads, &picked, &b.x, mode, masks.as_ref())?, &b)?;
+        let grads = l.backward()?;
+        enc_opt.step(&grads)?;
+        head_opt.step(&grads)?;
+        if epoch == 1 && step == 0 {
+            check_encoder_moved(t)?;
+        }
+        sum += l.to_scalar::<f32>()? as f64 * batch.len() as f64;
+        if (step + 1) % 25 == 0 || step + 1 == plan.len() {
+            let per_step = started.elapsed().as_secs_f64() / (step + 1) as f64;
+            tracing::info!(
+                epoch,
+                step = step + 1,
+                steps = plan.len(),
+                s_per_step = format!("{per_step:.2}"),
+                "fine-tuning"
+            );
+        }
+    }
+    Ok(sum)
+}
+
 /// Epochs of joint training with early stopping on the dev rows (patience 1); the best
 /// epoch's weights are restored.
 fn train_loop(
@@ -273,7 +315,6 @@ fn train_loop(
     cfg: &TrainConfig,
     ft: &FinetuneConfig,
 ) -> Result<Trained, TrainError> {
-    let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
     let adamw = |lr, weight_decay| ParamsAdamW {
         lr,
@@ -285,9 +326,6 @@ fn train_loop(
         head_vars.all_vars(),
         adamw(cfg.fit.lr, cfg.fit.weight_decay),
     )?;
-    let mode = Mode::Train {
-        dropout: ft.encoder_dropout,
-    };
     let mut best = (
         f64::INFINITY,
         0,
@@ -301,32 +339,8 @@ fn train_loop(
     };
     for epoch in 1..=ft.epochs {
         let started = Instant::now();
-        let plan = batches(train.0, ft.batch_size.max(1), &mut rng);
-        let mut sum = 0.0;
-        for (step, batch) in plan.iter().enumerate() {
-            let b = train.1.tensors(batch, &dev)?;
-            let picked: Vec<&Sample> = batch.iter().map(|&i| &train.0[i]).collect();
-            let masks =
-                fit::dropout_masks(&mut rng, batch.len(), cfg.fit.hidden, cfg.fit.dropout, &dev)?;
-            let l = fit::loss(&forward(t, heads, &picked, &b.x, mode, masks.as_ref())?, &b)?;
-            let grads = l.backward()?;
-            enc_opt.step(&grads)?;
-            head_opt.step(&grads)?;
-            if epoch == 1 && step == 0 {
-                check_encoder_moved(t)?;
-            }
-            sum += l.to_scalar::<f32>()? as f64 * batch.len() as f64;
-            if (step + 1) % 25 == 0 || step + 1 == plan.len() {
-                let per_step = started.elapsed().as_secs_f64() / (step + 1) as f64;
-                tracing::info!(
-                    epoch,
-                    step = step + 1,
-                    steps = plan.len(),
-                    s_per_step = format!("{per_step:.2}"),
-                    "fine-tuning"
-                );
-            }
-        }
+        let opts = (&mut enc_opt, &mut head_opt);
+        let sum = one_epoch(t, heads, opts, train, (cfg, ft), epoch, &mut rng)?;
         out.epoch_secs.push(started.elapsed().as_secs_f64());
         let (dev_loss, acc) = score(t, heads, dev_set.0, dev_set.1)?;
         let log = EpochLog {
@@ -414,16 +428,11 @@ fn tokenize(embedder: &Embedder, rows: &[&Row]) -> Result<Vec<Sample>, TrainErro
         .collect()
 }
 
-/// Fine-tunes the top `ft.layers` encoder layers with the heads, writes `cfg.out/encoder/` and
-/// the heads bound to it into `cfg.out`, then calibrates and evaluates on the whole dev split
-/// embedded by the new encoder.
-pub async fn finetune(
-    enc: &EncoderConfig,
+/// The trainer's deterministic (dev, train) split.
+fn split<'a>(
+    rows: &'a [Row],
     cfg: &TrainConfig,
-    ft: &FinetuneConfig,
-) -> Result<TrainOutcome, TrainError> {
-    let rows = run::load_rows(cfg)?;
-    let sets = run::label_sets(&rows, cfg.min_examples)?;
+) -> Result<(Vec<&'a Row>, Vec<&'a Row>), TrainError> {
     let (dv, tr): (Vec<&Row>, Vec<&Row>) = rows
         .iter()
         .partition(|r| data::is_dev(r, cfg.fit.seed, cfg.dev_percent));
@@ -434,6 +443,60 @@ pub async fn finetune(
             dv.len()
         )));
     }
+    Ok((dv, tr))
+}
+
+/// The head-training provenance plus what fine-tuning adds.
+fn provenance(
+    cfg: &TrainConfig,
+    ft: &FinetuneConfig,
+    trained: &Trained,
+    train_rows: usize,
+    max_tokens: usize,
+    base: &Path,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, TrainError> {
+    let mut training = run::provenance(cfg, trained.best_epoch, max_tokens)?;
+    let ft = serde_json::to_value(ft).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    training.insert("finetune".into(), ft);
+    let secs = serde_json::json!(trained.epoch_secs);
+    training.insert("finetune_epoch_seconds".into(), secs);
+    training.insert("finetune_train_rows".into(), serde_json::json!(train_rows));
+    let base = serde_json::json!(base.display().to_string());
+    training.insert("base_encoder".into(), base);
+    Ok(training)
+}
+
+/// The dev split as the new encoder embeds it: calibration and the report use the artifact
+/// exactly as the server will run it. Returns the encoder, the vectors, how many were new and
+/// the seconds it took.
+async fn embed_dev(
+    enc: &EncoderConfig,
+    model_dir: std::path::PathBuf,
+    dv: &[&Row],
+    cache: &Path,
+) -> Result<(Embedder, Vec<(Vec<f32>, u32)>, usize, f64), TrainError> {
+    let new = start_embedder(EncoderConfig {
+        model_dir,
+        ..enc.clone()
+    })
+    .await?;
+    let owned: Vec<Row> = dv.iter().map(|r| (*r).clone()).collect();
+    let t = Instant::now();
+    let (vectors, embedded) = run::embed_rows(&new, &owned, cache).await?;
+    Ok((new, vectors, embedded, t.elapsed().as_secs_f64()))
+}
+
+/// Fine-tunes the top `ft.layers` encoder layers with the heads, writes `cfg.out/encoder/` and
+/// the heads bound to it into `cfg.out`, then calibrates and evaluates on the whole dev split
+/// embedded by the new encoder.
+pub async fn finetune(
+    enc: &EncoderConfig,
+    cfg: &TrainConfig,
+    ft: &FinetuneConfig,
+) -> Result<TrainOutcome, TrainError> {
+    let rows = run::load_rows(cfg)?;
+    let sets = run::label_sets(&rows, cfg.min_examples)?;
+    let (dv, tr) = split(&rows, cfg)?;
     let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
     let (mut train_rows, dev_rows) = (
         select(&tr, ft.max_rows, &mut rng),
@@ -475,37 +538,19 @@ pub async fn finetune(
     let enc_dir = cfg.out.join("encoder");
     write_encoder(&t, &enc.model_dir, &enc_dir)?;
     drop(t);
-    // The dev split as the new encoder embeds it: calibration and the report use the artifact
-    // exactly as the server will run it.
-    let new = start_embedder(EncoderConfig {
-        model_dir: enc_dir,
-        ..enc.clone()
-    })
-    .await?;
-    let dv_owned: Vec<Row> = dv.iter().map(|r| (*r).clone()).collect();
-    let t1 = Instant::now();
-    let (vectors, embedded) = run::embed_rows(&new, &dv_owned, &cfg.cache_dir).await?;
-    let embed_secs = t1.elapsed().as_secs_f64();
+    let (new, vectors, embedded, embed_secs) = embed_dev(enc, enc_dir, &dv, &cfg.cache_dir).await?;
     let vec_refs: Vec<&(Vec<f32>, u32)> = vectors.iter().collect();
     let dev_full = run::dataset(&dv, &vec_refs, &sets.0, &sets.1, cfg.real_prompt_weight);
     let temperatures = run::calibrate(&heads, &dev_full)?;
-    let mut training = run::provenance(cfg, trained.best_epoch, new.tokenizer().max_tokens())?;
-    training.insert(
-        "finetune".into(),
-        serde_json::to_value(ft).map_err(|e| TrainError::Invalid(e.to_string()))?,
-    );
-    training.insert(
-        "finetune_epoch_seconds".into(),
-        serde_json::json!(trained.epoch_secs),
-    );
-    training.insert(
-        "finetune_train_rows".into(),
-        serde_json::json!(train_rows.len()),
-    );
-    training.insert(
-        "base_encoder".into(),
-        serde_json::json!(enc.model_dir.display().to_string()),
-    );
+    let max_tokens = new.tokenizer().max_tokens();
+    let training = provenance(
+        cfg,
+        ft,
+        &trained,
+        train_rows.len(),
+        max_tokens,
+        &enc.model_dir,
+    )?;
     let head = HeadParts {
         varmap: &head_vars,
         temperatures,
