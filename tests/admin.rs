@@ -546,10 +546,11 @@ async fn a_folder_dropped_into_the_watch_dir_is_validated_and_swapped_in() {
     std::fs::rename(staging.join("bad"), watch.join("bad")).unwrap();
     let rejected =
         r#"switchboard_classifier_swaps_total{op="watch",reason="rejected",result="rejected"} 1"#;
+    // A bound, not a sleep: the first try also embeds the gate set, slow on a loaded 2-core box.
     let t = Instant::now();
     while !server.engine_metrics().contains(rejected) {
         assert!(
-            t.elapsed() < Duration::from_secs(30),
+            t.elapsed() < Duration::from_secs(120),
             "the bad folder was never tried"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -561,7 +562,7 @@ async fn a_folder_dropped_into_the_watch_dir_is_validated_and_swapped_in() {
     let t = Instant::now();
     while live(&mut a).await != v {
         assert!(
-            t.elapsed() < Duration::from_secs(30),
+            t.elapsed() < Duration::from_secs(120),
             "the new folder never went live"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
