@@ -221,11 +221,9 @@ impl Registry {
                 if let Some(k) = self.kept_copy(&dir) {
                     return Ok(k);
                 }
-                let enc_dir = dir.join("encoder");
-                let enc = if enc_dir.join("model.safetensors").is_file() {
-                    self.load_encoder(&enc_dir, &live_enc).await?
-                } else {
-                    live_enc
+                let enc = match crate::classify::own_encoder(&dir) {
+                    Some(enc_dir) => self.load_encoder(&enc_dir, &live_enc).await?,
+                    None => live_enc,
                 };
                 let (d, e) = (dir.clone(), enc.clone());
                 let c = tokio::task::spawn_blocking(move || Classifier::load(&d, e.info()))
@@ -249,7 +247,7 @@ impl Registry {
         let meta: ClassifierMeta = serde_json::from_str(&text).ok()?;
         let (live, older) = self.versions();
         // Heads only (no encoder/ folder) pair with the live encoder, as a fresh load would.
-        let full = dir.join("encoder").join("model.safetensors").is_file();
+        let full = crate::classify::own_encoder(dir).is_some();
         let live_sha = live.encoder.info().weights_sha256.clone();
         let k = std::iter::once(&live).chain(&older).find(|k| {
             let sha = &k.encoder.info().weights_sha256;

@@ -45,12 +45,7 @@ pub fn full_model(base: &Path, encoder_dir: &Path, out: &Path) -> Result<String,
     let own = crate::classify::own_encoder(base);
     let encoder_dir = own.as_deref().unwrap_or(encoder_dir);
     let enc = out.join("encoder");
-    std::fs::create_dir_all(enc.join("1_Pooling")).map_err(io)?;
-    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
-        if encoder_dir.join(f).is_file() {
-            std::fs::copy(encoder_dir.join(f), enc.join(f)).map_err(io)?;
-        }
-    }
+    crate::embed::model::copy_encoder_files(encoder_dir, &enc).map_err(io)?;
     let dev = candle_core::Device::Cpu;
     let tensors =
         candle_core::safetensors::load(encoder_dir.join("model.safetensors"), &dev).map_err(io)?;

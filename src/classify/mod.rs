@@ -99,7 +99,6 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> ClassifyError {
     }
 }
 
-/// Content hash used as the version id.
 /// The encoder a classifier folder carries (`encoder/`, written by fine-tuning), if any: such a
 /// folder is one unit and must run with that encoder, not the configured one.
 pub fn own_encoder(dir: &Path) -> Option<std::path::PathBuf> {
@@ -107,6 +106,7 @@ pub fn own_encoder(dir: &Path) -> Option<std::path::PathBuf> {
     enc.join("model.safetensors").is_file().then_some(enc)
 }
 
+/// Content hash used as the version id.
 pub fn content_version(weights: &[u8], meta: &ClassifierMeta) -> String {
     let mut h = Sha256::new();
     h.update(weights);

@@ -46,6 +46,18 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> EmbedError {
     EmbedError::Load(format!("{}: {e}", path.display()))
 }
 
+/// Copies an encoder folder's small files (config, tokenizer, pooling) from `from` to `to`;
+/// the weights are the caller's to write.
+pub fn copy_encoder_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to.join("1_Pooling"))?;
+    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
+        if from.join(f).is_file() {
+            std::fs::copy(from.join(f), to.join(f))?;
+        }
+    }
+    Ok(())
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, EmbedError> {
     let bytes = std::fs::read(path).map_err(|e| load_err(path, e))?;

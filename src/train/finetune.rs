@@ -391,12 +391,7 @@ fn check_encoder_moved(t: &Trainable) -> Result<(), TrainError> {
 /// Writes the fine-tuned encoder: the base folder's files with the trained layers replaced
 /// (kept in the base file's dtype).
 fn write_encoder(t: &Trainable, base: &Path, out: &Path) -> Result<(), TrainError> {
-    std::fs::create_dir_all(out.join("1_Pooling"))?;
-    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
-        if base.join(f).is_file() {
-            std::fs::copy(base.join(f), out.join(f))?;
-        }
-    }
+    crate::embed::model::copy_encoder_files(base, out)?;
     let data = t
         .varmap
         .data()
