@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use switchboard::embed::{EncoderConfig, Truncation};
-use switchboard::train::finetune::FinetuneConfig;
+use switchboard::train::finetune::{FinetuneConfig, Select};
 use switchboard::train::fit::FitConfig;
 use switchboard::train::run::TrainConfig;
 
@@ -236,6 +236,13 @@ pub struct TrainArgs {
     /// Share of fine-tuning rows added again with 5% character noise.
     #[arg(long, default_value_t = 0.0)]
     pub finetune_noise: f32,
+    /// Keep this classifier's intent and domain heads (made for the `--model-dir` encoder) and
+    /// train only the complexity head; its `encoder/`, if any, is copied to `--out`.
+    #[arg(long, conflicts_with = "finetune_layers")]
+    pub keep_heads: Option<PathBuf>,
+    /// Dev figure that picks the fine-tuned epoch to keep.
+    #[arg(long, value_enum, default_value_t = Select::Loss)]
+    pub finetune_select: Select,
     #[command(flatten)]
     pub encoder: EncoderArgs,
 }
@@ -261,6 +268,7 @@ impl TrainArgs {
                 dropout: self.dropout,
                 seed: self.seed,
             },
+            keep_heads: self.keep_heads.clone(),
         }
     }
 
@@ -277,6 +285,7 @@ impl TrainArgs {
             encoder_dropout: 0.0,
             init_heads: self.init_heads.clone(),
             noise_share: self.finetune_noise,
+            select: self.finetune_select,
         })
     }
 }

@@ -11,7 +11,7 @@ use switchboard::classify::{Classifier, ClassifyError};
 use switchboard::embed::{Embedder, EncoderConfig};
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::RouteDecisionRequest;
-use switchboard::train::finetune::{self, FinetuneConfig};
+use switchboard::train::finetune::{self, FinetuneConfig, Select};
 
 fn weights(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
     candle_core::safetensors::load(path, &candle_core::Device::Cpu)
@@ -46,6 +46,7 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
         encoder_dropout: 0.0,
         init_heads: None,
         noise_share: 0.25,
+        select: Select::IntentAccuracy,
     };
     let outcome = finetune::finetune(
         &enc,
@@ -143,6 +144,7 @@ async fn finetuning_refuses_a_layer_count_the_encoder_lacks() {
         encoder_dropout: 0.0,
         init_heads: None,
         noise_share: 0.0,
+        select: Select::Loss,
     };
     let cfg = common::slice_config(&tmp.path().join("x"), &tmp.path().join("cache"));
     let err = finetune::finetune(&common::encoder_config(), &cfg, &ft)

@@ -17,6 +17,7 @@ fn prediction(intent: &str, complexity: f32) -> Prediction {
         domain: "other".into(),
         domain_probs: vec![1.0],
         complexity,
+        small_fails: complexity,
         confidence: 0.9,
         abstained: false,
     }

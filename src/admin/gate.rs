@@ -94,7 +94,7 @@ impl GateSet {
             }
             if let Some(x) = r.complexity {
                 cn += 1;
-                cerr += (x - p.complexity).abs() as f64;
+                cerr += (x - p.small_fails).abs() as f64;
             }
         }
         let ratio = |h: usize, n: usize| if n == 0 { 0.0 } else { h as f64 / n as f64 };

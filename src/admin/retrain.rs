@@ -237,21 +237,30 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         candle_core::safetensors::load_buffer(&live.classifier.weights, &Device::Cpu)?
             .into_iter()
             .collect();
-    let (n_i, n_d, etx) = (il.len(), dl.len(), tx.clone());
+    let outputs = meta.outputs();
+    let etx = tx.clone();
     let (train2, dev2, cfg2) = (train.clone(), dev.clone(), cfg.clone());
     let result = tokio::task::spawn_blocking(move || {
-        fit::fit(&train2, &dev2, n_i, n_d, &cfg2, Some(&init), &mut |e| {
-            let _ = etx.blocking_send(Ok(Progress {
-                epoch: e.epoch as u32,
-                train_loss: e.train_loss,
-                dev_loss: e.dev_loss,
-                dev_metrics: BTreeMap::from([(
-                    "dev_intent_accuracy".into(),
-                    e.dev_intent_accuracy,
-                )]),
-                ..Default::default()
-            }));
-        })
+        fit::fit(
+            &train2,
+            &dev2,
+            outputs,
+            &cfg2,
+            Some(&init),
+            None,
+            &mut |e| {
+                let _ = etx.blocking_send(Ok(Progress {
+                    epoch: e.epoch as u32,
+                    train_loss: e.train_loss,
+                    dev_loss: e.dev_loss,
+                    dev_metrics: BTreeMap::from([(
+                        "dev_intent_accuracy".into(),
+                        e.dev_intent_accuracy,
+                    )]),
+                    ..Default::default()
+                }));
+            },
+        )
     })
     .await
     .map_err(|e| RetrainError::Internal(e.to_string()))??;

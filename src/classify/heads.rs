@@ -1,4 +1,4 @@
-//! The classifier heads: intent and domain (softmax) and complexity (sigmoid) on the sentence
+//! The classifier heads: intent and domain (softmax) and complexity (sigmoids) on the sentence
 //! embedding plus a length feature. Shared by training (candle graph) and inference.
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
@@ -121,6 +121,36 @@ pub fn softmax_t(logits: &[f32], t: f32) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
+/// Outputs of the complexity head in the current format: logit 0 = P(a small model fails the
+/// prompt), logit 1 = P(the strongest model answers it right). Older heads have only logit 0.
+pub const COMPLEXITY_OUTPUTS: usize = 2;
+
+/// The complexity score and P(a small model fails) from the complexity head's logits. With two
+/// outputs the score is the expected gain of the strongest model over a small one,
+/// P(strong right) − P(small right), clamped to [0, 1]: 0 = a small model does as well, 1 = only
+/// the strongest model answers it. Ranking by that gain routes better than P(small fails)
+/// alone, which also sends prompts no model answers to the expensive one (MODEL_CARD.md).
+/// With one output (older heads) the score is P(small fails).
+pub fn complexity_score(logits: &[f32]) -> (f32, f32) {
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+    match logits {
+        [fail, strong, ..] => {
+            let fail = sigmoid(*fail);
+            ((sigmoid(*strong) - (1.0 - fail)).clamp(0.0, 1.0), fail)
+        }
+        [fail] => (sigmoid(*fail), sigmoid(*fail)),
+        [] => (0.0, 0.0),
+    }
+}
+
+/// Output sizes of the three heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outputs {
+    pub intent: usize,
+    pub domain: usize,
+    pub complexity: usize,
+}
+
 /// The three heads.
 pub struct Heads {
     pub intent: Mlp,
@@ -128,7 +158,7 @@ pub struct Heads {
     pub complexity: Mlp,
 }
 
-/// Raw outputs for a batch: logits (b, n_intent), logits (b, n_domain), logit (b, 1).
+/// Raw outputs for a batch: logits (b, n_intent), (b, n_domain), (b, complexity outputs).
 pub struct HeadOutputs {
     pub intent: Tensor,
     pub domain: Tensor,
@@ -140,13 +170,12 @@ impl Heads {
         vb: VarBuilder,
         inputs: usize,
         hidden: usize,
-        n_intent: usize,
-        n_domain: usize,
+        outputs: Outputs,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            intent: Mlp::new(vb.pp("intent"), inputs, hidden, n_intent)?,
-            domain: Mlp::new(vb.pp("domain"), inputs, hidden, n_domain)?,
-            complexity: Mlp::new(vb.pp("complexity"), inputs, hidden, 1)?,
+            intent: Mlp::new(vb.pp("intent"), inputs, hidden, outputs.intent)?,
+            domain: Mlp::new(vb.pp("domain"), inputs, hidden, outputs.domain)?,
+            complexity: Mlp::new(vb.pp("complexity"), inputs, hidden, outputs.complexity)?,
         })
     }
 
@@ -167,4 +196,23 @@ impl Heads {
 /// Softmax of logits / temperature over the last dimension.
 pub fn calibrated_softmax(logits: &Tensor, temperature: f32) -> candle_core::Result<Tensor> {
     candle_nn::ops::softmax(&(logits / temperature as f64)?, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complexity_score;
+
+    #[test]
+    fn complexity_score_is_the_clamped_gain_of_the_strong_model() {
+        // Small model fails (p 0.9), strong right (p 0.9): gain 0.8.
+        let (score, fail) = complexity_score(&[9f32.ln(), 9f32.ln()]);
+        assert!((score - 0.8).abs() < 1e-5 && (fail - 0.9).abs() < 1e-5);
+        // Both right, or neither: no gain; the strong model worse: clamped at 0.
+        assert!(complexity_score(&[-9f32.ln(), 9f32.ln()]).0 < 1e-5);
+        assert!(complexity_score(&[9f32.ln(), -9f32.ln()]).0 < 1e-5);
+        assert_eq!(complexity_score(&[-5.0, -5.0]).0, 0.0);
+        // One output (older heads): the score is P(small fails).
+        let (score, fail) = complexity_score(&[0.0]);
+        assert_eq!((score, fail), (0.5, 0.5));
+    }
 }

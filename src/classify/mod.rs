@@ -54,10 +54,18 @@ pub struct ClassifierMeta {
     pub intent_temperature: f32,
     pub domain_temperature: f32,
     pub abstain_threshold: f32,
+    /// Outputs of the complexity head (`heads::complexity_score`); files from before the
+    /// two-output head have one.
+    #[serde(default = "one_output")]
+    pub complexity_outputs: usize,
     /// Data hash, seed and hyper-parameters of the run that produced it.
     pub training: BTreeMap<String, serde_json::Value>,
     /// Dev-split metrics of that run.
     pub metrics: BTreeMap<String, f64>,
+}
+
+fn one_output() -> usize {
+    1
 }
 
 /// One prompt's classification.
@@ -67,7 +75,10 @@ pub struct Prediction {
     pub intent_probs: Vec<f32>,
     pub domain: String,
     pub domain_probs: Vec<f32>,
+    /// Routing score in [0, 1] (`heads::complexity_score`).
     pub complexity: f32,
+    /// P(a small model fails the prompt): what the data's complexity values measure.
+    pub small_fails: f32,
     pub confidence: f32,
     pub abstained: bool,
 }
@@ -122,6 +133,17 @@ pub fn content_version(weights: &[u8], meta: &ClassifierMeta) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+impl ClassifierMeta {
+    /// Output sizes of the heads this metadata describes.
+    pub fn outputs(&self) -> heads::Outputs {
+        heads::Outputs {
+            intent: self.intent_labels.len(),
+            domain: self.domain_labels.len(),
+            complexity: self.complexity_outputs,
+        }
+    }
+}
+
 impl Classifier {
     /// Loads `dir`, checking the encoder identity, shapes and finiteness of every weight.
     pub fn load(dir: &Path, encoder: &EncoderInfo) -> Result<Self, ClassifyError> {
@@ -151,6 +173,16 @@ impl Classifier {
         if meta.intent_labels.is_empty() || meta.domain_labels.is_empty() {
             return Err(load_err(&meta_path, "empty label set"));
         }
+        if !(1..=heads::COMPLEXITY_OUTPUTS).contains(&meta.complexity_outputs) {
+            return Err(load_err(
+                &meta_path,
+                format!(
+                    "complexity_outputs {} is not 1 or {}",
+                    meta.complexity_outputs,
+                    heads::COMPLEXITY_OUTPUTS
+                ),
+            ));
+        }
         let weights = dir.join(WEIGHTS_FILE);
         let bytes = std::fs::read(&weights).map_err(|e| load_err(&weights, e))?;
         Self::from_parts(meta, &bytes, dir)
@@ -178,14 +210,8 @@ impl Classifier {
             }
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let heads = Heads::new(
-            vb,
-            meta.inputs,
-            meta.hidden,
-            meta.intent_labels.len(),
-            meta.domain_labels.len(),
-        )
-        .map_err(|e| load_err(&wpath, format!("shape mismatch with classifier.json: {e}")))?;
+        let heads = Heads::new(vb, meta.inputs, meta.hidden, meta.outputs())
+            .map_err(|e| load_err(&wpath, format!("shape mismatch with classifier.json: {e}")))?;
         let fast = [
             heads::FastMlp::from(&heads.intent)?,
             heads::FastMlp::from(&heads.domain)?,
@@ -231,9 +257,8 @@ impl Classifier {
         let out = self.heads.forward(x, None)?;
         let ip = calibrated_softmax(&out.intent, self.meta.intent_temperature)?.to_vec2::<f32>()?;
         let dp = calibrated_softmax(&out.domain, self.meta.domain_temperature)?.to_vec2::<f32>()?;
-        let cx = candle_nn::ops::sigmoid(&out.complexity)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let logits = out.complexity.to_vec2::<f32>()?;
+        let cx = logits.iter().map(|z| heads::complexity_score(z));
         Ok(ip
             .into_iter()
             .zip(dp)
@@ -246,7 +271,7 @@ impl Classifier {
         &self,
         ip: Vec<f32>,
         dp: Vec<f32>,
-        complexity: f32,
+        (complexity, small_fails): (f32, f32),
         threshold: Option<f32>,
     ) -> Prediction {
         let threshold = threshold.unwrap_or(self.meta.abstain_threshold);
@@ -258,6 +283,7 @@ impl Classifier {
             intent_probs: ip,
             domain_probs: dp,
             complexity,
+            small_fails,
             confidence: conf,
             abstained: conf < threshold,
         }
@@ -280,8 +306,8 @@ impl Classifier {
         let f = Self::features(embedding, tokens);
         let ip = heads::softmax_t(&self.fast[0].forward(&f), self.meta.intent_temperature);
         let dp = heads::softmax_t(&self.fast[1].forward(&f), self.meta.domain_temperature);
-        let z = self.fast[2].forward(&f)[0];
-        Ok(self.prediction(ip, dp, 1.0 / (1.0 + (-z).exp()), threshold))
+        let cx = heads::complexity_score(&self.fast[2].forward(&f));
+        Ok(self.prediction(ip, dp, cx, threshold))
     }
 
     /// Writes `classifier.json` and `heads.safetensors` into `dir`.

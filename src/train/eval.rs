@@ -43,6 +43,7 @@ pub struct EvalReport {
     pub intent_real: Option<LabelReport>,
     pub domain: Option<LabelReport>,
     pub complexity_n: usize,
+    /// MAE and Spearman of P(small fails) against the rows' complexity values.
     pub complexity_mae: f64,
     pub complexity_spearman: f64,
     pub graded_n: usize,
@@ -286,7 +287,7 @@ pub fn evaluate(
     let cx: Vec<(f64, f64)> = rows
         .iter()
         .zip(&preds)
-        .filter_map(|(r, p)| Some((r.complexity? as f64, p.complexity as f64)))
+        .filter_map(|(r, p)| Some((r.complexity? as f64, p.small_fails as f64)))
         .collect();
     let (truth, pred): (Vec<f64>, Vec<f64>) = cx.iter().cloned().unzip();
     let graded: Vec<(f64, (bool, bool))> = rows

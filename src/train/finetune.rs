@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use super::data::{self, Row};
 use super::fit::{self, Dataset, EpochLog};
 use super::run::{self, HeadParts, TrainConfig, TrainError, TrainOutcome};
-use crate::classify::heads::Heads;
+use crate::classify::heads::{Heads, Outputs};
 use crate::embed::bert::{mean_pool_normalize, Bert, BertConfig, Mode};
 use crate::embed::{Embedder, EncoderConfig};
 
@@ -38,6 +38,18 @@ pub struct FinetuneConfig {
     pub init_heads: Option<std::path::PathBuf>,
     /// Share of the training rows added again with 5% character noise (typo robustness).
     pub noise_share: f32,
+    /// Which dev figure picks the epoch that ships (and stops training when it gets worse).
+    pub select: Select,
+}
+
+/// The dev figure early stopping follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// Lowest summed dev loss of the three heads.
+    Loss,
+    /// Highest dev intent accuracy (the dev rows are real prompts first).
+    IntentAccuracy,
 }
 
 /// One selected row: token ids and its index into the label dataset.
@@ -222,9 +234,13 @@ fn init_heads(
     dim: usize,
     dev: &Device,
 ) -> Result<(VarMap, Heads), TrainError> {
-    let (n_i, n_d) = (sets.0.len(), sets.1.len());
+    let outputs = Outputs {
+        intent: sets.0.len(),
+        domain: sets.1.len(),
+        complexity: crate::classify::heads::COMPLEXITY_OUTPUTS,
+    };
     let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
-    let shapes = fit::head_shapes(dim, cfg.fit.hidden, n_i, n_d);
+    let shapes = fit::head_shapes(dim, cfg.fit.hidden, outputs);
     let varmap = fit::seeded_varmap(&shapes, &mut rng, dev)?;
     if let Some(dir) = &ft.init_heads {
         let path = dir.join(crate::classify::META_FILE);
@@ -249,10 +265,12 @@ fn init_heads(
             )));
         }
         let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), dev)?;
-        fit::restore(&varmap, &w.into_iter().collect::<Vec<_>>())?;
+        for name in fit::warm_start(&varmap, &w.into_iter().collect::<Vec<_>>())? {
+            tracing::warn!(tensor = %name, "--init-heads: shape differs, starts from the seeded init");
+        }
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    let heads = Heads::new(vb, dim, cfg.fit.hidden, n_i, n_d)?;
+    let heads = Heads::new(vb, dim, cfg.fit.hidden, outputs)?;
     Ok((varmap, heads))
 }
 
@@ -305,8 +323,8 @@ fn one_epoch(
     Ok(sum)
 }
 
-/// Epochs of joint training with early stopping on the dev rows (patience 1); the best
-/// epoch's weights are restored.
+/// Epochs of joint training with early stopping on the dev rows (patience 1, on the figure
+/// `ft.select` names); the best epoch's weights are restored.
 fn train_loop(
     t: &Trainable,
     (heads, head_vars): (&Heads, &VarMap),
@@ -358,9 +376,13 @@ fn train_loop(
             "epoch"
         );
         out.history.push(log);
-        if dev_loss < best.0 {
+        let key = match ft.select {
+            Select::Loss => dev_loss,
+            Select::IntentAccuracy => -acc,
+        };
+        if key < best.0 {
             best = (
-                dev_loss,
+                key,
                 epoch,
                 fit::snapshot(&t.varmap)?,
                 fit::snapshot(head_vars)?,

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::classify::heads::{HeadOutputs, Heads};
+use crate::classify::heads::{HeadOutputs, Heads, Outputs};
 
 /// Feature rows with their (possibly missing) labels.
 #[derive(Debug, Default, Clone)]
@@ -19,6 +19,9 @@ pub struct Dataset {
     pub domain_mask: Vec<f32>,
     pub complexity: Vec<f32>,
     pub complexity_mask: Vec<f32>,
+    /// Whether the strongest model answered the row right (graded rows only).
+    pub strong: Vec<f32>,
+    pub strong_mask: Vec<f32>,
     /// Per-row loss weight (e.g. real prompts weigh more than template rows).
     pub weight: Vec<f32>,
 }
@@ -34,6 +37,8 @@ impl Dataset {
         self.domain_mask.extend(other.domain_mask);
         self.complexity.extend(other.complexity);
         self.complexity_mask.extend(other.complexity_mask);
+        self.strong.extend(other.strong);
+        self.strong_mask.extend(other.strong_mask);
         self.weight.extend(other.weight);
     }
 
@@ -68,10 +73,19 @@ impl Dataset {
                 n,
                 dev,
             )?,
-            cx: Tensor::from_vec(pick_f(&self.complexity), (n, 1), dev)?,
-            cx_w: Tensor::from_vec(pick_f(&self.complexity_mask), (n, 1), dev)?,
+            cx: Tensor::from_vec(pairs(&self.complexity, &self.strong, idx), (n, 2), dev)?,
+            cx_w: Tensor::from_vec(
+                pairs(&self.complexity_mask, &self.strong_mask, idx),
+                (n, 2),
+                dev,
+            )?,
         })
     }
+}
+
+/// Rows `idx` of two columns, interleaved (row-major (n, 2)).
+fn pairs(a: &[f32], b: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter().flat_map(|&i| [a[i], b[i]]).collect()
 }
 
 fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
@@ -84,6 +98,7 @@ pub(crate) struct Batch {
     intent_w: Tensor,
     domain: Tensor,
     domain_w: Tensor,
+    /// (n, 2): P(small fails) target, strongest-model-right target; `cx_w` masks each.
     cx: Tensor,
     cx_w: Tensor,
 }
@@ -136,8 +151,13 @@ fn masked_bce(z: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor>
 pub(crate) fn loss(out: &HeadOutputs, b: &Batch) -> candle_core::Result<Tensor> {
     let li = masked_nll(&out.intent, &b.intent, &b.intent_w)?;
     let ld = masked_nll(&out.domain, &b.domain, &b.domain_w)?;
-    let lc = masked_bce(&out.complexity, &b.cx, &b.cx_w)?;
-    (li + ld)? + lc
+    let mut total = (li + ld)?;
+    // Each complexity output has its own mask and mean (older heads have only the first).
+    for c in 0..out.complexity.dim(1)? {
+        let col = |t: &Tensor| t.narrow(1, c, 1);
+        total = (total + masked_bce(&col(&out.complexity)?, &col(&b.cx)?, &col(&b.cx_w)?)?)?;
+    }
+    Ok(total)
 }
 
 /// Torch-style uniform init, drawn from our seeded RNG.
@@ -177,14 +197,13 @@ pub(crate) fn seeded_varmap(
 pub(crate) fn head_shapes(
     inputs: usize,
     hidden: usize,
-    n_intent: usize,
-    n_domain: usize,
+    outputs: Outputs,
 ) -> Vec<(String, Vec<usize>)> {
     let mut v = Vec::new();
     for (head, outputs) in [
-        ("intent", n_intent),
-        ("domain", n_domain),
-        ("complexity", 1),
+        ("intent", outputs.intent),
+        ("domain", outputs.domain),
+        ("complexity", outputs.complexity),
     ] {
         let out_in = if hidden == 0 { inputs } else { hidden };
         if hidden > 0 {
@@ -250,32 +269,34 @@ pub(crate) fn evaluate_with(
     ))
 }
 
-/// Trains the heads. `progress` is called after every epoch.
+/// Trains the heads. `init` warm-starts them; `only` (a head name) trains that head alone and
+/// keeps the others at their `init` values. `progress` is called after every epoch.
 pub fn fit(
     train: &Dataset,
     dev_set: &Dataset,
-    n_intent: usize,
-    n_domain: usize,
+    outputs: Outputs,
     cfg: &FitConfig,
     init: Option<&[(String, Tensor)]>,
+    only: Option<&str>,
     progress: &mut dyn FnMut(&EpochLog),
 ) -> candle_core::Result<FitResult> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let shapes = head_shapes(train.dim, cfg.hidden, n_intent, n_domain);
+    let shapes = head_shapes(train.dim, cfg.hidden, outputs);
     let varmap = seeded_varmap(&shapes, &mut rng, &dev)?;
     if let Some(w) = init {
-        // Warm start (retraining from the live heads).
-        restore(&varmap, w)?;
+        for name in warm_start(&varmap, w)? {
+            tracing::warn!(tensor = %name, "warm start: shape differs, starts from the seeded init");
+        }
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let heads = Heads::new(vb, train.dim, cfg.hidden, n_intent, n_domain)?;
+    let heads = Heads::new(vb, train.dim, cfg.hidden, outputs)?;
     let params = ParamsAdamW {
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    let mut opt = AdamW::new(varmap.all_vars(), params)?;
+    let mut opt = AdamW::new(vars_of(&varmap, only)?, params)?;
     let mut order: Vec<usize> = (0..train.len()).collect();
     let (mut best, mut best_epoch, mut best_weights) = (f64::INFINITY, 0, snapshot(&varmap)?);
     let mut history = Vec::new();
@@ -321,6 +342,45 @@ pub(crate) fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tens
     data.iter()
         .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
         .collect()
+}
+
+/// The Vars of one head (`only`), or all of them.
+fn vars_of(varmap: &VarMap, only: Option<&str>) -> candle_core::Result<Vec<Var>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    let vars: Vec<Var> = data
+        .iter()
+        .filter(|(k, _)| only.is_none_or(|h| k.starts_with(&format!("{h}."))))
+        .map(|(_, v)| v.clone())
+        .collect();
+    if vars.is_empty() {
+        return Err(candle_core::Error::Msg(format!("no head named {only:?}")));
+    }
+    Ok(vars)
+}
+
+/// Copies `weights` into `varmap` where name and shape match (a warm start from a head of an
+/// older format keeps the seeded init for the tensors that changed shape); returns the
+/// names that were skipped.
+pub(crate) fn warm_start(
+    varmap: &VarMap,
+    weights: &[(String, Tensor)],
+) -> candle_core::Result<Vec<String>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    let mut skipped = Vec::new();
+    for (k, t) in weights {
+        match data.get(k) {
+            Some(v) if v.shape() == t.shape() => v.set(t)?,
+            Some(_) => skipped.push(k.clone()),
+            None => {}
+        }
+    }
+    Ok(skipped)
 }
 
 pub(crate) fn restore(varmap: &VarMap, weights: &[(String, Tensor)]) -> candle_core::Result<()> {

@@ -25,7 +25,7 @@ pub fn table(r: &EvalReport) -> String {
     }
     let _ = writeln!(
         out,
-        "complexity     n {:>6}  MAE {:.3}  Spearman {:.3}   routing on {} graded rows: APGR {:.3}  CPT(50%) {:.3}",
+        "complexity     n {:>6}  P(small fails): MAE {:.3}  Spearman {:.3}   routing score on {} graded rows: APGR {:.3}  CPT(50%) {:.3}",
         r.complexity_n, r.complexity_mae, r.complexity_spearman, r.graded_n, r.apgr, r.cpt50
     );
     if let Some(t) = r.typo_robustness {

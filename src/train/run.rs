@@ -10,6 +10,7 @@ use super::cache::{self, EmbeddingCache};
 use super::data::{self, DataError, Row};
 use super::eval::{self, EvalReport};
 use super::fit::{self, Dataset, EpochLog, FitConfig};
+use crate::classify::heads::Outputs;
 use crate::classify::{
     content_version, varmap_bytes, Classifier, ClassifierMeta, ClassifyError, EncoderRef,
 };
@@ -46,6 +47,9 @@ pub struct TrainConfig {
     /// Use at most this many rows (0 = all), taken in file order: for quick runs and tests.
     pub limit: usize,
     pub fit: FitConfig,
+    /// Keep the intent and domain heads of this classifier folder (made for the same encoder)
+    /// and train the complexity head alone; its own encoder, if any, is copied to the output.
+    pub keep_heads: Option<PathBuf>,
 }
 
 /// What a run produced.
@@ -146,6 +150,9 @@ pub fn dataset(
         d.complexity.push(r.complexity.unwrap_or(0.0));
         d.complexity_mask
             .push(if r.complexity.is_some() { 1.0 } else { 0.0 });
+        let strong = r.graded.map(|(_, strong)| strong);
+        d.strong.push(if strong == Some(true) { 1.0 } else { 0.0 });
+        d.strong_mask.push(if strong.is_some() { 1.0 } else { 0.0 });
         d.weight.push(if r.source == "sharegpt" {
             real_weight
         } else {
@@ -294,6 +301,7 @@ pub(crate) fn write_head(
         intent_temperature: head.temperatures.0,
         domain_temperature: head.temperatures.1,
         abstain_threshold: cfg.abstain_threshold,
+        complexity_outputs: crate::classify::heads::COMPLEXITY_OUTPUTS,
         training: head.training,
         metrics: BTreeMap::new(),
     };
@@ -307,6 +315,52 @@ pub(crate) fn write_head(
         Classifier::from_parts(meta, &weights, &cfg.out)?,
         dev_report,
     ))
+}
+
+/// The weights and version of `--keep-heads DIR`, after checking that it was made for this
+/// encoder with the same labels and hidden size.
+fn kept_heads(
+    dir: &std::path::Path,
+    info: &crate::embed::EncoderInfo,
+    labels: (&[String], &[String]),
+    cfg: &TrainConfig,
+) -> Result<(Vec<(String, Tensor)>, String), TrainError> {
+    let path = dir.join(crate::classify::META_FILE);
+    let bad = |why: String| TrainError::Invalid(format!("--keep-heads {}: {why}", dir.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let meta: ClassifierMeta = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if meta.encoder.sha256 != info.weights_sha256 {
+        return Err(bad(format!(
+            "made for encoder sha256 {}, but --model-dir holds {}",
+            meta.encoder.sha256, info.weights_sha256
+        )));
+    }
+    if meta.intent_labels != labels.0 || meta.domain_labels != labels.1 {
+        return Err(bad("its labels differ from the data's".into()));
+    }
+    if meta.hidden != cfg.fit.hidden {
+        return Err(bad(format!(
+            "hidden {} differs from --hidden {}",
+            meta.hidden, cfg.fit.hidden
+        )));
+    }
+    let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), &Device::Cpu)?;
+    Ok((w.into_iter().collect(), meta.version))
+}
+
+/// Copies a folder's files and sub-folders.
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        let dest = to.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            copy_folder(&path, &dest)?;
+        } else {
+            std::fs::copy(&path, &dest)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.
@@ -333,10 +387,27 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     );
     let t1 = Instant::now();
     let fit_cfg = cfg.fit.clone();
-    let (n_i, n_d) = (intents.len(), domains.len());
-    let (tr2, dv2) = (train_ds.clone(), dev_ds.clone());
+    let outputs = Outputs {
+        intent: intents.len(),
+        domain: domains.len(),
+        complexity: crate::classify::heads::COMPLEXITY_OUTPUTS,
+    };
+    let kept = match &cfg.keep_heads {
+        Some(dir) => Some(kept_heads(
+            dir,
+            &embedder.info(),
+            (&intents, &domains),
+            cfg,
+        )?),
+        None => None,
+    };
+    let (tr2, dv2, init) = (train_ds.clone(), dev_ds.clone(), kept.clone());
     let result = tokio::task::spawn_blocking(move || {
-        fit::fit(&tr2, &dv2, n_i, n_d, &fit_cfg, None, &mut |e| {
+        let (init, only) = match &init {
+            Some((w, _)) => (Some(w.as_slice()), Some("complexity")),
+            None => (None, None),
+        };
+        fit::fit(&tr2, &dv2, outputs, &fit_cfg, init, only, &mut |e| {
             tracing::info!(
                 epoch = e.epoch,
                 train_loss = format!("{:.4}", e.train_loss),
@@ -350,7 +421,10 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     .map_err(|e| TrainError::Invalid(e.to_string()))??;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
-    let training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
+    let mut training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
+    if let Some((_, version)) = &kept {
+        training.insert("kept_heads_from".into(), serde_json::json!(version));
+    }
     let head = HeadParts {
         varmap: &result.varmap,
         temperatures: (t_int, t_dom),
@@ -358,6 +432,13 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         inputs: train_ds.dim,
         training,
     };
+    if let Some(enc) = cfg
+        .keep_heads
+        .as_deref()
+        .and_then(crate::classify::own_encoder)
+    {
+        copy_folder(&enc, &cfg.out.join("encoder"))?;
+    }
     let (classifier, dev_report) = write_head(cfg, &embedder.info(), head, &dv_rows, &dv_vecs)?;
     Ok(TrainOutcome {
         classifier,

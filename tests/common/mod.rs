@@ -284,5 +284,6 @@ pub fn slice_config(
             dropout: 0.1,
             seed: 11,
         },
+        keep_heads: None,
     }
 }
