@@ -317,14 +317,14 @@ pub(crate) fn write_head(
     ))
 }
 
-/// The weights and version of `--keep-heads DIR`, after checking that it was made for this
+/// The weights and metadata of `--keep-heads DIR`, after checking that it was made for this
 /// encoder with the same labels and hidden size.
 fn kept_heads(
     dir: &std::path::Path,
     info: &crate::embed::EncoderInfo,
     labels: (&[String], &[String]),
     cfg: &TrainConfig,
-) -> Result<(Vec<(String, Tensor)>, String), TrainError> {
+) -> Result<(Vec<(String, Tensor)>, ClassifierMeta), TrainError> {
     let path = dir.join(crate::classify::META_FILE);
     let bad = |why: String| TrainError::Invalid(format!("--keep-heads {}: {why}", dir.display()));
     let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
@@ -345,7 +345,7 @@ fn kept_heads(
         )));
     }
     let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), &Device::Cpu)?;
-    Ok((w.into_iter().collect(), meta.version))
+    Ok((w.into_iter().collect(), meta))
 }
 
 /// Copies a folder's files and sub-folders.
@@ -422,8 +422,10 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
     let mut training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
-    if let Some((_, version)) = &kept {
-        training.insert("kept_heads_from".into(), serde_json::json!(version));
+    if let Some((_, m)) = &kept {
+        training.insert("kept_heads_from".into(), serde_json::json!(m.version));
+        // The kept heads' own provenance (e.g. the fine-tuning run that made them).
+        training.insert("kept_heads_training".into(), serde_json::json!(m.training));
     }
     let head = HeadParts {
         varmap: &result.varmap,
