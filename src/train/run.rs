@@ -345,7 +345,12 @@ fn kept_heads(
         )));
     }
     let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), &Device::Cpu)?;
-    Ok((w.into_iter().collect(), meta))
+    // The complexity head starts fresh: the kept one may have another meaning (one output).
+    let kept = w
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("complexity."))
+        .collect();
+    Ok((kept, meta))
 }
 
 /// Copies a folder's files and sub-folders.
