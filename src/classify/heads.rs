@@ -151,6 +151,17 @@ pub struct Outputs {
     pub complexity: usize,
 }
 
+impl Outputs {
+    /// The shape training writes: the given label counts and the current complexity head.
+    pub fn current(intent: usize, domain: usize) -> Self {
+        Self {
+            intent,
+            domain,
+            complexity: COMPLEXITY_OUTPUTS,
+        }
+    }
+}
+
 /// The three heads.
 pub struct Heads {
     pub intent: Mlp,

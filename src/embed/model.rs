@@ -46,11 +46,16 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> EmbedError {
     EmbedError::Load(format!("{}: {e}", path.display()))
 }
 
-/// Copies an encoder folder's small files (config, tokenizer, pooling) from `from` to `to`;
-/// the weights are the caller's to write.
+/// Copies an encoder folder's small files (config, tokenizer, pooling, licence) from `from` to
+/// `to`; the weights are the caller's to write.
 pub fn copy_encoder_files(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to.join("1_Pooling"))?;
-    for f in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "1_Pooling/config.json",
+        "LICENSE",
+    ] {
         if from.join(f).is_file() {
             std::fs::copy(from.join(f), to.join(f))?;
         }

@@ -234,38 +234,14 @@ fn init_heads(
     dim: usize,
     dev: &Device,
 ) -> Result<(VarMap, Heads), TrainError> {
-    let outputs = Outputs {
-        intent: sets.0.len(),
-        domain: sets.1.len(),
-        complexity: crate::classify::heads::COMPLEXITY_OUTPUTS,
-    };
+    let outputs = Outputs::current(sets.0.len(), sets.1.len());
     let mut rng = StdRng::seed_from_u64(cfg.fit.seed);
     let shapes = fit::head_shapes(dim, cfg.fit.hidden, outputs);
     let varmap = fit::seeded_varmap(&shapes, &mut rng, dev)?;
     if let Some(dir) = &ft.init_heads {
-        let path = dir.join(crate::classify::META_FILE);
-        let text = std::fs::read_to_string(&path)?;
-        let meta: crate::classify::ClassifierMeta = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-        if meta.intent_labels != sets.0 || meta.domain_labels != sets.1 {
-            return Err(TrainError::Invalid(format!(
-                "--init-heads {}: its labels differ from the data's ({:?} / {:?})",
-                dir.display(),
-                meta.intent_labels,
-                meta.domain_labels
-            )));
-        }
-        if meta.hidden != cfg.fit.hidden || meta.inputs != dim {
-            return Err(TrainError::Invalid(format!(
-                "--init-heads {}: shape {}→{} differs from --hidden {} on {dim} inputs",
-                dir.display(),
-                meta.inputs,
-                meta.hidden,
-                cfg.fit.hidden
-            )));
-        }
-        let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), dev)?;
-        for name in fit::warm_start(&varmap, &w.into_iter().collect::<Vec<_>>())? {
+        let labels = (sets.0.as_slice(), sets.1.as_slice());
+        let (_, w) = run::read_heads(dir, "--init-heads", labels, (cfg.fit.hidden, dim))?;
+        for name in fit::warm_start(&varmap, &w)? {
             tracing::warn!(tensor = %name, "--init-heads: shape differs, starts from the seeded init");
         }
     }

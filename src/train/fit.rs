@@ -168,10 +168,7 @@ pub(crate) fn seeded_varmap(
 ) -> candle_core::Result<VarMap> {
     let varmap = VarMap::new();
     {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+        let mut data = vars(&varmap)?;
         for (name, shape) in shapes {
             let fan_in = if shape.len() == 2 {
                 shape[1]
@@ -335,10 +332,7 @@ pub fn fit(
 }
 
 pub(crate) fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tensor)>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    let data = vars(varmap)?;
     data.iter()
         .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
         .collect()
@@ -346,10 +340,7 @@ pub(crate) fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tens
 
 /// The Vars of one head (`only`), or all of them.
 fn vars_of(varmap: &VarMap, only: Option<&str>) -> candle_core::Result<Vec<Var>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    let data = vars(varmap)?;
     let vars: Vec<Var> = data
         .iter()
         .filter(|(k, _)| only.is_none_or(|h| k.starts_with(&format!("{h}."))))
@@ -368,10 +359,7 @@ pub(crate) fn warm_start(
     varmap: &VarMap,
     weights: &[(String, Tensor)],
 ) -> candle_core::Result<Vec<String>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
+    let data = vars(varmap)?;
     let mut skipped = Vec::new();
     for (k, t) in weights {
         match data.get(k) {
@@ -383,17 +371,24 @@ pub(crate) fn warm_start(
     Ok(skipped)
 }
 
+/// Copies `weights` (a snapshot of the same heads) back into `varmap`.
 pub(crate) fn restore(varmap: &VarMap, weights: &[(String, Tensor)]) -> candle_core::Result<()> {
-    let data = varmap
+    match warm_start(varmap, weights)?.first() {
+        Some(name) => Err(candle_core::Error::Msg(format!(
+            "restore: {name} changed shape"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The VarMap's name → Var table, locked.
+fn vars(
+    varmap: &VarMap,
+) -> candle_core::Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Var>>> {
+    varmap
         .data()
         .lock()
-        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))?;
-    for (k, t) in weights {
-        if let Some(v) = data.get(k) {
-            v.set(t)?;
-        }
-    }
-    Ok(())
+        .map_err(|_| candle_core::Error::Msg("varmap lock".into()))
 }
 
 /// Temperature minimising the NLL of `logits` (rows, classes) on labelled rows.

@@ -1,7 +1,7 @@
 //! `switchboard train`: data → split → embeddings (cached) → heads → calibration → metrics →
 //! a new head folder. Progress goes to tracing; the caller decides how to show it.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -317,55 +317,63 @@ pub(crate) fn write_head(
     ))
 }
 
-/// The weights and metadata of `--keep-heads DIR`, after checking that it was made for this
-/// encoder with the same labels and hidden size.
-fn kept_heads(
-    dir: &std::path::Path,
-    info: &crate::embed::EncoderInfo,
+/// A head folder given on the command line (`flag`: `--init-heads`, `--keep-heads`) and its
+/// weights, after checking that its labels and shape match this run's.
+pub(crate) fn read_heads(
+    dir: &Path,
+    flag: &str,
     labels: (&[String], &[String]),
-    cfg: &TrainConfig,
-) -> Result<(Vec<(String, Tensor)>, ClassifierMeta), TrainError> {
-    let path = dir.join(crate::classify::META_FILE);
-    let bad = |why: String| TrainError::Invalid(format!("--keep-heads {}: {why}", dir.display()));
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    (hidden, inputs): (usize, usize),
+) -> Result<(ClassifierMeta, Vec<(String, Tensor)>), TrainError> {
+    let bad = |why: String| TrainError::Invalid(format!("{flag} {}: {why}", dir.display()));
+    let text = std::fs::read_to_string(dir.join(crate::classify::META_FILE))
+        .map_err(|e| bad(e.to_string()))?;
     let meta: ClassifierMeta = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if meta.encoder.sha256 != info.weights_sha256 {
+    if meta.intent_labels != labels.0 || meta.domain_labels != labels.1 {
         return Err(bad(format!(
-            "made for encoder sha256 {}, but --model-dir holds {}",
-            meta.encoder.sha256, info.weights_sha256
+            "its labels differ from the data's ({:?} / {:?})",
+            meta.intent_labels, meta.domain_labels
         )));
     }
-    if meta.intent_labels != labels.0 || meta.domain_labels != labels.1 {
-        return Err(bad("its labels differ from the data's".into()));
-    }
-    if meta.hidden != cfg.fit.hidden {
+    if meta.hidden != hidden || meta.inputs != inputs {
         return Err(bad(format!(
-            "hidden {} differs from --hidden {}",
-            meta.hidden, cfg.fit.hidden
+            "shape {}→{} differs from --hidden {hidden} on {inputs} inputs",
+            meta.inputs, meta.hidden
         )));
     }
     let w = candle_core::safetensors::load(dir.join(crate::classify::WEIGHTS_FILE), &Device::Cpu)?;
-    // The complexity head starts fresh: the kept one may have another meaning (one output).
+    Ok((meta, w.into_iter().collect()))
+}
+
+/// `--keep-heads DIR`: its metadata and its intent and domain weights, after checking that it
+/// was made for this encoder. The complexity head starts fresh: the kept one may have another
+/// meaning (one output).
+fn kept_heads(
+    dir: &Path,
+    info: &crate::embed::EncoderInfo,
+    labels: (&[String], &[String]),
+    shape: (usize, usize),
+) -> Result<(ClassifierMeta, Vec<(String, Tensor)>), TrainError> {
+    let (meta, w) = read_heads(dir, "--keep-heads", labels, shape)?;
+    if meta.encoder.sha256 != info.weights_sha256 {
+        return Err(TrainError::Invalid(format!(
+            "--keep-heads {}: made for encoder sha256 {}, but --model-dir holds {}",
+            dir.display(),
+            meta.encoder.sha256,
+            info.weights_sha256
+        )));
+    }
     let kept = w
         .into_iter()
         .filter(|(name, _)| !name.starts_with("complexity."))
         .collect();
-    Ok((kept, meta))
+    Ok((meta, kept))
 }
 
-/// Copies a folder's files and sub-folders.
-fn copy_folder(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let path = entry?.path();
-        let dest = to.join(path.file_name().unwrap_or_default());
-        if path.is_dir() {
-            copy_folder(&path, &dest)?;
-        } else {
-            std::fs::copy(&path, &dest)?;
-        }
-    }
-    Ok(())
+/// Copies a classifier folder's own encoder (config, tokenizer, licence, weights) to `to`.
+fn copy_encoder(from: &Path, to: &Path) -> std::io::Result<()> {
+    crate::embed::model::copy_encoder_files(from, to)?;
+    std::fs::copy(from.join("model.safetensors"), to.join("model.safetensors")).map(|_| ())
 }
 
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.
@@ -392,42 +400,42 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     );
     let t1 = Instant::now();
     let fit_cfg = cfg.fit.clone();
-    let outputs = Outputs {
-        intent: intents.len(),
-        domain: domains.len(),
-        complexity: crate::classify::heads::COMPLEXITY_OUTPUTS,
+    let outputs = Outputs::current(intents.len(), domains.len());
+    let shape = (cfg.fit.hidden, train_ds.dim);
+    let (kept_meta, init) = match cfg.keep_heads.as_deref() {
+        Some(dir) => {
+            let (meta, w) = kept_heads(dir, &embedder.info(), (&intents, &domains), shape)?;
+            (Some(meta), Some(w))
+        }
+        None => (None, None),
     };
-    let kept = match &cfg.keep_heads {
-        Some(dir) => Some(kept_heads(
-            dir,
-            &embedder.info(),
-            (&intents, &domains),
-            cfg,
-        )?),
-        None => None,
-    };
-    let (tr2, dv2, init) = (train_ds.clone(), dev_ds.clone(), kept.clone());
+    let (tr2, dv2) = (train_ds.clone(), dev_ds.clone());
     let result = tokio::task::spawn_blocking(move || {
-        let (init, only) = match &init {
-            Some((w, _)) => (Some(w.as_slice()), Some("complexity")),
-            None => (None, None),
-        };
-        fit::fit(&tr2, &dv2, outputs, &fit_cfg, init, only, &mut |e| {
-            tracing::info!(
-                epoch = e.epoch,
-                train_loss = format!("{:.4}", e.train_loss),
-                dev_loss = format!("{:.4}", e.dev_loss),
-                dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
-                "epoch"
-            );
-        })
+        let only = init.as_ref().map(|_| "complexity");
+        fit::fit(
+            &tr2,
+            &dv2,
+            outputs,
+            &fit_cfg,
+            init.as_deref(),
+            only,
+            &mut |e| {
+                tracing::info!(
+                    epoch = e.epoch,
+                    train_loss = format!("{:.4}", e.train_loss),
+                    dev_loss = format!("{:.4}", e.dev_loss),
+                    dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
+                    "epoch"
+                );
+            },
+        )
     })
     .await
     .map_err(|e| TrainError::Invalid(e.to_string()))??;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
     let mut training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;
-    if let Some((_, m)) = &kept {
+    if let Some(m) = &kept_meta {
         training.insert("kept_heads_from".into(), serde_json::json!(m.version));
         // The kept heads' own provenance (e.g. the fine-tuning run that made them).
         training.insert("kept_heads_training".into(), serde_json::json!(m.training));
@@ -444,7 +452,7 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         .as_deref()
         .and_then(crate::classify::own_encoder)
     {
-        copy_folder(&enc, &cfg.out.join("encoder"))?;
+        copy_encoder(&enc, &cfg.out.join("encoder"))?;
     }
     let (classifier, dev_report) = write_head(cfg, &embedder.info(), head, &dv_rows, &dv_vecs)?;
     Ok(TrainOutcome {
