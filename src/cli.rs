@@ -207,6 +207,10 @@ pub struct TrainArgs {
     /// Loss weight of real user prompts (source = sharegpt).
     #[arg(long, default_value_t = 3.0)]
     pub real_weight: f32,
+    /// Multiply each real prompt's weight by (mean real class size / its class size)^this, so
+    /// thin real classes count (0 = off; 0.5 = square-root balancing).
+    #[arg(long, default_value_t = 0.0)]
+    pub real_class_balance: f32,
     #[arg(long, default_value_t = 10)]
     pub min_examples: usize,
     #[arg(long, default_value_t = 0.4)]
@@ -255,6 +259,7 @@ impl TrainArgs {
             cache_dir: self.cache_dir.clone(),
             dev_percent: self.dev_percent,
             real_prompt_weight: self.real_weight,
+            real_class_balance: self.real_class_balance,
             min_examples: self.min_examples,
             abstain_threshold: self.abstain_threshold,
             limit: self.limit,

@@ -203,7 +203,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
     let pick = |ix: &[usize]| -> Dataset {
         let rs: Vec<&Row> = ix.iter().map(|&i| &rows[i]).collect();
         let vs: Vec<&(Vec<f32>, u32)> = ix.iter().map(|&i| &vectors[i]).collect();
-        run::dataset(&rs, &vs, il, dl, 1.0)
+        run::dataset(&rs, &vs, il, dl, run::RowWeighting::UNIFORM)
     };
     let mut train = pick(&tr);
     let fb_vecs: Vec<(Vec<f32>, u32)> = fb
@@ -211,7 +211,13 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         .map(|(_, f)| (f.embedding.clone(), f.tokens))
         .collect();
     let fb_rows: Vec<&Row> = fb.iter().map(|(r, _)| r).collect();
-    let mut fb_ds = run::dataset(&fb_rows, &fb_vecs.iter().collect::<Vec<_>>(), il, dl, 1.0);
+    let mut fb_ds = run::dataset(
+        &fb_rows,
+        &fb_vecs.iter().collect::<Vec<_>>(),
+        il,
+        dl,
+        run::RowWeighting::UNIFORM,
+    );
     fb_ds
         .weight
         .iter_mut()

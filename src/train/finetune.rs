@@ -95,7 +95,7 @@ fn labels(
         .map(|s| (Vec::new(), s.ids.len() as u32))
         .collect();
     let refs: Vec<&(Vec<f32>, u32)> = lens.iter().collect();
-    run::dataset(rows, &refs, &sets.0, &sets.1, cfg.real_prompt_weight)
+    run::dataset(rows, &refs, &sets.0, &sets.1, run::RowWeighting::of(cfg))
 }
 
 /// Whether a weight name belongs to an encoder layer at or above `from`.
@@ -533,7 +533,7 @@ pub async fn finetune(
     drop(t);
     let (new, vectors, embedded, embed_secs) = embed_dev(enc, enc_dir, &dv, &cfg.cache_dir).await?;
     let vec_refs: Vec<&(Vec<f32>, u32)> = vectors.iter().collect();
-    let dev_full = run::dataset(&dv, &vec_refs, &sets.0, &sets.1, cfg.real_prompt_weight);
+    let dev_full = run::dataset(&dv, &vec_refs, &sets.0, &sets.1, run::RowWeighting::of(cfg));
     let temperatures = run::calibrate(&heads, &dev_full)?;
     let max_tokens = new.tokenizer().max_tokens();
     let training = provenance(

@@ -42,6 +42,9 @@ pub struct TrainConfig {
     pub dev_percent: u32,
     /// Loss weight of real user prompts (`source == "sharegpt"`) relative to other rows.
     pub real_prompt_weight: f32,
+    /// Class balancing of real prompts: each real row's weight is multiplied by
+    /// (mean real class size / its class size)^this (0 = off), so that thin real classes count.
+    pub real_class_balance: f32,
     pub min_examples: usize,
     pub abstain_threshold: f32,
     /// Use at most this many rows (0 = all), taken in file order: for quick runs and tests.
@@ -125,14 +128,58 @@ fn index_of(labels: &[String], v: Option<&String>) -> Option<usize> {
     v.and_then(|v| labels.iter().position(|l| l == v))
 }
 
+/// How rows weigh in the loss.
+#[derive(Debug, Clone, Copy)]
+pub struct RowWeighting {
+    /// Weight of a real user prompt (`source == "sharegpt"`); other rows weigh 1.
+    pub real: f32,
+    /// Exponent of the real prompts' inverse class-frequency factor (0 = off).
+    pub real_balance: f32,
+}
+
+impl RowWeighting {
+    pub const UNIFORM: Self = Self {
+        real: 1.0,
+        real_balance: 0.0,
+    };
+
+    pub fn of(cfg: &TrainConfig) -> Self {
+        Self {
+            real: cfg.real_prompt_weight,
+            real_balance: cfg.real_class_balance,
+        }
+    }
+
+    /// Per-intent factor of real rows: (mean class size / class size)^balance, clamped to
+    /// [1/4, 4] so a class of two prompts does not dominate.
+    fn class_factors(&self, rows: &[&Row], intents: &[String]) -> Vec<f32> {
+        let mut counts = vec![0usize; intents.len()];
+        for r in rows.iter().filter(|r| r.source == "sharegpt") {
+            if let Some(i) = index_of(intents, r.intent.as_ref()) {
+                counts[i] += 1;
+            }
+        }
+        let present: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+        let mean = present.iter().sum::<usize>() as f32 / present.len().max(1) as f32;
+        counts
+            .iter()
+            .map(|&c| match c {
+                0 => 1.0,
+                c => (mean / c as f32).powf(self.real_balance).clamp(0.25, 4.0),
+            })
+            .collect()
+    }
+}
+
 /// Builds the feature dataset of `rows`.
 pub fn dataset(
     rows: &[&Row],
     vectors: &[&(Vec<f32>, u32)],
     intents: &[String],
     domains: &[String],
-    real_weight: f32,
+    weighting: RowWeighting,
 ) -> Dataset {
+    let factors = weighting.class_factors(rows, intents);
     let dim =
         vectors.first().map(|v| v.0.len()).unwrap_or(0) + crate::classify::heads::EXTRA_FEATURES;
     let mut d = Dataset {
@@ -153,10 +200,10 @@ pub fn dataset(
         let strong = r.graded.map(|(_, strong)| strong);
         d.strong.push(if strong == Some(true) { 1.0 } else { 0.0 });
         d.strong_mask.push(if strong.is_some() { 1.0 } else { 0.0 });
-        d.weight.push(if r.source == "sharegpt" {
-            real_weight
-        } else {
-            1.0
+        d.weight.push(match (r.source == "sharegpt", i) {
+            (true, Some(i)) => weighting.real * factors[i],
+            (true, None) => weighting.real,
+            (false, _) => 1.0,
         });
     }
     d
@@ -265,6 +312,10 @@ pub(crate) fn provenance(
         (
             "real_prompt_weight".to_string(),
             serde_json::json!(cfg.real_prompt_weight),
+        ),
+        (
+            "real_class_balance".to_string(),
+            serde_json::json!(cfg.real_class_balance),
         ),
         ("max_tokens".to_string(), serde_json::json!(max_tokens)),
     ]))
@@ -389,14 +440,14 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         &tr_vecs,
         &intents,
         &domains,
-        cfg.real_prompt_weight,
+        RowWeighting::of(cfg),
     );
     let dev_ds = dataset(
         &dv_rows,
         &dv_vecs,
         &intents,
         &domains,
-        cfg.real_prompt_weight,
+        RowWeighting::of(cfg),
     );
     let t1 = Instant::now();
     let fit_cfg = cfg.fit.clone();
@@ -465,4 +516,50 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         train_rows: train_ds.len(),
         dev_rows: dev_ds.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(intent: &str, source: &str) -> Row {
+        Row {
+            id: String::new(),
+            text: String::new(),
+            intent: Some(intent.to_string()),
+            domain: None,
+            complexity: None,
+            source: source.to_string(),
+            graded: None,
+            origin: String::new(),
+        }
+    }
+
+    #[test]
+    fn real_class_balance_lifts_thin_real_classes_only() {
+        let rows = [
+            row("a", "sharegpt"),
+            row("a", "sharegpt"),
+            row("a", "sharegpt"),
+            row("b", "sharegpt"),
+            row("b", "p3"),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let v = (vec![0.0f32; 2], 3u32);
+        let vecs = vec![&v; rows.len()];
+        let labels = ["a".to_string(), "b".to_string()];
+        let w = |real_balance| {
+            let weighting = RowWeighting {
+                real: 3.0,
+                real_balance,
+            };
+            dataset(&refs, &vecs, &labels, &[], weighting).weight
+        };
+        assert_eq!(w(0.0), vec![3.0, 3.0, 3.0, 3.0, 1.0]);
+        // Mean real class size 2: a (3 rows) × 2/3, b (1 row) × 2; template rows untouched.
+        let balanced = w(1.0);
+        for (got, want) in balanced.iter().zip([2.0, 2.0, 2.0, 6.0, 1.0]) {
+            assert!((got - want).abs() < 1e-5, "{balanced:?}");
+        }
+    }
 }

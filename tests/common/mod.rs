@@ -271,6 +271,7 @@ pub fn slice_config(
         cache_dir: cache.to_path_buf(),
         dev_percent: 25,
         real_prompt_weight: 3.0,
+        real_class_balance: 0.0,
         min_examples: 10,
         abstain_threshold: 0.4,
         limit: 0,
