@@ -7,7 +7,7 @@ mod common;
 use switchboard::classify::{Classifier, ClassifyError, META_FILE, WEIGHTS_FILE};
 use switchboard::embed::Embedder;
 use switchboard::train::data::{self, DataError};
-use switchboard::train::run;
+use switchboard::train::{evaluate, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
@@ -66,6 +66,45 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         let p1 = first.classifier.predict(&e.vector, e.tokens, None).unwrap();
         let p2 = loaded.predict(&e.vector, e.tokens, None).unwrap();
         assert_eq!(p1, p2);
+    }
+
+    // `eval` on the trainer's dev split reproduces the trainer's dev report and writes its files.
+    let out = tmp.path().join("eval");
+    let cfg = evaluate::EvalConfig {
+        data: vec![common::fixture("train_slice.jsonl")],
+        head: a.clone(),
+        cache_dir: cache.clone(),
+        dev_split: Some((11, 25)),
+        typo_rows: 30,
+        typo_rate: 0.05,
+        out_dir: Some(out.clone()),
+    };
+    let report = evaluate::run(&embedder, &cfg).await.unwrap();
+    assert_eq!(report.intent.n, r.n);
+    assert!((report.intent.accuracy - r.accuracy).abs() < 1e-9);
+    let typo = report.typo_robustness.expect("typo figure");
+    assert!(typo > 0.5 && typo <= 1.0, "typo robustness {typo}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["intent"]["n"], r.n);
+    for svg in ["confusion_intent.svg", "reliability_intent.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+    }
+    let mistakes = std::fs::read_to_string(out.join(evaluate::MISTAKES_FILE)).unwrap();
+    let wrong = r.n
+        - r.confusion
+            .iter()
+            .enumerate()
+            .map(|(i, row)| row[i])
+            .sum::<usize>();
+    assert_eq!(mistakes.lines().count(), wrong, "one line per wrong intent");
+    for line in mistakes.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_ne!(m["intent"], m["predicted"], "{line}");
     }
 
     // A head made for another encoder is refused with both identities in the message.

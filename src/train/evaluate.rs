@@ -27,6 +27,9 @@ pub struct EvalConfig {
     pub out_dir: Option<PathBuf>,
 }
 
+/// Rows whose intent was predicted wrong, one JSON object a line, in `--out-dir`.
+pub const MISTAKES_FILE: &str = "mistakes_intent.jsonl";
+
 /// Deterministic character noise: each character is, with probability `rate`, deleted,
 /// doubled, swapped with the next, or replaced by a random lowercase letter.
 pub fn typo_noise(text: &str, rate: f64, seed: u64) -> String {
@@ -161,6 +164,11 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
                 report::confusion_svg(d, "domain"),
             )?;
         }
+        let predictions = eval::predict_all(&classifier, &vrefs)?;
+        std::fs::write(
+            dir.join(MISTAKES_FILE),
+            report::mistakes_jsonl(&refs, &predictions, &classifier.meta.intent_labels),
+        )?;
     }
     Ok(report)
 }

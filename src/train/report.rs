@@ -3,7 +3,9 @@
 //! than through a plotting crate, which would add minutes of build for two simple charts.
 use std::fmt::Write;
 
+use super::data::Row;
 use super::eval::{EvalReport, LabelReport};
+use crate::classify::Prediction;
 
 fn head(out: &mut String, name: &str, r: &LabelReport) {
     let _ = writeln!(
@@ -160,4 +162,31 @@ pub fn reliability_svg(r: &LabelReport, title: &str) -> String {
     let _ = writeln!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">accuracy</text>", pad + size / 2.0, pad + size / 2.0);
     s.push_str("</svg>\n");
     s
+}
+
+/// The rows whose intent was predicted wrong, as JSON lines (id, source, label, prediction,
+/// confidence, the text's first 300 characters): what people read to tell model errors from
+/// label noise. Rows whose label the head does not have are left out, as in the report.
+pub fn mistakes_jsonl(rows: &[&Row], predictions: &[Prediction], labels: &[String]) -> String {
+    let mut out = String::new();
+    for (r, p) in rows.iter().zip(predictions) {
+        let Some(label) = r.intent.as_ref().filter(|l| labels.contains(l)) else {
+            continue;
+        };
+        if *label == p.intent {
+            continue;
+        }
+        let line = serde_json::json!({
+            "id": r.id,
+            "source": r.source,
+            "origin": r.origin,
+            "intent": label,
+            "predicted": p.intent,
+            "confidence": p.confidence,
+            "abstained": p.abstained,
+            "text": r.text.chars().take(300).collect::<String>(),
+        });
+        let _ = writeln!(out, "{line}");
+    }
+    out
 }
