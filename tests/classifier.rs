@@ -84,6 +84,16 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     assert!((report.intent.accuracy - r.accuracy).abs() < 1e-9);
     let typo = report.typo_robustness.expect("typo figure");
     assert!(typo > 0.5 && typo <= 1.0, "typo robustness {typo}");
+    // The slice holds no ShareGPT rows, so there is no real-prompt typo figure.
+    assert!(report.typo_robustness_real.is_none());
+    let flips = std::fs::read_to_string(out.join(evaluate::TYPO_FLIPS_FILE)).unwrap();
+    let sampled = 30; // typo_rows; the dev split has more rows than that
+    let flipped = flips.lines().count();
+    assert!((typo - (sampled - flipped) as f64 / sampled as f64).abs() < 1e-9);
+    for line in flips.lines() {
+        let f: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_ne!(f["clean"], f["noisy"], "{line}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["intent"]["n"], r.n);

@@ -50,6 +50,15 @@ pub struct EvalReport {
     pub apgr: f64,
     pub cpt50: f64,
     pub typo_robustness: Option<f64>,
+    /// The typo figure over the real prompts (`sharegpt`) of the same sample.
+    pub typo_robustness_real: Option<SubsetShare>,
+}
+
+/// A share measured on a subset of rows, with the subset's size.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SubsetShare {
+    pub share: f64,
+    pub n: usize,
 }
 
 impl EvalReport {
@@ -75,6 +84,9 @@ impl EvalReport {
         m.insert("routing_cpt50".into(), self.cpt50);
         if let Some(t) = self.typo_robustness {
             m.insert("typo_robustness".into(), t);
+        }
+        if let Some(t) = self.typo_robustness_real {
+            m.insert("real_typo_robustness".into(), t.share);
         }
         // Undefined metrics (no graded rows, say) are left out: JSON has no NaN.
         m.retain(|_, v| v.is_finite());
@@ -308,6 +320,7 @@ pub fn evaluate(
         apgr,
         cpt50,
         typo_robustness: None,
+        typo_robustness_real: None,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct EvalConfig {
 
 /// Rows whose intent was predicted wrong, one JSON object a line, in `--out-dir`.
 pub const MISTAKES_FILE: &str = "mistakes_intent.jsonl";
+/// Rows whose intent changed under the typo noise, one JSON object a line, in `--out-dir`.
+pub const TYPO_FLIPS_FILE: &str = "typo_flips_intent.jsonl";
 
 /// Deterministic character noise: each character is, with probability `rate`, deleted,
 /// doubled, swapped with the next, or replaced by a random lowercase letter.
@@ -69,14 +71,25 @@ pub fn typo_noise(text: &str, rate: f64, seed: u64) -> String {
     }
 }
 
-/// Share of rows whose predicted intent survives `rate` character noise.
+/// What the typo check found.
+pub struct TypoCheck {
+    /// Share of rows whose predicted intent survives the noise.
+    pub robustness: f64,
+    /// The same over the real prompts (`sharegpt`) among them.
+    pub real: Option<eval::SubsetShare>,
+    /// Rows whose intent changed, as JSON lines (id, source, both predictions and
+    /// confidences, the noisy text).
+    pub flips: String,
+}
+
+/// Predicts each row clean and with `rate` character noise, and compares the intents.
 pub async fn typo_robustness(
     embedder: &Embedder,
     c: &Classifier,
     rows: &[&Row],
     rate: f64,
     cache_dir: &Path,
-) -> Result<f64, TrainError> {
+) -> Result<TypoCheck, TrainError> {
     let noisy: Vec<Row> = rows
         .iter()
         .map(|r| Row {
@@ -89,12 +102,38 @@ pub async fn typo_robustness(
     let (b, _) = embed_rows(embedder, &noisy, cache_dir).await?;
     let pa = eval::predict_all(c, &a.iter().collect::<Vec<_>>())?;
     let pb = eval::predict_all(c, &b.iter().collect::<Vec<_>>())?;
-    let same = pa
-        .iter()
-        .zip(&pb)
-        .filter(|(x, y)| x.intent == y.intent)
-        .count();
-    Ok(same as f64 / rows.len().max(1) as f64)
+    let mut flips = String::new();
+    let (mut same, mut real, mut real_same) = (0usize, 0usize, 0usize);
+    for ((x, y), r) in pa.iter().zip(&pb).zip(&noisy) {
+        let kept = x.intent == y.intent;
+        same += usize::from(kept);
+        if r.source == "sharegpt" {
+            real += 1;
+            real_same += usize::from(kept);
+        }
+        if !kept {
+            let line = serde_json::json!({
+                "id": r.id,
+                "source": r.source,
+                "intent": r.intent,
+                "clean": x.intent,
+                "clean_confidence": x.confidence,
+                "noisy": y.intent,
+                "noisy_confidence": y.confidence,
+                "noisy_text": r.text.chars().take(300).collect::<String>(),
+            });
+            flips.push_str(&format!("{line}\n"));
+        }
+    }
+    let share = |k: usize, n: usize| k as f64 / n.max(1) as f64;
+    Ok(TypoCheck {
+        robustness: share(same, rows.len()),
+        real: (real > 0).then(|| eval::SubsetShare {
+            share: share(real_same, real),
+            n: real,
+        }),
+        flips,
+    })
 }
 
 /// Runs the evaluation; writes `report.json` and SVG charts when `out_dir` is set.
@@ -124,16 +163,20 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
             .take(cfg.typo_rows)
             .copied()
             .collect();
-        report.typo_robustness = Some(
-            typo_robustness(
-                embedder,
-                &classifier,
-                &sample,
-                cfg.typo_rate,
-                &cfg.cache_dir,
-            )
-            .await?,
-        );
+        let check = typo_robustness(
+            embedder,
+            &classifier,
+            &sample,
+            cfg.typo_rate,
+            &cfg.cache_dir,
+        )
+        .await?;
+        report.typo_robustness = Some(check.robustness);
+        report.typo_robustness_real = check.real;
+        if let Some(dir) = &cfg.out_dir {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(dir.join(TYPO_FLIPS_FILE), check.flips)?;
+        }
     }
     if let Some(dir) = &cfg.out_dir {
         std::fs::create_dir_all(dir)?;

@@ -31,7 +31,11 @@ pub fn table(r: &EvalReport) -> String {
         r.complexity_n, r.complexity_mae, r.complexity_spearman, r.graded_n, r.apgr, r.cpt50
     );
     if let Some(t) = r.typo_robustness {
-        let _ = writeln!(out, "typo robustness (5% character noise): {t:.3}");
+        let _ = write!(out, "typo robustness (5% character noise): {t:.3}");
+        if let Some(real) = r.typo_robustness_real {
+            let _ = write!(out, "  (real prompts: {:.3}, n {})", real.share, real.n);
+        }
+        let _ = writeln!(out);
     }
     let _ = writeln!(
         out,
