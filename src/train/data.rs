@@ -59,6 +59,13 @@ pub struct Row {
     pub origin: String,
 }
 
+impl Row {
+    /// A real user prompt (a ShareGPT first turn), not a template or benchmark row.
+    pub fn is_real(&self) -> bool {
+        self.source == "sharegpt"
+    }
+}
+
 fn opt_string(v: Option<serde_json::Value>, field: &str) -> Result<Option<String>, String> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(None),
@@ -162,7 +169,7 @@ pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<Row>, Vec<DataError>), DataErr
 /// The unit that must not straddle train and dev: a ShareGPT conversation, a P3 passage
 /// (dataset + row index, shared by every template), or the row itself.
 pub fn split_group(row: &Row) -> String {
-    if row.source == "sharegpt" {
+    if row.is_real() {
         return match row.id.rsplit_once('_') {
             Some((conv, part)) if part.chars().all(|c| c.is_ascii_digit()) => conv.to_string(),
             _ => row.id.clone(),

@@ -268,13 +268,17 @@ pub fn evaluate(
     rows: &[&Row],
     vecs: &[&(Vec<f32>, u32)],
 ) -> Result<EvalReport, ClassifyError> {
-    let preds = predict_all(c, vecs)?;
+    Ok(evaluate_predictions(c, rows, &predict_all(c, vecs)?))
+}
+
+/// Evaluates `c`'s predictions `preds` of `rows`.
+pub fn evaluate_predictions(c: &Classifier, rows: &[&Row], preds: &[Prediction]) -> EvalReport {
     let lbl =
         |labels: &[String], v: Option<&String>| v.and_then(|v| labels.iter().position(|l| l == v));
     let intent_items = |real_only: bool| -> Vec<(usize, usize, f64, bool)> {
         rows.iter()
-            .zip(&preds)
-            .filter(|(r, _)| !real_only || r.source == "sharegpt")
+            .zip(preds)
+            .filter(|(r, _)| !real_only || r.is_real())
             .filter_map(|(r, p)| {
                 let t = lbl(&c.meta.intent_labels, r.intent.as_ref())?;
                 let pi = lbl(&c.meta.intent_labels, Some(&p.intent))?;
@@ -287,7 +291,7 @@ pub fn evaluate(
     let intent_real = (!real.is_empty()).then(|| label_report(&c.meta.intent_labels, &real, 10));
     let dom: Vec<_> = rows
         .iter()
-        .zip(&preds)
+        .zip(preds)
         .filter_map(|(r, p)| {
             let t = lbl(&c.meta.domain_labels, r.domain.as_ref())?;
             let pi = lbl(&c.meta.domain_labels, Some(&p.domain))?;
@@ -298,18 +302,18 @@ pub fn evaluate(
     let domain = (!dom.is_empty()).then(|| label_report(&c.meta.domain_labels, &dom, 1));
     let cx: Vec<(f64, f64)> = rows
         .iter()
-        .zip(&preds)
+        .zip(preds)
         .filter_map(|(r, p)| Some((r.complexity? as f64, p.small_fails as f64)))
         .collect();
     let (truth, pred): (Vec<f64>, Vec<f64>) = cx.iter().cloned().unzip();
     let graded: Vec<(f64, (bool, bool))> = rows
         .iter()
-        .zip(&preds)
+        .zip(preds)
         .filter_map(|(r, p)| Some((p.complexity as f64, r.graded?)))
         .collect();
     let (gs, gg): (Vec<f64>, Vec<(bool, bool)>) = graded.iter().cloned().unzip();
     let (apgr, cpt50) = apgr(&gs, &gg);
-    Ok(EvalReport {
+    EvalReport {
         intent,
         intent_real,
         domain,
@@ -321,7 +325,7 @@ pub fn evaluate(
         cpt50,
         typo_robustness: None,
         typo_robustness_real: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -107,22 +107,12 @@ pub async fn typo_robustness(
     for ((x, y), r) in pa.iter().zip(&pb).zip(&noisy) {
         let kept = x.intent == y.intent;
         same += usize::from(kept);
-        if r.source == "sharegpt" {
+        if r.is_real() {
             real += 1;
             real_same += usize::from(kept);
         }
         if !kept {
-            let line = serde_json::json!({
-                "id": r.id,
-                "source": r.source,
-                "intent": r.intent,
-                "clean": x.intent,
-                "clean_confidence": x.confidence,
-                "noisy": y.intent,
-                "noisy_confidence": y.confidence,
-                "noisy_text": r.text.chars().take(300).collect::<String>(),
-            });
-            flips.push_str(&format!("{line}\n"));
+            report::push_flip(&mut flips, r, x, y);
         }
     }
     let share = |k: usize, n: usize| k as f64 / n.max(1) as f64;
@@ -153,7 +143,9 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
     let (vectors, _) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
     let refs: Vec<&Row> = rows.iter().collect();
     let vrefs: Vec<_> = vectors.iter().collect();
-    let mut report = eval::evaluate(&classifier, &refs, &vrefs)?;
+    let predictions = eval::predict_all(&classifier, &vrefs)?;
+    let mut report = eval::evaluate_predictions(&classifier, &refs, &predictions);
+    let mut flips = None;
     if let Some(step) = refs.len().checked_div(cfg.typo_rows) {
         // Spread the sample over the whole set (every k-th row), deterministic.
         let step = step.max(1);
@@ -173,47 +165,55 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
         .await?;
         report.typo_robustness = Some(check.robustness);
         report.typo_robustness_real = check.real;
-        if let Some(dir) = &cfg.out_dir {
-            std::fs::create_dir_all(dir)?;
-            std::fs::write(dir.join(TYPO_FLIPS_FILE), check.flips)?;
-        }
+        flips = Some(check.flips);
     }
     if let Some(dir) = &cfg.out_dir {
-        std::fs::create_dir_all(dir)?;
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?;
-        std::fs::write(dir.join("report.json"), json + "\n")?;
-        std::fs::write(
-            dir.join("confusion_intent.svg"),
-            report::confusion_svg(&report.intent, "intent: all dev rows"),
-        )?;
-        std::fs::write(
-            dir.join("reliability_intent.svg"),
-            report::reliability_svg(&report.intent, "intent reliability"),
-        )?;
-        if let Some(real) = &report.intent_real {
-            std::fs::write(
-                dir.join("confusion_intent_real.svg"),
-                report::confusion_svg(real, "intent: real user prompts (sharegpt)"),
-            )?;
-            std::fs::write(
-                dir.join("reliability_intent_real.svg"),
-                report::reliability_svg(real, "intent reliability, real prompts"),
-            )?;
-        }
-        if let Some(d) = &report.domain {
-            std::fs::write(
-                dir.join("confusion_domain.svg"),
-                report::confusion_svg(d, "domain"),
-            )?;
-        }
-        let predictions = eval::predict_all(&classifier, &vrefs)?;
-        std::fs::write(
-            dir.join(MISTAKES_FILE),
-            report::mistakes_jsonl(&refs, &predictions, &classifier.meta.intent_labels),
-        )?;
+        let mistakes = report::mistakes_jsonl(&refs, &predictions, &classifier.meta.intent_labels);
+        write_outputs(dir, &report, &mistakes, flips.as_deref())?;
     }
     Ok(report)
+}
+
+/// Writes `report.json`, the SVG charts and the JSON-lines row lists into `dir`.
+fn write_outputs(
+    dir: &Path,
+    report: &EvalReport,
+    mistakes: &str,
+    flips: Option<&str>,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir)?;
+    let json =
+        serde_json::to_string_pretty(report).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("report.json"), json + "\n")?;
+    std::fs::write(
+        dir.join("confusion_intent.svg"),
+        report::confusion_svg(&report.intent, "intent: all dev rows"),
+    )?;
+    std::fs::write(
+        dir.join("reliability_intent.svg"),
+        report::reliability_svg(&report.intent, "intent reliability"),
+    )?;
+    if let Some(real) = &report.intent_real {
+        std::fs::write(
+            dir.join("confusion_intent_real.svg"),
+            report::confusion_svg(real, "intent: real user prompts (sharegpt)"),
+        )?;
+        std::fs::write(
+            dir.join("reliability_intent_real.svg"),
+            report::reliability_svg(real, "intent reliability, real prompts"),
+        )?;
+    }
+    if let Some(d) = &report.domain {
+        std::fs::write(
+            dir.join("confusion_domain.svg"),
+            report::confusion_svg(d, "domain"),
+        )?;
+    }
+    std::fs::write(dir.join(MISTAKES_FILE), mistakes)?;
+    if let Some(flips) = flips {
+        std::fs::write(dir.join(TYPO_FLIPS_FILE), flips)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

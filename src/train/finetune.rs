@@ -59,8 +59,7 @@ struct Sample {
 
 /// Every real prompt, then a seeded sample of the other rows, up to `max`.
 fn select<'a>(rows: &[&'a Row], max: usize, rng: &mut StdRng) -> Vec<&'a Row> {
-    let (mut real, mut other): (Vec<&Row>, Vec<&Row>) =
-        rows.iter().partition(|r| r.source == "sharegpt");
+    let (mut real, mut other): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.is_real());
     other.shuffle(rng);
     let room = max.saturating_sub(real.len());
     real.extend(other.into_iter().take(room));

@@ -188,9 +188,29 @@ pub fn mistakes_jsonl(rows: &[&Row], predictions: &[Prediction], labels: &[Strin
             "predicted": p.intent,
             "confidence": p.confidence,
             "abstained": p.abstained,
-            "text": r.text.chars().take(300).collect::<String>(),
+            "text": excerpt(&r.text),
         });
         let _ = writeln!(out, "{line}");
     }
     out
+}
+
+/// Appends the JSON line of a row whose intent changed under typo noise (`r` is the noisy row).
+pub fn push_flip(out: &mut String, r: &Row, clean: &Prediction, noisy: &Prediction) {
+    let line = serde_json::json!({
+        "id": r.id,
+        "source": r.source,
+        "intent": r.intent,
+        "clean": clean.intent,
+        "clean_confidence": clean.confidence,
+        "noisy": noisy.intent,
+        "noisy_confidence": noisy.confidence,
+        "noisy_text": excerpt(&r.text),
+    });
+    let _ = writeln!(out, "{line}");
+}
+
+/// The start of a row's text, enough to recognise it.
+fn excerpt(text: &str) -> String {
+    text.chars().take(300).collect()
 }

@@ -154,7 +154,7 @@ impl RowWeighting {
     /// [1/4, 4] so a class of two prompts does not dominate.
     fn class_factors(&self, rows: &[&Row], intents: &[String]) -> Vec<f32> {
         let mut counts = vec![0usize; intents.len()];
-        for r in rows.iter().filter(|r| r.source == "sharegpt") {
+        for r in rows.iter().filter(|r| r.is_real()) {
             if let Some(i) = index_of(intents, r.intent.as_ref()) {
                 counts[i] += 1;
             }
@@ -200,7 +200,7 @@ pub fn dataset(
         let strong = r.graded.map(|(_, strong)| strong);
         d.strong.push(if strong == Some(true) { 1.0 } else { 0.0 });
         d.strong_mask.push(if strong.is_some() { 1.0 } else { 0.0 });
-        d.weight.push(match (r.source == "sharegpt", i) {
+        d.weight.push(match (r.is_real(), i) {
             (true, Some(i)) => weighting.real * factors[i],
             (true, None) => weighting.real,
             (false, _) => 1.0,
