@@ -99,6 +99,9 @@ pub enum Command {
         /// Where report.json and the SVG charts go.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Embed the rows as written, without the classifier's typo repair (to measure it).
+        #[arg(long)]
+        no_spell_fix: bool,
         #[command(flatten)]
         encoder: EncoderArgs,
     },
@@ -244,6 +247,12 @@ pub struct TrainArgs {
     /// train only the complexity head; its `encoder/`, if any, is copied to `--out`.
     #[arg(long, conflicts_with = "finetune_layers")]
     pub keep_heads: Option<PathBuf>,
+    /// Word list the typo-repair lexicon adds to the training prompts' words (`classify::spell`).
+    #[arg(long, default_value = "models/spell/words.txt")]
+    pub spell_dictionary: PathBuf,
+    /// Save heads without typo repair (prompts reach the encoder as written).
+    #[arg(long)]
+    pub no_spell_fix: bool,
     /// Dev figure that picks the fine-tuned epoch to keep.
     #[arg(long, value_enum, default_value_t = Select::Loss)]
     pub finetune_select: Select,
@@ -274,6 +283,7 @@ impl TrainArgs {
                 seed: self.seed,
             },
             keep_heads: self.keep_heads.clone(),
+            spell_dictionary: (!self.no_spell_fix).then(|| self.spell_dictionary.clone()),
         }
     }
 

@@ -118,6 +118,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dev_percent,
             typo_rows,
             out_dir,
+            no_spell_fix,
             encoder,
         } => {
             let mut encoder = encoder;
@@ -133,6 +134,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 typo_rows,
                 typo_rate: 0.05,
                 out_dir,
+                spell_fix: !no_spell_fix,
             };
             let report = switchboard::train::evaluate::run(&embedder, &cfg).await?;
             println!("{}", switchboard::train::report::table(&report));

@@ -57,6 +57,11 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
 
     // Save → load → same predictions.
     let loaded = Classifier::load(&a, &embedder.info()).unwrap();
+    // The typo-repair lexicon travels in the heads file and repairs the same way after loading.
+    assert!(first.classifier.repairs_typos() && loaded.repairs_typos());
+    let typo = "Plaese answr this questoin";
+    assert_eq!(first.classifier.prepare(typo), loaded.prepare(typo));
+    assert_eq!(loaded.prepare(typo), "please answer this question");
     for text in [
         "Write a Python function that reverses a list.",
         "hello there, how are you?",
@@ -78,6 +83,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         typo_rows: 30,
         typo_rate: 0.05,
         out_dir: Some(out.clone()),
+        spell_fix: true,
     };
     let report = evaluate::run(&embedder, &cfg).await.unwrap();
     assert_eq!(report.intent.n, r.n);
@@ -116,6 +122,25 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         let m: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_ne!(m["intent"], m["predicted"], "{line}");
     }
+
+    // One predictions line per dev row, probabilities summing to 1; over the rows with a known
+    // intent, their argmax reproduces the reported accuracy.
+    let preds = std::fs::read_to_string(out.join(evaluate::PREDICTIONS_FILE)).unwrap();
+    let labels: Vec<String> = serde_json::from_value(json["intent"]["labels"].clone()).unwrap();
+    let (mut labelled, mut agree) = (0, 0);
+    for line in preds.lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let probs: Vec<f64> = serde_json::from_value(p["intent_probs"].clone()).unwrap();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{line}");
+        let Some(i) = labels.iter().position(|l| p["intent"] == *l) else {
+            continue;
+        };
+        labelled += 1;
+        agree += usize::from(switchboard::classify::argmax(&probs_f32(&probs)).0 == i);
+    }
+    assert!(preds.lines().count() >= labelled);
+    assert_eq!(labelled, r.n);
+    assert!((agree as f64 / r.n as f64 - r.accuracy).abs() < 1e-9);
 
     // A head made for another encoder is refused with both identities in the message.
     let meta_path = a.join(META_FILE);
@@ -200,4 +225,8 @@ fn split_keeps_passages_and_conversations_on_one_side() {
     for seed in 0..20 {
         assert_eq!(data::is_dev(&a, seed, 15), data::is_dev(&b, seed, 15));
     }
+}
+
+fn probs_f32(p: &[f64]) -> Vec<f32> {
+    p.iter().map(|&x| x as f32).collect()
 }

@@ -286,7 +286,10 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         ),
         ("best_epoch".into(), serde_json::json!(result.best_epoch)),
     ]);
-    let weights = varmap_bytes(&result.varmap)?;
+    // The new heads keep the live classifier's typo-repair lexicon: the rows here are few.
+    let lexicon = crate::classify::lexicon(&live.classifier.weights)
+        .map_err(|e| RetrainError::Internal(e.to_string()))?;
+    let weights = varmap_bytes(&result.varmap, lexicon.as_deref())?;
     new_meta.version = content_version(&weights, &new_meta);
     let out = s.cfg.state_dir.join("heads").join(&new_meta.version);
     let c = Classifier::from_parts(new_meta.clone(), &weights, &out)?;

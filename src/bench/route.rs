@@ -25,6 +25,9 @@ pub struct RouteReport {
     pub rank50_us: Stats,
     /// Server-reported classify stage (heads on the embedding), from the concurrency-1 run.
     pub classify_us: Stats,
+    /// `Classifier::prepare` (typo repair) in process: the prompts as sent, with 5% character
+    /// noise, and 2,000-character noisy prompts.
+    pub repair_us: [Stats; 3],
     pub cache_hit: Stats,
 }
 
@@ -52,6 +55,17 @@ impl fmt::Display for RouteReport {
             self.classify_us.min * 1e3,
             self.classify_us.p50 * 1e3,
             self.classify_us.p99 * 1e3
+        )?;
+        let [clean, noisy, long] = &self.repair_us;
+        writeln!(
+            f,
+            "typo repair (prepare) p50 / p99 µs: prompts as sent {:.1} / {:.1}, 5% noise {:.1} / {:.1}, 2,000 chars 5% noise {:.1} / {:.1}",
+            clean.p50 * 1e3,
+            clean.p99 * 1e3,
+            noisy.p50 * 1e3,
+            noisy.p99 * 1e3,
+            long.p50 * 1e3,
+            long.p99 * 1e3
         )?;
         writeln!(
             f,
@@ -107,6 +121,39 @@ fn rank_bench(cfg: &Config, p: &Prediction) -> Stats {
         samples.push(start.elapsed());
     }
     Stats::from(&mut samples)
+}
+
+/// Times the live classifier's typo repair on `prompts`, on noisy copies, and on long noisy ones.
+fn repair_bench(engine: &Engine, prompts: &[String]) -> [Stats; 3] {
+    let c = engine.classifier.load_full();
+    let noisy: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::train::evaluate::typo_noise(p, 0.05, i as u64))
+        .collect();
+    let long: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let text: String = p
+                .repeat(2000 / p.len().max(1) + 1)
+                .chars()
+                .take(2000)
+                .collect();
+            crate::train::evaluate::typo_noise(&text, 0.05, i as u64)
+        })
+        .collect();
+    [prompts, &noisy[..], &long[..]].map(|set| {
+        let mut samples: Vec<Duration> = set
+            .iter()
+            .map(|p| {
+                let s = Instant::now();
+                std::hint::black_box(c.prepare(p));
+                s.elapsed()
+            })
+            .collect();
+        Stats::from(&mut samples)
+    })
 }
 
 /// Runs the route benchmark against a server listening on `addr`, backed by `engine`.
@@ -199,6 +246,7 @@ pub async fn route(
         .await
         .map_err(bench_err)?;
     let rank50_us = rank_bench(&engine.config, &probe.prediction);
+    let repair_us = repair_bench(&engine, &prompts);
     let mut hits = Vec::new();
     let same = prompts[0].clone();
     for _ in 0..iterations.max(50) {
@@ -219,6 +267,7 @@ pub async fn route(
         embed_rps,
         rank50_us,
         classify_us: Stats::from(&mut classify),
+        repair_us,
         cache_hit: Stats::from(&mut hits),
     })
 }

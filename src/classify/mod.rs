@@ -3,6 +3,7 @@
 //! Training lives in `train`; this module must stay cheap enough for the request path.
 pub mod heads;
 pub mod input;
+pub mod spell;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,9 @@ pub struct Classifier {
     heads: Heads,
     /// The same weights as plain vectors, for one prompt at a time.
     fast: [heads::FastMlp; 3],
+    /// Typo repair applied to a prompt before embedding (`prepare`); None for heads saved
+    /// without a lexicon.
+    spell: Option<spell::SpellFixer>,
     /// The safetensors bytes it was built from (warm start for retraining, inline transfer).
     pub weights: Vec<u8>,
     pub dir: PathBuf,
@@ -217,10 +221,14 @@ impl Classifier {
             heads::FastMlp::from(&heads.domain)?,
             heads::FastMlp::from(&heads.complexity)?,
         ];
+        let spell = lexicon(weights)
+            .map_err(|e| load_err(&wpath, e))?
+            .map(|l| spell::SpellFixer::from_lexicon(&l));
         Ok(Self {
             meta,
             heads,
             fast,
+            spell,
             weights: weights.to_vec(),
             dir: dir.to_path_buf(),
         })
@@ -232,8 +240,22 @@ impl Classifier {
         varmap: &VarMap,
         dir: &Path,
     ) -> Result<Self, ClassifyError> {
-        let bytes = varmap_bytes(varmap)?;
+        let bytes = varmap_bytes(varmap, None)?;
         Self::from_parts(meta, &bytes, dir)
+    }
+
+    /// The text the encoder should see for `text`: with one-edit typos repaired when the
+    /// classifier carries a lexicon (`spell`), else `text` itself.
+    pub fn prepare<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.spell {
+            Some(f) => f.fix(text),
+            None => std::borrow::Cow::Borrowed(text),
+        }
+    }
+
+    /// Whether `prepare` repairs typos.
+    pub fn repairs_typos(&self) -> bool {
+        self.spell.is_some()
     }
 
     pub fn version(&self) -> &str {
@@ -325,8 +347,18 @@ impl Classifier {
     }
 }
 
-/// Serialises a VarMap's tensors to safetensors bytes (sorted names, deterministic).
-pub fn varmap_bytes(varmap: &VarMap) -> Result<Vec<u8>, ClassifyError> {
+/// The typo-repair lexicon stored in heads' safetensors metadata, if any.
+pub fn lexicon(weights: &[u8]) -> Result<Option<String>, safetensors::SafeTensorError> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(weights)?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(spell::LEXICON_KEY).cloned()))
+}
+
+/// Serialises a VarMap's tensors to safetensors bytes (sorted names, deterministic), with the
+/// typo-repair lexicon in the metadata when given.
+pub fn varmap_bytes(varmap: &VarMap, lexicon: Option<&str>) -> Result<Vec<u8>, ClassifyError> {
     let data = varmap
         .data()
         .lock()
@@ -337,7 +369,10 @@ pub fn varmap_bytes(varmap: &VarMap) -> Result<Vec<u8>, ClassifyError> {
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     drop(data);
-    safetensors::tensor::serialize(named, None).map_err(|e| {
+    let info = lexicon.map(|l| {
+        std::collections::HashMap::from([(spell::LEXICON_KEY.to_string(), l.to_string())])
+    });
+    safetensors::tensor::serialize(named, info).map_err(|e| {
         ClassifyError::Model(candle_core::Error::Msg(format!("serialising heads: {e}")))
     })
 }

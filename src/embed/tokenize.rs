@@ -104,6 +104,11 @@ impl TextTokenizer {
         })
     }
 
+    /// The tokenizer's vocabulary (token → id), for the classifier's typo repair.
+    pub fn vocab(&self) -> std::collections::HashMap<String, u32> {
+        self.tokenizer.get_vocab(false)
+    }
+
     /// Number of tokens of `text` (with special tokens, before truncation).
     pub fn count_tokens(&self, text: &str) -> usize {
         self.tokenizer

@@ -25,12 +25,17 @@ pub struct EvalConfig {
     pub typo_rows: usize,
     pub typo_rate: f64,
     pub out_dir: Option<PathBuf>,
+    /// Apply the classifier's typo repair (`Classifier::prepare`) before embedding, as the
+    /// server does; false measures the heads on the text as written.
+    pub spell_fix: bool,
 }
 
 /// Rows whose intent was predicted wrong, one JSON object a line, in `--out-dir`.
 pub const MISTAKES_FILE: &str = "mistakes_intent.jsonl";
 /// Rows whose intent changed under the typo noise, one JSON object a line, in `--out-dir`.
 pub const TYPO_FLIPS_FILE: &str = "typo_flips_intent.jsonl";
+/// Every row's calibrated probabilities, one JSON object a line, in `--out-dir`.
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 
 /// Deterministic character noise: each character is, with probability `rate`, deleted,
 /// doubled, swapped with the next, or replaced by a random lowercase letter.
@@ -71,6 +76,15 @@ pub fn typo_noise(text: &str, rate: f64, seed: u64) -> String {
     }
 }
 
+/// The row as the classifier's encoder sees it: typos repaired when `c` is given.
+fn prepared(r: &Row, c: Option<&Classifier>) -> Row {
+    let text = match c {
+        Some(c) => c.prepare(&r.text).into_owned(),
+        None => r.text.clone(),
+    };
+    Row { text, ..r.clone() }
+}
+
 /// What the typo check found.
 pub struct TypoCheck {
     /// Share of rows whose predicted intent survives the noise.
@@ -89,15 +103,23 @@ pub async fn typo_robustness(
     rows: &[&Row],
     rate: f64,
     cache_dir: &Path,
+    spell_fix: bool,
 ) -> Result<TypoCheck, TrainError> {
+    let fixer = spell_fix.then_some(c);
     let noisy: Vec<Row> = rows
         .iter()
-        .map(|r| Row {
-            text: typo_noise(&r.text, rate, 1),
-            ..(*r).clone()
+        .map(|r| {
+            let text = typo_noise(&r.text, rate, 1);
+            prepared(
+                &Row {
+                    text,
+                    ..(*r).clone()
+                },
+                fixer,
+            )
         })
         .collect();
-    let clean: Vec<Row> = rows.iter().map(|r| (*r).clone()).collect();
+    let clean: Vec<Row> = rows.iter().map(|r| prepared(r, fixer)).collect();
     let (a, _) = embed_rows(embedder, &clean, cache_dir).await?;
     let (b, _) = embed_rows(embedder, &noisy, cache_dir).await?;
     let pa = eval::predict_all(c, &a.iter().collect::<Vec<_>>())?;
@@ -140,7 +162,9 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
             .collect(),
         None => rows,
     };
-    let (vectors, _) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
+    let fixer = cfg.spell_fix.then_some(&classifier);
+    let fixed: Vec<Row> = rows.iter().map(|r| prepared(r, fixer)).collect();
+    let (vectors, _) = embed_rows(embedder, &fixed, &cfg.cache_dir).await?;
     let refs: Vec<&Row> = rows.iter().collect();
     let vrefs: Vec<_> = vectors.iter().collect();
     let predictions = eval::predict_all(&classifier, &vrefs)?;
@@ -161,6 +185,7 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
             &sample,
             cfg.typo_rate,
             &cfg.cache_dir,
+            cfg.spell_fix,
         )
         .await?;
         report.typo_robustness = Some(check.robustness);
@@ -168,19 +193,25 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
         flips = Some(check.flips);
     }
     if let Some(dir) = &cfg.out_dir {
-        let mistakes = report::mistakes_jsonl(&refs, &predictions, &classifier.meta.intent_labels);
-        write_outputs(dir, &report, &mistakes, flips.as_deref())?;
+        let rows_out = RowLists {
+            mistakes: report::mistakes_jsonl(&refs, &predictions, &classifier.meta.intent_labels),
+            predictions: report::predictions_jsonl(&refs, &predictions),
+            flips,
+        };
+        write_outputs(dir, &report, &rows_out)?;
     }
     Ok(report)
 }
 
+/// The JSON-lines row lists `--out-dir` receives.
+struct RowLists {
+    mistakes: String,
+    predictions: String,
+    flips: Option<String>,
+}
+
 /// Writes `report.json`, the SVG charts and the JSON-lines row lists into `dir`.
-fn write_outputs(
-    dir: &Path,
-    report: &EvalReport,
-    mistakes: &str,
-    flips: Option<&str>,
-) -> Result<(), TrainError> {
+fn write_outputs(dir: &Path, report: &EvalReport, rows: &RowLists) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir)?;
     let json =
         serde_json::to_string_pretty(report).map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -209,8 +240,9 @@ fn write_outputs(
             report::confusion_svg(d, "domain"),
         )?;
     }
-    std::fs::write(dir.join(MISTAKES_FILE), mistakes)?;
-    if let Some(flips) = flips {
+    std::fs::write(dir.join(MISTAKES_FILE), &rows.mistakes)?;
+    std::fs::write(dir.join(PREDICTIONS_FILE), &rows.predictions)?;
+    if let Some(flips) = &rows.flips {
         std::fs::write(dir.join(TYPO_FLIPS_FILE), flips)?;
     }
     Ok(())

@@ -550,7 +550,8 @@ pub async fn finetune(
         inputs: dim,
         training,
     };
-    let (classifier, dev_report) = run::write_head(cfg, &new.info(), head, &dv, &vec_refs)?;
+    // Fine-tuning trains on the raw text with noisy copies; its heads carry no lexicon.
+    let (classifier, dev_report) = run::write_head(cfg, &new.info(), head, None, &dv, &vec_refs)?;
     Ok(TrainOutcome {
         classifier,
         dev_report,

@@ -195,6 +195,27 @@ pub fn mistakes_jsonl(rows: &[&Row], predictions: &[Prediction], labels: &[Strin
     out
 }
 
+/// Every row's calibrated outputs as JSON lines (id, source, labels, both probability vectors in
+/// the head's label order, the complexity score): for offline study (thresholds, ensembles)
+/// without re-running the encoder. No text, so nothing of the data is quoted.
+pub fn predictions_jsonl(rows: &[&Row], predictions: &[Prediction]) -> String {
+    let mut out = String::new();
+    for (r, p) in rows.iter().zip(predictions) {
+        let line = serde_json::json!({
+            "id": r.id,
+            "source": r.source,
+            "intent": r.intent,
+            "domain": r.domain,
+            "intent_probs": p.intent_probs,
+            "domain_probs": p.domain_probs,
+            "complexity": p.complexity,
+            "small_fails": p.small_fails,
+        });
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
 /// Appends the JSON line of a row whose intent changed under typo noise (`r` is the noisy row).
 pub fn push_flip(out: &mut String, r: &Row, clean: &Prediction, noisy: &Prediction) {
     let line = serde_json::json!({

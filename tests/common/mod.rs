@@ -286,5 +286,8 @@ pub fn slice_config(
             seed: 11,
         },
         keep_heads: None,
+        spell_dictionary: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spell/words.txt"),
+        ),
     }
 }
