@@ -92,7 +92,7 @@ pub struct Classifier {
     fast: [heads::FastMlp; 3],
     /// Typo repair applied to a prompt before embedding (`prepare`); None for heads saved
     /// without a lexicon.
-    spell: Option<spell::SpellFixer>,
+    spell: Option<std::sync::Arc<spell::SpellFixer>>,
     /// The safetensors bytes it was built from (warm start for retraining, inline transfer).
     pub weights: Vec<u8>,
     pub dir: PathBuf,
@@ -223,7 +223,7 @@ impl Classifier {
         ];
         let spell = lexicon(weights)
             .map_err(|e| load_err(&wpath, e))?
-            .map(|l| spell::SpellFixer::from_lexicon(&l));
+            .map(|l| spell::SpellFixer::shared(&l));
         Ok(Self {
             meta,
             heads,

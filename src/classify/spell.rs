@@ -13,10 +13,25 @@ const MIN_LEN: usize = 4;
 /// Longer runs of letters are identifiers or pasted data, not words.
 const MAX_LEN: usize = 24;
 
-/// Known words with their rank (lower is more frequent). FxHash: a one-edit search probes
-/// about 50 candidates per letter, and SipHash would be most of its cost.
+/// Known words with their rank (lower is more frequent), and a one-delete index (SymSpell's
+/// idea): every known word is filed under each string one deletion away from it. A substitution
+/// or insertion then costs one probe per letter instead of 26, and a whole repair about three
+/// probes per letter.
 pub struct SpellFixer {
     words: FxHashMap<String, u32>,
+    /// Word by rank.
+    by_rank: Vec<Box<str>>,
+    /// Hash of a one-deletion string → range of `postings`.
+    deletes: FxHashMap<u64, (u32, u32)>,
+    /// Ranks of the words, grouped by deletion string.
+    postings: Vec<u32>,
+}
+
+fn hash(w: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = rustc_hash::FxBuildHasher.build_hasher();
+    h.write(w);
+    h.finish()
 }
 
 /// Key of the lexicon in the heads' safetensors metadata: one word a line, most frequent first.
@@ -33,14 +48,78 @@ const TAIL_BYTES: usize = 300;
 /// code or foreign-language text.
 const MAX_LOOKUPS: usize = 64;
 
+/// Built fixers by the sha256 of their lexicon. Building one takes about 80 ms of CPU, and
+/// the heads variants of one training run, a retrained head and the kept versions all share
+/// one lexicon: a swap should not rebuild it while the encoder is busy.
+static BUILT: std::sync::Mutex<Vec<([u8; 32], std::sync::Weak<SpellFixer>)>> =
+    std::sync::Mutex::new(Vec::new());
+
 impl SpellFixer {
+    /// The fixer for `lexicon`, shared with any live classifier that carries the same one.
+    pub fn shared(lexicon: &str) -> std::sync::Arc<Self> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(lexicon.as_bytes()).into();
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        built.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(f) = built
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return f;
+        }
+        let f = std::sync::Arc::new(Self::from_lexicon(lexicon));
+        built.push((key, std::sync::Arc::downgrade(&f)));
+        f
+    }
+
     /// From a lexicon: one word a line, most frequent first.
     pub fn from_lexicon(lexicon: &str) -> Self {
         let mut words = FxHashMap::default();
+        let mut by_rank = Vec::new();
+        let mut filed: Vec<(u64, u32)> = Vec::new();
+        let mut buf = Vec::new();
         for (rank, w) in lexicon.lines().enumerate() {
-            words.entry(w.to_string()).or_insert(rank as u32);
+            by_rank.push(Box::from(w));
+            let (rank, b) = (rank as u32, w.as_bytes());
+            let first = match words.entry(w.to_string()) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(rank);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(_) => false,
+            };
+            if !first || !(MIN_LEN - 1..=MAX_LEN + 1).contains(&b.len()) {
+                continue;
+            }
+            for i in 0..b.len() {
+                splice(b, &mut buf, i, 1, &[]);
+                filed.push((hash(&buf), rank));
+            }
         }
-        Self { words }
+        filed.sort_unstable();
+        filed.dedup();
+        let mut deletes = FxHashMap::default();
+        let mut start = 0u32;
+        for group in filed.chunk_by(|x, y| x.0 == y.0) {
+            deletes.insert(group[0].0, (start, group.len() as u32));
+            start += group.len() as u32;
+        }
+        let postings = filed.into_iter().map(|(_, r)| r).collect();
+        Self {
+            words,
+            by_rank,
+            deletes,
+            postings,
+        }
+    }
+
+    /// Ranks of the known words filed under the deletion string `d`.
+    fn filed_under(&self, d: &[u8]) -> &[u32] {
+        match self.deletes.get(&hash(d)) {
+            Some(&(s, n)) => &self.postings[s as usize..(s + n) as usize],
+            None => &[],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -116,21 +195,73 @@ impl SpellFixer {
         (!self.words.contains_key(&lower)).then_some(lower)
     }
 
-    /// The most frequent known word one edit from `lower`, if any.
+    /// The most frequent known word one edit from `lower` (delete, swap, replace, insert), if any.
     fn nearest(&self, lower: &str) -> Option<String> {
-        let mut best: Option<(u32, &str)> = None;
-        let mut buf = Vec::with_capacity(lower.len() + 1);
-        for_each_edit(lower.as_bytes(), &mut buf, |cand| {
-            // Edits of ASCII letters with ASCII letters stay ASCII.
-            let s = std::str::from_utf8(cand).unwrap_or_default();
-            if let Some((k, &rank)) = self.words.get_key_value(s) {
-                if best.is_none_or(|(b, _)| rank < b) {
-                    best = Some((rank, k.as_str()));
+        let w = lower.as_bytes();
+        let mut best = u32::MAX;
+        let mut consider = |rank: u32| best = best.min(rank);
+        let mut buf = Vec::with_capacity(w.len() + 1);
+        // `w` is a known word with a letter missing: that word is filed under `w`.
+        for &r in self.filed_under(w) {
+            if is_one_insert(self.by_rank[r as usize].as_bytes(), w) {
+                consider(r);
+            }
+        }
+        for i in 0..w.len() {
+            splice(w, &mut buf, i, 1, &[]);
+            // `w` has a letter too many.
+            if let Some(&r) = std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|s| self.words.get(s))
+            {
+                consider(r);
+            }
+            // `w` has a wrong letter at i: the word, deleted at i, equals `w` deleted at i.
+            for &r in self.filed_under(&buf) {
+                let k = self.by_rank[r as usize].as_bytes();
+                if k.len() == w.len() && differs_only_at(k, w, i) {
+                    consider(r);
                 }
             }
-        });
-        best.map(|(_, w)| w.to_string())
+            // Two letters swapped.
+            if i + 1 < w.len() && w[i] != w[i + 1] {
+                splice(w, &mut buf, i, 2, &[w[i + 1], w[i]]);
+                if let Some(&r) = std::str::from_utf8(&buf)
+                    .ok()
+                    .and_then(|s| self.words.get(s))
+                {
+                    consider(r);
+                }
+            }
+        }
+        (best != u32::MAX).then(|| self.by_rank[best as usize].to_string())
     }
+}
+
+/// `long` is `short` with one byte inserted.
+fn is_one_insert(long: &[u8], short: &[u8]) -> bool {
+    if long.len() != short.len() + 1 {
+        return false;
+    }
+    let j = short
+        .iter()
+        .zip(long)
+        .position(|(a, b)| a != b)
+        .unwrap_or(short.len());
+    long[j + 1..] == short[j..]
+}
+
+/// `a` and `b` (same length) are equal except at position `i`.
+fn differs_only_at(a: &[u8], b: &[u8], i: usize) -> bool {
+    a[..i] == b[..i] && a[i] != b[i] && a[i + 1..] == b[i + 1..]
+}
+
+/// Writes `w` with `skip` bytes at `i` replaced by `mid` into `buf`.
+fn splice(w: &[u8], buf: &mut Vec<u8>, i: usize, skip: usize, mid: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&w[..i]);
+    buf.extend_from_slice(mid);
+    buf.extend_from_slice(&w[i + skip..]);
 }
 
 /// Builds the lexicon a classifier carries: the words of at least [MIN_GROUPS] of the `texts`'
@@ -325,6 +456,45 @@ mod tests {
         assert_eq!(lexicon, "tone\nprofessional\n");
         let f = SpellFixer::from_lexicon(&lexicon);
         assert_eq!(f.fix("a profesional tone"), "a professional tone");
+    }
+
+    #[test]
+    fn the_delete_index_finds_what_trying_every_edit_finds() {
+        let lexicon = "the\nthen\nthem\nthere\nthese\nthose\ntheir\nhere\nwhere\nwere\nwhere\nstring\nstrong\nspring\nsting\nstrings\nwrong\n";
+        let f = SpellFixer::from_lexicon(lexicon);
+        let mut rank: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in lexicon.lines().enumerate() {
+            rank.entry(w).or_insert(i);
+        }
+        let brute = |w: &str| {
+            let mut best: Option<(usize, String)> = None;
+            for_each_edit(w.as_bytes(), &mut Vec::new(), |c| {
+                let c = std::str::from_utf8(c).unwrap();
+                if let Some(&r) = rank.get(c) {
+                    if best.as_ref().is_none_or(|(b, _)| r < *b) {
+                        best = Some((r, c.to_string()));
+                    }
+                }
+            });
+            best.map(|(_, w)| w)
+        };
+        let probes = [
+            "thm", "tehn", "thenn", "thxn", "hten", "theer", "thsoe", "wehre", "hree", "strnig",
+            "strin", "sstring", "sprong", "stirngs", "wrogn", "xyzzy", "theire", "ther", "strongg",
+        ];
+        for w in probes {
+            assert_eq!(f.nearest(w), brute(w), "{w}");
+        }
+    }
+
+    #[test]
+    fn one_lexicon_is_built_once_while_in_use() {
+        let a = SpellFixer::shared("alpha\nbeta\n");
+        let b = SpellFixer::shared("alpha\nbeta\n");
+        let c = SpellFixer::shared("gamma\n");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        assert_eq!(c.fix("gamm"), "gamma");
     }
 
     #[test]
