@@ -7,3 +7,4 @@ pub mod finetune;
 pub mod fit;
 pub mod report;
 pub mod run;
+pub mod typos;

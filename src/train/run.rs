@@ -11,7 +11,6 @@ use super::data::{self, DataError, Row};
 use super::eval::{self, EvalReport};
 use super::fit::{self, Dataset, EpochLog, FitConfig};
 use crate::classify::heads::Outputs;
-use crate::classify::spell;
 use crate::classify::{
     content_version, varmap_bytes, Classifier, ClassifierMeta, ClassifyError, EncoderRef,
 };
@@ -438,41 +437,12 @@ fn copy_encoder(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::copy(from.join("model.safetensors"), to.join("model.safetensors")).map(|_| ())
 }
 
-/// Builds the typo-repair lexicon from the train split's texts, the encoder's vocabulary and
-/// `cfg.spell_dictionary`, and repairs the dev rows with it, as the server will repair prompts.
-/// Train rows keep their text: the heads also learn from the typos in the data.
-fn repair_typos(
-    embedder: &Embedder,
-    mut rows: Vec<Row>,
-    cfg: &TrainConfig,
-) -> Result<(Vec<Row>, Option<String>), TrainError> {
-    let Some(path) = &cfg.spell_dictionary else {
-        return Ok((rows, None));
-    };
-    let dictionary = std::fs::read_to_string(path)
-        .map_err(|e| TrainError::Invalid(format!("--spell-dictionary {}: {e}", path.display())))?;
-    let (seed, pct) = (cfg.fit.seed, cfg.dev_percent);
-    let train_texts = rows
-        .iter()
-        .filter(|r| !data::is_dev(r, seed, pct))
-        .map(|r| (data::split_group(r), r.text.as_str()));
-    let lexicon = spell::build_lexicon(train_texts, &embedder.tokenizer().vocab(), &dictionary);
-    let fixer = spell::SpellFixer::from_lexicon(&lexicon);
-    for r in rows.iter_mut().filter(|r| data::is_dev(r, seed, pct)) {
-        if let std::borrow::Cow::Owned(t) = fixer.fix(&r.text) {
-            r.text = t;
-        }
-    }
-    tracing::info!(words = fixer.len(), "typo-repair lexicon");
-    Ok((rows, Some(lexicon)))
-}
-
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.
 pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     let rows = load_rows(cfg)?;
     let (intents, domains) = label_sets(&rows, cfg.min_examples)?;
     let t0 = Instant::now();
-    let (rows, lexicon) = repair_typos(embedder, rows, cfg)?;
+    let (rows, lexicon) = super::typos::repair_typos(embedder, rows, cfg)?;
     let (vectors, embedded) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
     let embed_secs = t0.elapsed().as_secs_f64();
     let ((tr_rows, tr_vecs), (dv_rows, dv_vecs)) = split(&rows, &vectors, cfg)?;
