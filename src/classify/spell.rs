@@ -131,7 +131,7 @@ impl SpellFixer {
     }
 
     /// The text with each unknown word of [MIN_LEN, MAX_LEN] ASCII letters repaired when a
-    /// vocabulary word is one edit away. Borrowed when nothing changed.
+    /// known word is one edit away. Borrowed when nothing changed.
     pub fn fix<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let bytes = text.as_bytes();
         let mut out: Option<String> = None;
