@@ -114,6 +114,12 @@ impl SpellFixer {
         }
     }
 
+    /// The rank of `w` if it is a known word.
+    fn rank_of(&self, w: &[u8]) -> Option<u32> {
+        let s = std::str::from_utf8(w).ok()?;
+        self.words.get(s).copied()
+    }
+
     /// Ranks of the known words filed under the deletion string `d`.
     fn filed_under(&self, d: &[u8]) -> &[u32] {
         match self.deletes.get(&hash(d)) {
@@ -210,10 +216,7 @@ impl SpellFixer {
         for i in 0..w.len() {
             splice(w, &mut buf, i, 1, &[]);
             // `w` has a letter too many.
-            if let Some(&r) = std::str::from_utf8(&buf)
-                .ok()
-                .and_then(|s| self.words.get(s))
-            {
+            if let Some(r) = self.rank_of(&buf) {
                 consider(r);
             }
             // `w` has a wrong letter at i: the word, deleted at i, equals `w` deleted at i.
@@ -226,10 +229,7 @@ impl SpellFixer {
             // Two letters swapped.
             if i + 1 < w.len() && w[i] != w[i + 1] {
                 splice(w, &mut buf, i, 2, &[w[i + 1], w[i]]);
-                if let Some(&r) = std::str::from_utf8(&buf)
-                    .ok()
-                    .and_then(|s| self.words.get(s))
-                {
+                if let Some(r) = self.rank_of(&buf) {
                     consider(r);
                 }
             }
@@ -351,10 +351,7 @@ fn is_word(w: &str) -> bool {
 fn for_each_edit(w: &[u8], buf: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
     let n = w.len();
     let mut emit = |buf: &mut Vec<u8>, i: usize, skip: usize, mid: &[u8]| {
-        buf.clear();
-        buf.extend_from_slice(&w[..i]);
-        buf.extend_from_slice(mid);
-        buf.extend_from_slice(&w[i + skip..]);
+        splice(w, buf, i, skip, mid);
         f(buf);
     };
     for i in 0..n {
@@ -389,8 +386,8 @@ mod tests {
         .into_iter()
         .map(|(w, i)| (w.to_string(), i))
         .collect();
-        // "trust" and "json" are in three groups, the typo "jsno" in two.
-        // "jsno" is in three rows of one group (template phrasings of one passage).
+        // "trust" and "json" are in three groups. The typo "jsno" is in four rows but only two
+        // groups (rows of one group are template phrasings of one passage), so it is left out.
         let texts = [
             ("a", "trust json jsno"),
             ("b", "Trust the JSON."),

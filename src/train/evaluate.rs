@@ -76,11 +76,11 @@ pub fn typo_noise(text: &str, rate: f64, seed: u64) -> String {
     }
 }
 
-/// The row as the classifier's encoder sees it: typos repaired when `c` is given.
-fn prepared(r: &Row, c: Option<&Classifier>) -> Row {
+/// Row `r` with `text` as the classifier's encoder sees it: typos repaired when `c` is given.
+fn prepared(r: &Row, text: &str, c: Option<&Classifier>) -> Row {
     let text = match c {
-        Some(c) => c.prepare(&r.text).into_owned(),
-        None => r.text.clone(),
+        Some(c) => c.prepare(text).into_owned(),
+        None => text.to_string(),
     };
     Row { text, ..r.clone() }
 }
@@ -108,18 +108,9 @@ pub async fn typo_robustness(
     let fixer = spell_fix.then_some(c);
     let noisy: Vec<Row> = rows
         .iter()
-        .map(|r| {
-            let text = typo_noise(&r.text, rate, 1);
-            prepared(
-                &Row {
-                    text,
-                    ..(*r).clone()
-                },
-                fixer,
-            )
-        })
+        .map(|r| prepared(r, &typo_noise(&r.text, rate, 1), fixer))
         .collect();
-    let clean: Vec<Row> = rows.iter().map(|r| prepared(r, fixer)).collect();
+    let clean: Vec<Row> = rows.iter().map(|r| prepared(r, &r.text, fixer)).collect();
     let (a, _) = embed_rows(embedder, &clean, cache_dir).await?;
     let (b, _) = embed_rows(embedder, &noisy, cache_dir).await?;
     let pa = eval::predict_all(c, &a.iter().collect::<Vec<_>>())?;
@@ -163,7 +154,7 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
         None => rows,
     };
     let fixer = cfg.spell_fix.then_some(&classifier);
-    let fixed: Vec<Row> = rows.iter().map(|r| prepared(r, fixer)).collect();
+    let fixed: Vec<Row> = rows.iter().map(|r| prepared(r, &r.text, fixer)).collect();
     let (vectors, _) = embed_rows(embedder, &fixed, &cfg.cache_dir).await?;
     let refs: Vec<&Row> = rows.iter().collect();
     let vrefs: Vec<_> = vectors.iter().collect();

@@ -18,14 +18,18 @@ pub(crate) fn repair_typos(
     };
     let dictionary = std::fs::read_to_string(path)
         .map_err(|e| TrainError::Invalid(format!("--spell-dictionary {}: {e}", path.display())))?;
-    let (seed, pct) = (cfg.fit.seed, cfg.dev_percent);
+    let dev: Vec<bool> = rows
+        .iter()
+        .map(|r| data::is_dev(r, cfg.fit.seed, cfg.dev_percent))
+        .collect();
     let train_texts = rows
         .iter()
-        .filter(|r| !data::is_dev(r, seed, pct))
-        .map(|r| (data::split_group(r), r.text.as_str()));
+        .zip(&dev)
+        .filter(|(_, d)| !**d)
+        .map(|(r, _)| (data::split_group(r), r.text.as_str()));
     let lexicon = spell::build_lexicon(train_texts, &embedder.tokenizer().vocab(), &dictionary);
     let fixer = spell::SpellFixer::from_lexicon(&lexicon);
-    for r in rows.iter_mut().filter(|r| data::is_dev(r, seed, pct)) {
+    for (r, _) in rows.iter_mut().zip(&dev).filter(|(_, d)| **d) {
         if let std::borrow::Cow::Owned(t) = fixer.fix(&r.text) {
             r.text = t;
         }
