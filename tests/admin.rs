@@ -332,8 +332,6 @@ async fn twenty_swaps_under_load_fail_no_request() {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
     server.stop().await;
-    // The full model is ~90 MB: do not leave it behind.
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -536,7 +534,7 @@ async fn a_folder_dropped_into_the_watch_dir_is_validated_and_swapped_in() {
     let watch = common::scratch_dir("watch");
     let staging = common::scratch_dir("staging");
     let mut cfg = config();
-    cfg.admin.watch_dir = Some(watch.clone());
+    cfg.admin.watch_dir = Some(watch.to_path_buf());
     cfg.admin.watch_interval_ms = 50;
     let server = common::TestServer::start(cfg).await;
     let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;

@@ -108,6 +108,14 @@ impl TestServer {
                 .unwrap()
                 .unwrap();
         }
+        let state = &self.engine.config.admin.state_dir;
+        let ours = state.starts_with(env!("CARGO_TARGET_TMPDIR"))
+            && state
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("switchboard-state-"));
+        if ours {
+            std::fs::remove_dir_all(state).unwrap();
+        }
     }
 }
 
@@ -135,25 +143,41 @@ pub async fn wait_serving(channel: tonic::transport::Channel) {
     }
 }
 
+const STATE_TAG: &str = "state";
+
 /// The admin token of every `TestServer`.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// A fresh, empty directory under the system temp dir (small state; tests that write large
-/// artifacts remove theirs).
-pub fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "switchboard-{tag}-{}",
-        switchboard::engine::new_id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty directory under cargo's per-target temp dir (`target/tmp`, never the system
+/// one, so nothing outlives a clean clone), removed when the guard drops.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+fn scratch_builder(tag: &str) -> tempfile::TempDir {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    tempfile::Builder::new()
+        .prefix(&format!("switchboard-{tag}-"))
+        .tempdir_in(root)
+        .unwrap()
+}
+
+pub fn scratch_dir(tag: &str) -> Scratch {
+    Scratch(scratch_builder(tag))
 }
 
 /// The bundled config with the test encoder settings and a fresh state directory.
 pub fn bundled_config() -> switchboard::config::Config {
     let mut c = switchboard::config::Config::read(None).expect("bundled config parses");
     c.encoder = encoder_config();
-    c.admin.state_dir = scratch_dir("state");
+    // Kept past this call (the config outlives any guard); `TestServer::stop` removes it.
+    c.admin.state_dir = scratch_builder(STATE_TAG).keep();
     c
 }
 
