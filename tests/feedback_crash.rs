@@ -22,27 +22,35 @@ fn start(dir: &Path) -> (Child, String, String) {
     (child, addrs["grpc"].clone(), addrs["admin"].clone())
 }
 
-async fn admin(addr: &str) -> AdminClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    AdminClient::new(channel)
+        .unwrap()
+}
+
+async fn admin(addr: &str) -> AdminClient<Channel> {
+    AdminClient::new(channel(addr).await)
 }
 
 async fn connect(addr: &str) -> Channel {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = channel(addr).await;
     common::wait_serving(channel.clone()).await;
     channel
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
     switchboard::auth::with_bearer(msg, TOKEN).unwrap()
+}
+
+/// Records one feedback item; returns the sequence number the server acknowledged.
+async fn record(a: &mut AdminClient<Channel>, req: pb::RecordFeedbackRequest) -> u64 {
+    a.record_feedback(authed(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence
 }
 
 async fn decision(grpc: &str, prompt: &str) -> String {
@@ -78,13 +86,7 @@ async fn acknowledged_feedback_survives_sigkill() {
             comment: format!("record {i}"),
             ..Default::default()
         };
-        acked.push(
-            a.record_feedback(authed(req))
-                .await
-                .unwrap()
-                .into_inner()
-                .sequence,
-        );
+        acked.push(record(&mut a, req).await);
     }
     // Killed the moment the last acknowledgement is in hand: no graceful shutdown.
     child.kill().unwrap();
@@ -108,28 +110,14 @@ async fn acknowledged_feedback_survives_sigkill() {
         outcome: "success".into(),
         ..Default::default()
     };
-    assert_eq!(
-        a.record_feedback(authed(req))
-            .await
-            .unwrap()
-            .into_inner()
-            .sequence,
-        26
-    );
+    assert_eq!(record(&mut a, req).await, 26);
     // The decision made before the crash is still known after it.
     let req = pb::RecordFeedbackRequest {
         decision_id: id,
         rating: 4,
         ..Default::default()
     };
-    assert_eq!(
-        a.record_feedback(authed(req))
-            .await
-            .unwrap()
-            .into_inner()
-            .sequence,
-        27
-    );
+    assert_eq!(record(&mut a, req).await, 27);
     child.kill().unwrap();
     child.wait().unwrap();
 }
