@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use tokio::sync::mpsc;
 
 use super::logs::{self, FeedbackLog};
-use super::registry::{Registry, Source, SwapOptions};
+use super::registry::{Kept, Source, SwapOptions};
 use super::AdminState;
 use crate::classify::{content_version, varmap_bytes, Classifier};
 use crate::engine::Features;
@@ -156,11 +156,77 @@ pub async fn retrain(s: Arc<AdminState>, p: RetrainParams, tx: Tx) {
     };
 }
 
+/// The live classifier a retrain starts from.
+struct Base {
+    live: Kept,
+    meta: crate::classify::ClassifierMeta,
+}
+
 async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, RetrainError> {
-    let reg: &Registry = &s.registry;
-    let live = reg.versions().0;
-    let meta = live.classifier.meta.clone();
-    let encoder = live.encoder.info().weights_sha256.clone();
+    let live = s.registry.versions().0;
+    let base = Base {
+        meta: live.classifier.meta.clone(),
+        live,
+    };
+    let fb = if p.include_feedback {
+        feedback_rows(s, &base.live.encoder.info().weights_sha256, tx)?
+    } else {
+        Vec::new()
+    };
+    let (train, dev) = datasets(s, p, &base, &fb, tx).await?;
+    let before = feedback_accuracy(&base.live.classifier, &fb);
+    let cfg = FitConfig {
+        hidden: base.meta.hidden,
+        max_epochs: p.max_epochs.max(1),
+        patience: 3,
+        lr: 5e-4,
+        weight_decay: 1e-4,
+        batch_size: 64,
+        dropout: 0.1,
+        seed: p.seed,
+    };
+    let result = fit_streaming(&base, train, dev.clone(), cfg.clone(), tx).await?;
+    let (out, after) = write_heads(s, p, &base, &fb, &cfg, &result, &dev).await?;
+    let mut last = Progress {
+        output_path: out.display().to_string(),
+        version: after.version.clone(),
+        dev_metrics: after.metrics.clone(),
+        message: format!(
+            "wrote {}; feedback accuracy {before:.3} → {:.3}",
+            out.display(),
+            after.feedback_accuracy
+        ),
+        ..Default::default()
+    };
+    if p.promote_if_better {
+        if after.feedback_accuracy < before {
+            last.message += "; not promoted: feedback accuracy fell";
+        } else {
+            match s
+                .registry
+                .swap(Source::Path(out), SwapOptions::default())
+                .await
+            {
+                Ok(r) => {
+                    last.promoted = r.swapped;
+                    last.message += &format!("; promoted: {}", r.messages.join("; "));
+                }
+                Err(e) => last.message += &format!("; not promoted: {e}"),
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// The train set (data rows outside the dev split, plus weighted feedback corrections) and the
+/// dev set (the data rows' dev split, or the train set when there is none).
+async fn datasets(
+    s: &AdminState,
+    p: &RetrainParams,
+    base: &Base,
+    fb: &[(Row, Features)],
+    tx: &Tx,
+) -> Result<(Dataset, Dataset), RetrainError> {
     let mut rows = Vec::new();
     if let Some(path) = &p.data {
         let (r, bad) = data::read_all(std::slice::from_ref(path))?;
@@ -169,11 +235,6 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         }
         rows = r;
     }
-    let fb = if p.include_feedback {
-        feedback_rows(s, &encoder, tx)?
-    } else {
-        Vec::new()
-    };
     if rows.is_empty() && fb.is_empty() {
         return Err(RetrainError::Invalid {
             field: "data_path",
@@ -181,25 +242,19 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
                 .into(),
         });
     }
+    let n = (rows.len(), fb.len());
     say(
         tx,
         format!(
             "{} data rows, {} feedback corrections; embedding data rows",
-            rows.len(),
-            fb.len()
+            n.0, n.1
         ),
     )?;
     let cache = s.cfg.state_dir.join("cache");
-    let (vectors, _) = run::embed_rows(&reg.engine.embedder, &rows, &cache).await?;
-    let (il, dl) = (&meta.intent_labels, &meta.domain_labels);
-    let (mut tr, mut dv): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
-    for (i, r) in rows.iter().enumerate() {
-        if data::is_dev(r, p.seed, 10) {
-            dv.push(i)
-        } else {
-            tr.push(i)
-        }
-    }
+    let (vectors, _) = run::embed_rows(&s.registry.engine.embedder, &rows, &cache).await?;
+    let (il, dl) = (&base.meta.intent_labels, &base.meta.domain_labels);
+    let (dv, tr): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).partition(|&i| data::is_dev(&rows[i], p.seed, 10));
     let pick = |ix: &[usize]| -> Dataset {
         let rs: Vec<&Row> = ix.iter().map(|&i| &rows[i]).collect();
         let vs: Vec<&(Vec<f32>, u32)> = ix.iter().map(|&i| &vectors[i]).collect();
@@ -211,69 +266,73 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         .map(|(_, f)| (f.embedding.clone(), f.tokens))
         .collect();
     let fb_rows: Vec<&Row> = fb.iter().map(|(r, _)| r).collect();
-    let mut fb_ds = run::dataset(
-        &fb_rows,
-        &fb_vecs.iter().collect::<Vec<_>>(),
-        il,
-        dl,
-        run::RowWeighting::UNIFORM,
-    );
-    fb_ds
-        .weight
-        .iter_mut()
-        .for_each(|w| *w = s.cfg.feedback_weight);
+    let fb_vecs: Vec<&(Vec<f32>, u32)> = fb_vecs.iter().collect();
+    let mut fb_ds = run::dataset(&fb_rows, &fb_vecs, il, dl, run::RowWeighting::UNIFORM);
+    fb_ds.weight.fill(s.cfg.feedback_weight);
     train.append(fb_ds);
     let dev = if dv.is_empty() {
         train.clone()
     } else {
         pick(&dv)
     };
-    let before = feedback_accuracy(&live.classifier, &fb);
-    let cfg = FitConfig {
-        hidden: meta.hidden,
-        max_epochs: p.max_epochs.max(1),
-        patience: 3,
-        lr: 5e-4,
-        weight_decay: 1e-4,
-        batch_size: 64,
-        dropout: 0.1,
-        seed: p.seed,
-    };
+    Ok((train, dev))
+}
+
+/// Warm-starts from the live heads and fits on a blocking thread, streaming each epoch.
+async fn fit_streaming(
+    base: &Base,
+    train: Dataset,
+    dev: Dataset,
+    cfg: FitConfig,
+    tx: &Tx,
+) -> Result<fit::FitResult, RetrainError> {
     let init: Vec<(String, Tensor)> =
-        candle_core::safetensors::load_buffer(&live.classifier.weights, &Device::Cpu)?
+        candle_core::safetensors::load_buffer(&base.live.classifier.weights, &Device::Cpu)?
             .into_iter()
             .collect();
-    let outputs = meta.outputs();
+    let outputs = base.meta.outputs();
     let etx = tx.clone();
-    let (train2, dev2, cfg2) = (train.clone(), dev.clone(), cfg.clone());
     let result = tokio::task::spawn_blocking(move || {
-        fit::fit(
-            &train2,
-            &dev2,
-            outputs,
-            &cfg2,
-            Some(&init),
-            None,
-            &mut |e| {
-                let _ = etx.blocking_send(Ok(Progress {
-                    epoch: e.epoch as u32,
-                    train_loss: e.train_loss,
-                    dev_loss: e.dev_loss,
-                    dev_metrics: BTreeMap::from([(
-                        "dev_intent_accuracy".into(),
-                        e.dev_intent_accuracy,
-                    )]),
-                    ..Default::default()
-                }));
-            },
-        )
+        fit::fit(&train, &dev, outputs, &cfg, Some(&init), None, &mut |e| {
+            let _ = etx.blocking_send(Ok(Progress {
+                epoch: e.epoch as u32,
+                train_loss: e.train_loss,
+                dev_loss: e.dev_loss,
+                dev_metrics: BTreeMap::from([(
+                    "dev_intent_accuracy".into(),
+                    e.dev_intent_accuracy,
+                )]),
+                ..Default::default()
+            }));
+        })
     })
     .await
     .map_err(|e| RetrainError::Internal(e.to_string()))??;
-    let (t_int, t_dom) = run::calibrate(&result.heads, &dev)?;
-    let mut new_meta = meta.clone();
-    (new_meta.intent_temperature, new_meta.domain_temperature) = (t_int, t_dom);
-    new_meta.training = BTreeMap::from([
+    Ok(result)
+}
+
+/// What the written heads measure.
+struct Written {
+    version: String,
+    metrics: BTreeMap<String, f64>,
+    feedback_accuracy: f64,
+}
+
+/// Calibrates, stamps metadata, scores on the gate set and writes the new head folder.
+async fn write_heads(
+    s: &AdminState,
+    p: &RetrainParams,
+    base: &Base,
+    fb: &[(Row, Features)],
+    cfg: &FitConfig,
+    result: &fit::FitResult,
+    dev: &Dataset,
+) -> Result<(PathBuf, Written), RetrainError> {
+    let live = &base.live;
+    let (t_int, t_dom) = run::calibrate(&result.heads, dev)?;
+    let mut meta = base.meta.clone();
+    (meta.intent_temperature, meta.domain_temperature) = (t_int, t_dom);
+    meta.training = BTreeMap::from([
         ("retrained_from".into(), serde_json::json!(live.version)),
         (
             "data".into(),
@@ -282,7 +341,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
         ("feedback_rows".into(), serde_json::json!(fb.len())),
         (
             "hyper_parameters".into(),
-            serde_json::to_value(&cfg).unwrap_or_default(),
+            serde_json::to_value(cfg).unwrap_or_default(),
         ),
         ("best_epoch".into(), serde_json::json!(result.best_epoch)),
     ]);
@@ -290,35 +349,18 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
     let lexicon = crate::classify::lexicon(&live.classifier.weights)
         .map_err(|e| RetrainError::Internal(e.to_string()))?;
     let weights = varmap_bytes(&result.varmap, lexicon.as_deref())?;
-    new_meta.version = content_version(&weights, &new_meta);
-    let out = s.cfg.state_dir.join("heads").join(&new_meta.version);
-    let c = Classifier::from_parts(new_meta.clone(), &weights, &out)?;
-    let after = feedback_accuracy(&c, &fb);
-    new_meta.metrics = reg.score(&c, &live.encoder).await?;
-    new_meta.metrics.insert("feedback_accuracy".into(), after);
-    Classifier::save_parts(&out, &new_meta, &weights)?;
-    let mut last = Progress {
-        output_path: out.display().to_string(),
-        version: new_meta.version.clone(),
-        dev_metrics: new_meta.metrics.clone(),
-        message: format!(
-            "wrote {}; feedback accuracy {before:.3} → {after:.3}",
-            out.display()
-        ),
-        ..Default::default()
+    meta.version = content_version(&weights, &meta);
+    let out = s.cfg.state_dir.join("heads").join(&meta.version);
+    let c = Classifier::from_parts(meta.clone(), &weights, &out)?;
+    let feedback_accuracy = feedback_accuracy(&c, fb);
+    meta.metrics = s.registry.score(&c, &live.encoder).await?;
+    meta.metrics
+        .insert("feedback_accuracy".into(), feedback_accuracy);
+    Classifier::save_parts(&out, &meta, &weights)?;
+    let written = Written {
+        version: meta.version,
+        metrics: meta.metrics,
+        feedback_accuracy,
     };
-    if p.promote_if_better {
-        if after < before {
-            last.message += "; not promoted: feedback accuracy fell";
-        } else {
-            match reg.swap(Source::Path(out), SwapOptions::default()).await {
-                Ok(r) => {
-                    last.promoted = r.swapped;
-                    last.message += &format!("; promoted: {}", r.messages.join("; "));
-                }
-                Err(e) => last.message += &format!("; not promoted: {e}"),
-            }
-        }
-    }
-    Ok(last)
+    Ok((out, written))
 }
