@@ -34,42 +34,59 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
     Ok(c)
 }
 
+/// Registers a labelled integer counter.
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> PromResult<IntCounterVec> {
+    reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers a labelled histogram with the given bucket bounds.
+fn histograms(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> PromResult<HistogramVec> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    reg(r, HistogramVec::new(opts, labels)?)
+}
+
+type PromResult<T> = Result<T, prometheus::Error>;
+
+/// Request stages run from microseconds (classify) to seconds (a proxied call).
+const STAGE_BUCKETS: &[f64] = &[
+    1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const TTFT_BUCKETS: &[f64] = &[
+    1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const HTTP_BUCKETS: &[f64] = &[
+    1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new() -> PromResult<Self> {
         let r = Registry::new_custom(Some("switchboard".into()), None)?;
-        let buckets = vec![
-            1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
-            2.5,
-        ];
+        let batch_opts = HistogramOpts::new(
+            "encoder_batch_size",
+            "Prompts per encoder batch seen by requests",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
         Ok(Self {
-            decisions: reg(
+            decisions: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "decisions_total",
-                        "Routing decisions by intent, domain, top backend and A/B variant",
-                    ),
-                    &["intent", "domain", "backend", "variant"],
-                )?,
+                "decisions_total",
+                "Routing decisions by intent, domain, top backend and A/B variant",
+                &["intent", "domain", "backend", "variant"],
             )?,
-            stage_seconds: reg(
+            stage_seconds: histograms(
                 &r,
-                HistogramVec::new(
-                    HistogramOpts::new("stage_seconds", "Latency per request stage")
-                        .buckets(buckets),
-                    &["stage"],
-                )?,
+                "stage_seconds",
+                "Latency per request stage",
+                STAGE_BUCKETS,
+                &["stage"],
             )?,
-            batch_size: reg(
-                &r,
-                prometheus::Histogram::with_opts(
-                    HistogramOpts::new(
-                        "encoder_batch_size",
-                        "Prompts per encoder batch seen by requests",
-                    )
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
-                )?,
-            )?,
+            batch_size: reg(&r, prometheus::Histogram::with_opts(batch_opts)?)?,
             queue_depth: reg(
                 &r,
                 IntGauge::new("encoder_queue_depth", "Prompts waiting for the encoder")?,
@@ -81,43 +98,30 @@ impl Metrics {
                     "Decisions where the classifier abstained",
                 )?,
             )?,
-            errors: reg(
+            errors: counters(&r, "errors_total", "Failed requests by type", &["type"])?,
+            cache: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new("errors_total", "Failed requests by type"),
-                    &["type"],
-                )?,
+                "classification_cache_total",
+                "Classification cache lookups",
+                &["result"],
             )?,
-            cache: reg(
+            breaker_changes: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new("classification_cache_total", "Classification cache lookups"),
-                    &["result"],
-                )?,
+                "breaker_transitions_total",
+                "Circuit breaker state changes",
+                &["backend", "state"],
             )?,
-            breaker_changes: reg(
+            proxy_requests: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new("breaker_transitions_total", "Circuit breaker state changes"),
-                    &["backend", "state"],
-                )?,
+                "proxy_requests_total",
+                "Proxied completions by outcome",
+                &["outcome"],
             )?,
-            proxy_requests: reg(
+            proxy_attempts: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new("proxy_requests_total", "Proxied completions by outcome"),
-                    &["outcome"],
-                )?,
-            )?,
-            proxy_attempts: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "proxy_attempts_total",
-                        "Upstream attempts by backend and result",
-                    ),
-                    &["backend", "result"],
-                )?,
+                "proxy_attempts_total",
+                "Upstream attempts by backend and result",
+                &["backend", "result"],
             )?,
             failovers: reg(
                 &r,
@@ -126,12 +130,11 @@ impl Metrics {
                     "Completions served by a backend other than the first tried",
                 )?,
             )?,
-            tokens: reg(
+            tokens: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new("tokens_total", "Tokens by serving backend and kind"),
-                    &["backend", "kind"],
-                )?,
+                "tokens_total",
+                "Tokens by serving backend and kind",
+                &["backend", "kind"],
             )?,
             cost_usd: reg(
                 &r,
@@ -140,49 +143,31 @@ impl Metrics {
                     &["backend"],
                 )?,
             )?,
-            ttft_seconds: reg(
+            ttft_seconds: histograms(
                 &r,
-                HistogramVec::new(
-                    HistogramOpts::new("ttft_seconds", "Upstream time to first token").buckets(
-                        vec![
-                            1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                        ],
-                    ),
-                    &["backend"],
-                )?,
+                "ttft_seconds",
+                "Upstream time to first token",
+                TTFT_BUCKETS,
+                &["backend"],
             )?,
-            http_requests: reg(
+            http_requests: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "http_requests_total",
-                        "HTTP /v1 requests by route and status",
-                    ),
-                    &["path", "status"],
-                )?,
+                "http_requests_total",
+                "HTTP /v1 requests by route and status",
+                &["path", "status"],
             )?,
-            classifier_swaps: reg(
+            classifier_swaps: counters(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "classifier_swaps_total",
-                        "Classifier swap and rollback attempts by outcome and reason",
-                    ),
-                    &["op", "result", "reason"],
-                )?,
+                "classifier_swaps_total",
+                "Classifier swap and rollback attempts by outcome and reason",
+                &["op", "result", "reason"],
             )?,
-            http_seconds: reg(
+            http_seconds: histograms(
                 &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "http_response_head_seconds",
-                        "Time to the HTTP response head (first token when streaming)",
-                    )
-                    .buckets(vec![
-                        1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                    ]),
-                    &["path"],
-                )?,
+                "http_response_head_seconds",
+                "Time to the HTTP response head (first token when streaming)",
+                HTTP_BUCKETS,
+                &["path"],
             )?,
             registry: r,
         })

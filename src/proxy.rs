@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, UpstreamError};
-use crate::backends::Fleet;
+use crate::backends::{Fleet, Slot};
 use crate::config::Backend;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
 use crate::policy::Live;
@@ -284,21 +284,9 @@ impl Proxy {
             let t0 = Instant::now();
             match self.first(b, &req, t0).await {
                 FirstOutcome::Failed(e) => {
-                    let retry_after = match &e {
-                        UpstreamError::Http { retry_after, .. } => *retry_after,
-                        _ => None,
-                    };
-                    m.proxy_attempts
-                        .with_label_values(&[name.as_str(), e.kind()])
-                        .inc();
-                    tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
-                    self.fleet.finish(slot, false, None, retry_after);
-                    attempts.push(AttemptInfo {
-                        backend: name.clone(),
-                        error: e.to_string(),
-                        elapsed_us: t0.elapsed().as_micros() as u64,
-                    });
-                    if !e.retryable() {
+                    let retryable = e.retryable();
+                    attempts.push(self.failed(name, slot, e, t0));
+                    if !retryable {
                         break;
                     }
                 }
@@ -327,6 +315,31 @@ impl Proxy {
         if calls > 0 {
             return Err(ProxyError::AllFailed(attempts));
         }
+        Err(self.none_available(attempts))
+    }
+
+    /// Accounts an attempt that failed before its first token (metrics, breaker, log).
+    fn failed(&self, name: &str, slot: Slot, e: UpstreamError, t0: Instant) -> AttemptInfo {
+        let retry_after = match &e {
+            UpstreamError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        self.engine
+            .metrics
+            .proxy_attempts
+            .with_label_values(&[name, e.kind()])
+            .inc();
+        tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
+        self.fleet.finish(slot, false, None, retry_after);
+        AttemptInfo {
+            backend: name.to_string(),
+            error: e.to_string(),
+            elapsed_us: t0.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// No backend was called: why each was skipped, or every breaker's state when none was tried.
+    fn none_available(&self, attempts: Vec<AttemptInfo>) -> ProxyError {
         let mut why: Vec<(String, String)> =
             attempts.into_iter().map(|a| (a.backend, a.error)).collect();
         if why.is_empty() {
@@ -337,7 +350,7 @@ impl Proxy {
                 .map(|(b, s)| (b, format!("circuit {s}")))
                 .collect();
         }
-        Err(ProxyError::NoneAvailable(why))
+        ProxyError::NoneAvailable(why)
     }
 
     /// Forwards the rest of a stream whose first token is in hand.
