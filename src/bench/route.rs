@@ -169,46 +169,21 @@ pub async fn route(
         .await
         .map_err(bench_err)?;
     let mut client = RouterClient::new(channel.clone());
-    let req = |text: String| RouteDecisionRequest {
-        prompt: text,
-        ..Default::default()
-    };
     let embedder = engine.embedder.clone();
     let prompts: Vec<String> = (0..iterations + 1)
         .map(|i| prompt_of(&embedder, 64, 1000 + i))
         .collect();
-    client
-        .route_decision(req(prompts[iterations].clone()))
-        .await
-        .map_err(bench_err)?;
+    // The last prompt warms the connection and the encoder; it is not timed.
+    decide(&mut client, prompts[iterations].clone()).await?;
     let (mut c1, mut bare, mut classify) = (Vec::new(), Vec::new(), Vec::new());
-    let model = embedder.model();
     for p in &prompts[..iterations] {
         let start = Instant::now();
-        let r = client
-            .route_decision(req(p.clone()))
-            .await
-            .map_err(bench_err)?
-            .into_inner();
+        let r = decide(&mut client, p.clone()).await?;
         c1.push(start.elapsed());
         classify.push(Duration::from_micros(
             r.timings.map(|t| t.classify_us).unwrap_or(0),
         ));
-        let ids = embedder.tokenizer().encode(p).map_err(bench_err)?.ids;
-        let m = model.clone();
-        let d = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
-            let (t, mask) = m.batch_tensors(&[&ids]).map_err(bench_err)?;
-            let s = Instant::now();
-            std::hint::black_box(
-                m.bert()
-                    .forward(&t, &mask, crate::embed::bert::Mode::Inference)
-                    .map_err(bench_err)?,
-            );
-            Ok(s.elapsed())
-        })
-        .await
-        .map_err(bench_err)??;
-        bare.push(d);
+        bare.push(bare_forward(&embedder, p).await?);
     }
     // Closed loop at `concurrency`: distinct 32-token prompts, each sent once.
     let load: Vec<String> = (0..concurrency * 12)
@@ -216,15 +191,7 @@ pub async fn route(
         .collect();
     let (cn_rps, mut cn) = closed_loop(&load, concurrency, |p| {
         let mut c = RouterClient::new(channel.clone());
-        async move {
-            c.route_decision(RouteDecisionRequest {
-                prompt: p,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(bench_err)
-        }
+        async move { decide(&mut c, p).await.map(|_| ()) }
     })
     .await?;
     let embed_load: Vec<String> = (0..concurrency * 12)
@@ -245,16 +212,10 @@ pub async fn route(
         )
         .await
         .map_err(bench_err)?;
-    let rank50_us = rank_bench(&engine.config, &probe.prediction);
-    let repair_us = repair_bench(&engine, &prompts);
     let mut hits = Vec::new();
-    let same = prompts[0].clone();
     for _ in 0..iterations.max(50) {
         let start = Instant::now();
-        client
-            .route_decision(req(same.clone()))
-            .await
-            .map_err(bench_err)?;
+        decide(&mut client, prompts[0].clone()).await?;
         hits.push(start.elapsed());
     }
     Ok(RouteReport {
@@ -265,11 +226,44 @@ pub async fn route(
         cn_rps,
         cn: Stats::from(&mut cn),
         embed_rps,
-        rank50_us,
+        rank50_us: rank_bench(&engine.config, &probe.prediction),
         classify_us: Stats::from(&mut classify),
-        repair_us,
+        repair_us: repair_bench(&engine, &prompts),
         cache_hit: Stats::from(&mut hits),
     })
+}
+
+async fn decide(
+    client: &mut RouterClient<tonic::transport::Channel>,
+    prompt: String,
+) -> Result<crate::proto::v1::RouteDecisionResponse, String> {
+    let req = RouteDecisionRequest {
+        prompt,
+        ..Default::default()
+    };
+    Ok(client
+        .route_decision(req)
+        .await
+        .map_err(bench_err)?
+        .into_inner())
+}
+
+/// One encoder forward of `prompt` alone, outside the server (tensors built before the clock).
+async fn bare_forward(embedder: &crate::embed::Embedder, prompt: &str) -> Result<Duration, String> {
+    let ids = embedder.tokenizer().encode(prompt).map_err(bench_err)?.ids;
+    let m = embedder.model();
+    tokio::task::spawn_blocking(move || -> Result<Duration, String> {
+        let (t, mask) = m.batch_tensors(&[&ids]).map_err(bench_err)?;
+        let s = Instant::now();
+        let out = m
+            .bert()
+            .forward(&t, &mask, crate::embed::bert::Mode::Inference)
+            .map_err(bench_err)?;
+        std::hint::black_box(out);
+        Ok(s.elapsed())
+    })
+    .await
+    .map_err(bench_err)?
 }
 
 /// `concurrency` workers take items from `items` until none are left; returns (items/s, latencies).
