@@ -134,61 +134,73 @@ async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Respon
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}});
         return Json(v).into_response();
     }
-    let include_usage = body["stream_options"]["include_usage"]
-        .as_bool()
-        .unwrap_or(false)
-        && model != "mock-nousage";
+    let plan = StreamPlan {
+        include_usage: body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false)
+            && model != "mock-nousage",
+        die_after: model.strip_prefix("mock-die-").and_then(|n| n.parse().ok()),
+        slow: model == "mock-slow",
+        malformed: model == "mock-malformed",
+        model,
+    };
     c.open_streams.fetch_add(1, Ordering::SeqCst);
     let guard = OpenGuard(c.clone());
-    let die_after: Option<usize> = model.strip_prefix("mock-die-").and_then(|n| n.parse().ok());
-    let slow = model == "mock-slow";
-    let malformed = model == "mock-malformed";
     let counters = c.clone();
-    let body_stream = async_stream(guard, move |tx| async move {
-        let _ = tx
-            .send(Ok(Bytes::from(chunk(
-                &model,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ))))
-            .await;
-        if malformed {
-            let _ = tx
-                .send(Ok(Bytes::from("data: {this is not json\n\n")))
-                .await;
-            return;
-        }
-        for (i, d) in deltas().iter().enumerate() {
-            if die_after == Some(i) {
-                let _ = tx
-                    .send(Err(std::io::Error::other("mock died mid-stream")))
-                    .await;
-                return;
-            }
-            if slow {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if tx
-                .send(Ok(Bytes::from(chunk(&model, json!({"content": d}), None))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = tx
-            .send(Ok(Bytes::from(chunk(&model, json!({}), Some("stop")))))
-            .await;
-        if include_usage {
-            let _ = tx.send(Ok(Bytes::from(usage_chunk(&model)))).await;
-        }
-        let _ = tx.send(Ok(Bytes::from("data: [DONE]\n\n"))).await;
-        counters.completed_streams.fetch_add(1, Ordering::SeqCst);
-    });
+    let body_stream = async_stream(guard, move |tx| produce(tx, plan, counters));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(body_stream)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// How one streamed reply behaves, read from the requested model name.
+struct StreamPlan {
+    model: String,
+    include_usage: bool,
+    /// Break the connection before this delta.
+    die_after: Option<usize>,
+    /// 100 ms between deltas.
+    slow: bool,
+    /// A chunk that is not JSON after the role chunk.
+    malformed: bool,
+}
+
+type ChunkTx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Writes one streamed reply as the plan says; counts it once it ends normally.
+async fn produce(tx: ChunkTx, plan: StreamPlan, counters: Arc<Counters>) {
+    let model = &plan.model;
+    let role = chunk(model, json!({"role": "assistant", "content": ""}), None);
+    let _ = tx.send(Ok(Bytes::from(role))).await;
+    if plan.malformed {
+        let _ = tx
+            .send(Ok(Bytes::from("data: {this is not json\n\n")))
+            .await;
+        return;
+    }
+    for (i, d) in deltas().iter().enumerate() {
+        if plan.die_after == Some(i) {
+            let _ = tx
+                .send(Err(std::io::Error::other("mock died mid-stream")))
+                .await;
+            return;
+        }
+        if plan.slow {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let delta = chunk(model, json!({"content": d}), None);
+        if tx.send(Ok(Bytes::from(delta))).await.is_err() {
+            return;
+        }
+    }
+    let stop = chunk(model, json!({}), Some("stop"));
+    let _ = tx.send(Ok(Bytes::from(stop))).await;
+    if plan.include_usage {
+        let _ = tx.send(Ok(Bytes::from(usage_chunk(model)))).await;
+    }
+    let _ = tx.send(Ok(Bytes::from("data: [DONE]\n\n"))).await;
+    counters.completed_streams.fetch_add(1, Ordering::SeqCst);
 }
 
 /// A body fed by a spawned producer through a small channel. The guard lives in the body, so
@@ -196,7 +208,7 @@ async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Respon
 /// producer's next send.
 fn async_stream<F, Fut>(guard: OpenGuard, f: F) -> Body
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut,
+    F: FnOnce(ChunkTx) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
