@@ -83,32 +83,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             route(req, server, local.then_some((config, encoder))).await
         }
         Command::Embed { text, encoder } => embed(&text, &encoder).await,
-        Command::Train(args) => {
-            let out = if let Some(ft) = args.finetune() {
-                let enc = args.encoder.config();
-                let out = switchboard::train::finetune::finetune(&enc, &args.config(), &ft).await?;
-                println!(
-                    "fine-tuned the top {} layers with the heads on {} rows in {:.1} s ({} epochs); embedded the dev split ({} rows, {} new) in {:.1} s",
-                    ft.layers, out.train_rows, out.fit_secs, out.history.len(), out.dev_rows, out.embedded, out.embed_secs
-                );
-                out
-            } else {
-                let embedder = start(&args.encoder).await?;
-                let out = switchboard::train::run::train(&embedder, &args.config()).await?;
-                println!(
-                    "embedded {} new prompts in {:.1} s; trained on {} rows (dev {}) in {:.1} s",
-                    out.embedded, out.embed_secs, out.train_rows, out.dev_rows, out.fit_secs
-                );
-                out
-            };
-            println!(
-                "wrote {} (version {})",
-                args.out.display(),
-                out.classifier.version()
-            );
-            println!("{}", switchboard::train::report::table(&out.dev_report));
-            Ok(())
-        }
+        Command::Train(args) => train(&args).await,
         Command::Eval {
             data,
             head,
@@ -121,11 +96,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             no_spell_fix,
             encoder,
         } => {
-            let mut encoder = encoder;
-            if let Some(dir) = switchboard::classify::own_encoder(&head) {
-                encoder.model_dir = Some(dir);
-            }
-            let embedder = start(&encoder).await?;
             let cfg = switchboard::train::evaluate::EvalConfig {
                 data,
                 head,
@@ -136,9 +106,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 out_dir,
                 spell_fix: !no_spell_fix,
             };
-            let report = switchboard::train::evaluate::run(&embedder, &cfg).await?;
-            println!("{}", switchboard::train::report::table(&report));
-            Ok(())
+            eval(&cfg, encoder).await
         }
         Command::HashKey { key } => {
             println!("{}", switchboard::auth::hash_key(&key));
@@ -147,6 +115,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench { what } => bench(what).await,
         Command::Classifier { admin, token, op } => admin_cli::run(&admin, &token, op).await,
     }
+}
+
+/// `switchboard train`: heads on frozen embeddings, or a fine-tune when layers are given.
+async fn train(args: &cli::TrainArgs) -> anyhow::Result<()> {
+    let out = if let Some(ft) = args.finetune() {
+        let enc = args.encoder.config();
+        let out = switchboard::train::finetune::finetune(&enc, &args.config(), &ft).await?;
+        println!(
+            "fine-tuned the top {} layers with the heads on {} rows in {:.1} s ({} epochs); embedded the dev split ({} rows, {} new) in {:.1} s",
+            ft.layers, out.train_rows, out.fit_secs, out.history.len(), out.dev_rows, out.embedded, out.embed_secs
+        );
+        out
+    } else {
+        let embedder = start(&args.encoder).await?;
+        let out = switchboard::train::run::train(&embedder, &args.config()).await?;
+        println!(
+            "embedded {} new prompts in {:.1} s; trained on {} rows (dev {}) in {:.1} s",
+            out.embedded, out.embed_secs, out.train_rows, out.dev_rows, out.fit_secs
+        );
+        out
+    };
+    println!(
+        "wrote {} (version {})",
+        args.out.display(),
+        out.classifier.version()
+    );
+    println!("{}", switchboard::train::report::table(&out.dev_report));
+    Ok(())
+}
+
+/// `switchboard eval`: a head folder that carries its own encoder is evaluated with it.
+async fn eval(
+    cfg: &switchboard::train::evaluate::EvalConfig,
+    mut encoder: cli::EncoderArgs,
+) -> anyhow::Result<()> {
+    if let Some(dir) = switchboard::classify::own_encoder(&cfg.head) {
+        encoder.model_dir = Some(dir);
+    }
+    let embedder = start(&encoder).await?;
+    let report = switchboard::train::evaluate::run(&embedder, cfg).await?;
+    println!("{}", switchboard::train::report::table(&report));
+    Ok(())
 }
 
 async fn serve(
@@ -322,70 +332,73 @@ async fn bench(what: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             secs,
             encoder,
-        } => {
-            let mut cfg = Config::read(None)?;
-            cfg.encoder = encoder.apply(cfg.encoder);
-            let state =
-                std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
-            cfg.admin.state_dir = state.clone();
-            let (base, enc_dir) = (
-                cfg.server.classifier_dir.clone(),
-                cfg.encoder.model_dir.clone(),
-            );
-            let token = switchboard::engine::new_id();
-            let server = LocalServer::start_with_admin(cfg, Some(&token)).await?;
-            let admin = server.admin.context("admin service not bound")?;
-            let report = switchboard::bench::swap::swap(
-                server.addr,
-                admin,
-                &token,
-                &base,
-                &enc_dir,
-                concurrency,
-                secs,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            server.stop().await?;
-            let _ = std::fs::remove_dir_all(state);
-        }
-        BenchCommand::Proxy { levels, encoder } => {
-            let mock = switchboard::mock::Mock::start().await?;
-            let mut cfg = Config::read(None)?;
-            cfg.encoder = encoder.apply(cfg.encoder);
-            let mut b = cfg.backends[0].clone();
-            (
-                b.name,
-                b.model,
-                b.base_url,
-                b.api_key_env,
-                b.max_concurrency,
-            ) = (
-                "mock".into(),
-                "mock".into(),
-                mock.base_url(),
-                None,
-                1_000_000,
-            );
-            cfg.backends = vec![b];
-            for p in cfg.policies.values_mut() {
-                p.default_backend = "mock".into();
-                p.rules.clear();
-            }
-            let server = LocalServer::start(cfg).await?;
-            let report = switchboard::bench::proxy::proxy(
-                &mock.base_url(),
-                server.addr,
-                server.http,
-                &levels,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            server.stop().await?;
-        }
+        } => bench_swap(concurrency, secs, &encoder).await?,
+        BenchCommand::Proxy { levels, encoder } => bench_proxy(&levels, &encoder).await?,
     }
+    Ok(())
+}
+
+/// `bench swap`: a server with the admin service on a throwaway state dir.
+async fn bench_swap(concurrency: usize, secs: f64, encoder: &EncoderArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::read(None)?;
+    cfg.encoder = encoder.apply(cfg.encoder);
+    let state = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+    cfg.admin.state_dir = state.clone();
+    let (base, enc_dir) = (
+        cfg.server.classifier_dir.clone(),
+        cfg.encoder.model_dir.clone(),
+    );
+    let token = switchboard::engine::new_id();
+    let server = LocalServer::start_with_admin(cfg, Some(&token)).await?;
+    let admin = server.admin.context("admin service not bound")?;
+    let report = switchboard::bench::swap::swap(
+        server.addr,
+        admin,
+        &token,
+        &base,
+        &enc_dir,
+        concurrency,
+        secs,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    println!("{report}");
+    server.stop().await?;
+    let _ = std::fs::remove_dir_all(state);
+    Ok(())
+}
+
+/// `bench proxy`: the bundled config with one backend, the in-process mock upstream.
+async fn bench_proxy(levels: &[usize], encoder: &EncoderArgs) -> anyhow::Result<()> {
+    let mock = switchboard::mock::Mock::start().await?;
+    let mut cfg = Config::read(None)?;
+    cfg.encoder = encoder.apply(cfg.encoder);
+    let mut b = cfg.backends[0].clone();
+    (
+        b.name,
+        b.model,
+        b.base_url,
+        b.api_key_env,
+        b.max_concurrency,
+    ) = (
+        "mock".into(),
+        "mock".into(),
+        mock.base_url(),
+        None,
+        1_000_000,
+    );
+    cfg.backends = vec![b];
+    for p in cfg.policies.values_mut() {
+        p.default_backend = "mock".into();
+        p.rules.clear();
+    }
+    let server = LocalServer::start(cfg).await?;
+    let report =
+        switchboard::bench::proxy::proxy(&mock.base_url(), server.addr, server.http, levels)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    println!("{report}");
+    server.stop().await?;
     Ok(())
 }
 
