@@ -27,29 +27,8 @@ pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()
     let mut c = AdminClient::new(channel).max_decoding_message_size(64 << 20);
     match op {
         ClassifierOp::Status => {
-            let i = c
-                .get_classifier(authed(pb::GetClassifierRequest {}, token)?)
-                .await?
-                .into_inner();
-            let live = i.live.unwrap_or_default();
-            println!(
-                "live     {}  from {}  at {}",
-                live.version, live.source, live.loaded_at
-            );
-            println!("encoder  {}", i.encoder);
-            println!("intents  {}", i.intent_labels.join(", "));
-            println!("domains  {}", i.domain_labels.join(", "));
-            let mut metrics: Vec<_> = i.metrics.into_iter().collect();
-            metrics.sort_by(|a, b| a.0.cmp(&b.0));
-            for (k, v) in metrics {
-                println!("  {k:<28} {v:.4}");
-            }
-            for k in i.kept {
-                println!(
-                    "kept     {}  from {}  at {}",
-                    k.version, k.source, k.loaded_at
-                );
-            }
+            let req = authed(pb::GetClassifierRequest {}, token)?;
+            print_status(c.get_classifier(req).await?.into_inner());
         }
         ClassifierOp::Swap {
             path,
@@ -114,4 +93,26 @@ pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+fn print_status(i: pb::ClassifierInfo) {
+    let live = i.live.unwrap_or_default();
+    println!(
+        "live     {}  from {}  at {}",
+        live.version, live.source, live.loaded_at
+    );
+    println!("encoder  {}", i.encoder);
+    println!("intents  {}", i.intent_labels.join(", "));
+    println!("domains  {}", i.domain_labels.join(", "));
+    let mut metrics: Vec<_> = i.metrics.into_iter().collect();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in metrics {
+        println!("  {k:<28} {v:.4}");
+    }
+    for k in i.kept {
+        println!(
+            "kept     {}  from {}  at {}",
+            k.version, k.source, k.loaded_at
+        );
+    }
 }
