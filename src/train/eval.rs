@@ -111,6 +111,50 @@ pub fn predict_all(
     Ok(out)
 }
 
+/// Precision, recall and F1 of class `i` from the confusion matrix (rows true, columns predicted).
+fn class_metrics(label: &str, confusion: &[Vec<usize>], i: usize) -> ClassMetrics {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let tp = confusion[i][i] as f64;
+    let support: usize = confusion[i].iter().sum();
+    let predicted: usize = confusion.iter().map(|row| row[i]).sum();
+    let precision = ratio(tp, predicted as f64);
+    let recall = ratio(tp, support as f64);
+    ClassMetrics {
+        label: label.to_string(),
+        precision,
+        recall,
+        f1: ratio(2.0 * precision * recall, precision + recall),
+        support,
+    }
+}
+
+/// ECE over ten equal-width confidence bins, and each bin's (mean confidence, accuracy, rows).
+fn calibration(items: &[(usize, usize, f64, bool)]) -> (f64, Vec<(f64, f64, usize)>) {
+    let n = items.len();
+    let mut bins = vec![(0.0, 0.0, 0usize); 10];
+    for &(t, p, conf, _) in items {
+        let b = ((conf * 10.0) as usize).min(9);
+        bins[b].0 += conf;
+        bins[b].1 += f64::from(u8::from(t == p));
+        bins[b].2 += 1;
+    }
+    let reliability: Vec<(f64, f64, usize)> = bins
+        .iter()
+        .map(|&(c, a, m)| {
+            if m > 0 {
+                (c / m as f64, a / m as f64, m)
+            } else {
+                (0.0, 0.0, 0)
+            }
+        })
+        .collect();
+    let ece = reliability
+        .iter()
+        .map(|&(c, a, m)| (m as f64 / n.max(1) as f64) * (c - a).abs())
+        .sum();
+    (ece, reliability)
+}
+
 /// Metrics of a categorical head over (true label, prediction, confidence, abstained).
 pub fn label_report(
     labels: &[String],
@@ -125,33 +169,7 @@ pub fn label_report(
     let n = items.len();
     let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
     let per_class: Vec<ClassMetrics> = (0..k)
-        .map(|i| {
-            let tp = confusion[i][i] as f64;
-            let support: usize = confusion[i].iter().sum();
-            let predicted: usize = (0..k).map(|t| confusion[t][i]).sum();
-            let precision = if predicted > 0 {
-                tp / predicted as f64
-            } else {
-                0.0
-            };
-            let recall = if support > 0 {
-                tp / support as f64
-            } else {
-                0.0
-            };
-            let f1 = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
-            ClassMetrics {
-                label: labels[i].clone(),
-                precision,
-                recall,
-                f1,
-                support,
-            }
-        })
+        .map(|i| class_metrics(&labels[i], &confusion, i))
         .collect();
     let counted: Vec<f64> = per_class
         .iter()
@@ -159,33 +177,7 @@ pub fn label_report(
         .map(|c| c.f1)
         .collect();
     let macro_f1 = counted.iter().sum::<f64>() / counted.len().max(1) as f64;
-    let mut bins = vec![(0.0, 0.0, 0usize); 10];
-    for &(t, p, conf, _) in items {
-        let b = ((conf * 10.0) as usize).min(9);
-        bins[b].0 += conf;
-        bins[b].1 += f64::from(u8::from(t == p));
-        bins[b].2 += 1;
-    }
-    let ece = bins
-        .iter()
-        .map(|(c, a, m)| {
-            if *m > 0 {
-                (*m as f64 / n as f64) * (c / *m as f64 - a / *m as f64).abs()
-            } else {
-                0.0
-            }
-        })
-        .sum();
-    let reliability = bins
-        .iter()
-        .map(|(c, a, m)| {
-            if *m > 0 {
-                (c / *m as f64, a / *m as f64, *m)
-            } else {
-                (0.0, 0.0, 0)
-            }
-        })
-        .collect();
+    let (ece, reliability) = calibration(items);
     let kept: Vec<_> = items.iter().filter(|i| !i.3).collect();
     LabelReport {
         n,
