@@ -232,9 +232,6 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
     let http_app = crate::http::router(crate::http::HttpState {
         proxy: bound.proxy.clone(),
         ready,
@@ -252,23 +249,9 @@ pub async fn run(
             every,
         )))
     });
-    let admin = bound.admin.map(|(listener, state, token)| {
-        // Room above the inline limit, so an oversized upload gets our message naming the limit.
-        let max = state.cfg.max_inline_bytes * 2 + (1 << 20);
-        let svc = crate::proto::v1::admin_server::AdminServer::new(AdminService { state })
-            .max_decoding_message_size(max);
-        let server = Server::builder()
-            .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path()))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                svc,
-                crate::admin::token_interceptor(&token),
-            ))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            );
-        tokio::spawn(server)
-    });
+    let admin = bound
+        .admin
+        .map(|(listener, state, token)| spawn_admin(listener, state, &token, stop_rx.clone()));
     tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
     let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
     let result = Server::builder()
@@ -296,6 +279,37 @@ pub async fn run(
     }
     tracing::info!("server stopped");
     Ok(result?)
+}
+
+type StopRx = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves once shutdown has been asked for.
+async fn stopped(mut rx: StopRx) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// The Admin service on its own listener, behind the admin token.
+fn spawn_admin(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    token: &str,
+    stop: StopRx,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    // Room above the inline limit, so an oversized upload gets our message naming the limit.
+    let max = state.cfg.max_inline_bytes * 2 + (1 << 20);
+    let svc = crate::proto::v1::admin_server::AdminServer::new(AdminService { state })
+        .max_decoding_message_size(max);
+    let server = Server::builder()
+        .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            svc,
+            crate::admin::token_interceptor(token),
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(stop),
+        );
+    tokio::spawn(server)
 }
 
 async fn warm_up(
