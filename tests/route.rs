@@ -33,10 +33,22 @@ const CHEAP: &[&str] = &["gpt-4o-mini", "llama-3.1-8b-local", "deepseek-chat"];
 async fn routing_scenarios_bad_input_and_cache() {
     let server = common::TestServer::start(common::bundled_config()).await;
     let mut c = RouterClient::new(server.channel.clone());
+    ranking_is_ordered_explained_and_cached(&mut c).await;
+    prompts_reach_specialist_cheap_and_strong_models(&mut c).await;
+    follow_up_is_classified_with_its_conversation(&mut c).await;
+    bad_input_names_the_field(&mut c).await;
+    no_backend_qualifies(&mut c).await;
+    assert!(!route(&mut c, prompt("still serving?"))
+        .await
+        .backends
+        .is_empty());
+    server.stop().await;
+}
 
+async fn ranking_is_ordered_explained_and_cached(c: &mut RouterClient<tonic::transport::Channel>) {
     // Ranking is ordered by score (pinned entries first), with reasons and a unique id.
-    let a = route(&mut c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
-    let b = route(&mut c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
+    let a = route(c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
+    let b = route(c, prompt("Summarize this paragraph: the meeting moved to Tuesday because the room was double-booked.")).await;
     assert_ne!(a.decision_id, b.decision_id);
     assert!(!a.classifier_version.is_empty());
     assert!(a.backends.len() >= 3);
@@ -62,12 +74,16 @@ async fn routing_scenarios_bad_input_and_cache() {
         "second identical prompt should hit the cache"
     );
     assert_eq!(a.classification, b.classification);
+}
 
-    let legal = route(&mut c, prompt("My landlord kept my security deposit without giving reasons. Under tenancy law, can I sue him in small claims court, and what statute of limitations applies?")).await;
+async fn prompts_reach_specialist_cheap_and_strong_models(
+    c: &mut RouterClient<tonic::transport::Channel>,
+) {
+    let legal = route(c, prompt("My landlord kept my security deposit without giving reasons. Under tenancy law, can I sue him in small claims court, and what statute of limitations applies?")).await;
     assert_eq!(legal.classification.as_ref().unwrap().domain, "law");
     assert_eq!(top(&legal), "saul-7b-legal");
 
-    let easy = route(&mut c, prompt("what's the capital of France?")).await;
+    let easy = route(c, prompt("what's the capital of France?")).await;
     assert!(
         CHEAP.contains(&top(&easy)),
         "easy prompt went to {}",
@@ -80,10 +96,14 @@ async fn routing_scenarios_bad_input_and_cache() {
         "Prove that for every prime p > 3, p^2 - 1 is divisible by 24, and then show that there are infinitely many primes of the form 4k + 3.",
         "Let f be continuous on [0, 1] with f(0) = f(1). Prove that for every positive integer n there exist x, y in [0, 1] with |x - y| = 1/n and f(x) = f(y).",
     ] {
-        let r = route(&mut c, prompt(hard)).await;
+        let r = route(c, prompt(hard)).await;
         assert!(STRONG.contains(&top(&r)), "hard prompt went to {} (complexity {:?})", top(&r), r.classification.as_ref().map(|c| c.complexity));
     }
+}
 
+async fn follow_up_is_classified_with_its_conversation(
+    c: &mut RouterClient<tonic::transport::Channel>,
+) {
     // A short follow-up is classified with its conversation.
     let follow = RouteDecisionRequest {
         messages: vec![
@@ -94,10 +114,20 @@ async fn routing_scenarios_bad_input_and_cache() {
         ..Default::default()
     };
     assert_eq!(
-        route(&mut c, follow).await.classification.unwrap().intent,
+        route(c, follow).await.classification.unwrap().intent,
         "code"
     );
+}
 
+fn with_prefs(preferences: Preferences) -> RouteDecisionRequest {
+    RouteDecisionRequest {
+        prompt: "hi".into(),
+        preferences: Some(preferences),
+        ..Default::default()
+    }
+}
+
+async fn bad_input_names_the_field(c: &mut RouterClient<tonic::transport::Channel>) {
     // Bad input: InvalidArgument naming the field; the server keeps serving.
     let bad: Vec<(RouteDecisionRequest, &str)> = vec![
         (RouteDecisionRequest::default(), "messages"),
@@ -113,47 +143,31 @@ async fn routing_scenarios_bad_input_and_cache() {
         ),
         (prompt(&"x".repeat(70_000)), "prompt"),
         (
-            RouteDecisionRequest {
-                prompt: "hi".into(),
-                preferences: Some(Preferences {
-                    allow_backends: vec!["nope".into()],
-                    ..Default::default()
-                }),
+            with_prefs(Preferences {
+                allow_backends: vec!["nope".into()],
                 ..Default::default()
-            },
+            }),
             "preferences.allow_backends[0]",
         ),
         (
-            RouteDecisionRequest {
-                prompt: "hi".into(),
-                preferences: Some(Preferences {
-                    deny_backends: vec!["gpt-4o".into(), "ghost".into()],
-                    ..Default::default()
-                }),
+            with_prefs(Preferences {
+                deny_backends: vec!["gpt-4o".into(), "ghost".into()],
                 ..Default::default()
-            },
+            }),
             "preferences.deny_backends[1]",
         ),
         (
-            RouteDecisionRequest {
-                prompt: "hi".into(),
-                preferences: Some(Preferences {
-                    trade_off: Some(1.5),
-                    ..Default::default()
-                }),
+            with_prefs(Preferences {
+                trade_off: Some(1.5),
                 ..Default::default()
-            },
+            }),
             "preferences.trade_off",
         ),
         (
-            RouteDecisionRequest {
-                prompt: "hi".into(),
-                preferences: Some(Preferences {
-                    max_cost_usd: Some(-1.0),
-                    ..Default::default()
-                }),
+            with_prefs(Preferences {
+                max_cost_usd: Some(-1.0),
                 ..Default::default()
-            },
+            }),
             "preferences.max_cost_usd",
         ),
         (
@@ -174,6 +188,9 @@ async fn routing_scenarios_bad_input_and_cache() {
             err.message()
         );
     }
+}
+
+async fn no_backend_qualifies(c: &mut RouterClient<tonic::transport::Channel>) {
     // No backend qualifies: FailedPrecondition with every backend's reason.
     let req = RouteDecisionRequest {
         prompt: "describe this photo".into(),
@@ -194,12 +211,6 @@ async fn routing_scenarios_bad_input_and_cache() {
         "{}",
         err.message()
     );
-    assert!(!route(&mut c, prompt("still serving?"))
-        .await
-        .backends
-        .is_empty());
-
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
