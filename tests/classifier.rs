@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::path::Path;
 use switchboard::classify::{Classifier, ClassifyError, META_FILE, WEIGHTS_FILE};
+
 use switchboard::embed::Embedder;
 use switchboard::train::data::{self, DataError};
+use switchboard::train::eval::LabelReport;
 use switchboard::train::{evaluate, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,22 +29,8 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         !labels.contains(&"translation".to_string()) && labels.contains(&"code".to_string()),
         "{labels:?}"
     );
-
-    // Majority baseline on the dev split's intent labels.
     let r = &first.dev_report.intent;
-    let majority = r
-        .confusion
-        .iter()
-        .map(|row| row.iter().sum::<usize>())
-        .max()
-        .unwrap() as f64
-        / r.n as f64;
-    assert!(r.n >= 40, "dev split too small: {}", r.n);
-    assert!(
-        r.accuracy > majority + 0.2,
-        "accuracy {} vs majority {majority}",
-        r.accuracy
-    );
+    assert_beats_majority(r);
 
     // Same seed → identical weights, and the cache makes the second run embed nothing.
     let second = run::train(&embedder, &common::slice_config(&b, &cache))
@@ -55,23 +44,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     assert!(wa == wb, "same seed gave different weights");
     assert_eq!(first.classifier.version(), second.classifier.version());
 
-    // Save → load → same predictions.
-    let loaded = Classifier::load(&a, &embedder.info()).unwrap();
-    // The typo-repair lexicon travels in the heads file and repairs the same way after loading.
-    assert!(first.classifier.repairs_typos() && loaded.repairs_typos());
-    let typo = "Plaese answr this questoin";
-    assert_eq!(first.classifier.prepare(typo), loaded.prepare(typo));
-    assert_eq!(loaded.prepare(typo), "please answer this question");
-    for text in [
-        "Write a Python function that reverses a list.",
-        "hello there, how are you?",
-        "Solve for x: 3x + 5 = 20",
-    ] {
-        let e = embedder.embed(text).await.unwrap();
-        let p1 = first.classifier.predict(&e.vector, e.tokens, None).unwrap();
-        let p2 = loaded.predict(&e.vector, e.tokens, None).unwrap();
-        assert_eq!(p1, p2);
-    }
+    assert_round_trips(&first.classifier, &a, &embedder).await;
 
     // `eval` on the trainer's dev split reproduces the trainer's dev report and writes its files.
     let out = tmp.path().join("eval");
@@ -92,6 +65,50 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     assert!(typo > 0.5 && typo <= 1.0, "typo robustness {typo}");
     // The slice holds no ShareGPT rows, so there is no real-prompt typo figure.
     assert!(report.typo_robustness_real.is_none());
+    assert_eval_files(&out, r, typo);
+    assert_predictions_agree(&out, r);
+    assert_foreign_and_malformed_refused(&a, &b, &embedder);
+}
+
+/// Intent accuracy on the dev split beats always answering its most common label.
+fn assert_beats_majority(r: &LabelReport) {
+    let majority = r
+        .confusion
+        .iter()
+        .map(|row| row.iter().sum::<usize>())
+        .max()
+        .unwrap() as f64
+        / r.n as f64;
+    assert!(r.n >= 40, "dev split too small: {}", r.n);
+    assert!(
+        r.accuracy > majority + 0.2,
+        "accuracy {} vs majority {majority}",
+        r.accuracy
+    );
+}
+
+/// Save → load → same predictions.
+async fn assert_round_trips(trained: &Classifier, dir: &Path, embedder: &Embedder) {
+    let loaded = Classifier::load(dir, &embedder.info()).unwrap();
+    // The typo-repair lexicon travels in the heads file and repairs the same way after loading.
+    assert!(trained.repairs_typos() && loaded.repairs_typos());
+    let typo = "Plaese answr this questoin";
+    assert_eq!(trained.prepare(typo), loaded.prepare(typo));
+    assert_eq!(loaded.prepare(typo), "please answer this question");
+    for text in [
+        "Write a Python function that reverses a list.",
+        "hello there, how are you?",
+        "Solve for x: 3x + 5 = 20",
+    ] {
+        let e = embedder.embed(text).await.unwrap();
+        let p1 = trained.predict(&e.vector, e.tokens, None).unwrap();
+        let p2 = loaded.predict(&e.vector, e.tokens, None).unwrap();
+        assert_eq!(p1, p2);
+    }
+}
+
+/// The typo flips, report.json, the SVG charts and the mistakes file agree with the report.
+fn assert_eval_files(out: &Path, r: &LabelReport, typo: f64) {
     let flips = std::fs::read_to_string(out.join(evaluate::TYPO_FLIPS_FILE)).unwrap();
     let sampled = 30; // typo_rows; the dev split has more rows than that
     let flipped = flips.lines().count();
@@ -122,10 +139,14 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         let m: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_ne!(m["intent"], m["predicted"], "{line}");
     }
+}
 
-    // One predictions line per dev row, probabilities summing to 1; over the rows with a known
-    // intent, their argmax reproduces the reported accuracy.
+/// One predictions line per dev row, probabilities summing to 1; over the rows with a known
+/// intent, their argmax reproduces the reported accuracy.
+fn assert_predictions_agree(out: &Path, r: &LabelReport) {
     let preds = std::fs::read_to_string(out.join(evaluate::PREDICTIONS_FILE)).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let labels: Vec<String> = serde_json::from_value(json["intent"]["labels"].clone()).unwrap();
     let (mut labelled, mut agree) = (0, 0);
     for line in preds.lines() {
@@ -141,13 +162,15 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     assert!(preds.lines().count() >= labelled);
     assert_eq!(labelled, r.n);
     assert!((agree as f64 / r.n as f64 - r.accuracy).abs() < 1e-9);
+}
 
+fn assert_foreign_and_malformed_refused(a: &Path, b: &Path, embedder: &Embedder) {
     // A head made for another encoder is refused with both identities in the message.
     let meta_path = a.join(META_FILE);
     let text = std::fs::read_to_string(&meta_path).unwrap();
     let sha = embedder.info().weights_sha256;
     std::fs::write(&meta_path, text.replace(&sha, &"0".repeat(64))).unwrap();
-    match Classifier::load(&a, &embedder.info()) {
+    match Classifier::load(a, &embedder.info()) {
         Err(e @ ClassifyError::EncoderMismatch(_)) => {
             assert!(e.to_string().contains(&sha), "{e}")
         }
@@ -162,7 +185,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         text.replace("\"hidden\": 64", "\"hidden\": 65"),
     )
     .unwrap();
-    let err = Classifier::load(&b, &embedder.info()).expect_err("malformed head must fail");
+    let err = Classifier::load(b, &embedder.info()).expect_err("malformed head must fail");
     assert!(err.to_string().contains("shape"), "{err}");
 }
 
