@@ -111,8 +111,27 @@ async fn streams_fail_over_and_account() {
     let server = common::TestServer::start(cfg).await;
     let mut c = RouterClient::new(server.channel.clone());
 
-    // Pinned, normal: Decision, deltas that make the mock's text, Done with its usage and our price.
-    let o = collect(&mut c, pinned("ok")).await;
+    pinned_stream_is_priced_from_upstream_usage(&mut c).await;
+    routed_stream_fails_over_in_quality_order(&mut c).await;
+    broken_upstreams_end_in_clear_errors(&mut c).await;
+    // Metrics saw the failovers and the tokens.
+    let metrics = server.engine_metrics();
+    assert!(
+        metrics.contains("switchboard_failovers_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_tokens_total{backend=\"ok\",kind=\"completion\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// Pinned, normal: Decision, deltas that make the mock's text, Done with its usage and our price.
+async fn pinned_stream_is_priced_from_upstream_usage(
+    c: &mut RouterClient<tonic::transport::Channel>,
+) {
+    let o = collect(c, pinned("ok")).await;
     assert!(o.error.is_none(), "{:?}", o.error);
     assert!(o.decision);
     assert_eq!(o.text, mock::REPLY);
@@ -137,9 +156,13 @@ async fn streams_fail_over_and_account() {
         ("ok", "mock", "stop")
     );
     assert!(d.attempts.is_empty());
+}
 
-    // Routed, quality first: hang (timeout) → 500 → 429 → refused → ok. One clean stream.
-    let o = collect(&mut c, request("Tell me something nice.")).await;
+/// Routed, quality first: hang (timeout) → 500 → 429 → refused → ok. One clean stream.
+async fn routed_stream_fails_over_in_quality_order(
+    c: &mut RouterClient<tonic::transport::Channel>,
+) {
+    let o = collect(c, request("Tell me something nice.")).await;
     assert!(o.error.is_none(), "{:?}", o.error);
     assert_eq!(o.text, mock::REPLY);
     let d = o.done.unwrap();
@@ -166,14 +189,17 @@ async fn streams_fail_over_and_account() {
         tried[3].0 == "refused" && tried[3].1.contains("connect"),
         "{tried:?}"
     );
+}
 
+/// Missing usage, a mid-stream death, malformed SSE and an unknown pinned backend.
+async fn broken_upstreams_end_in_clear_errors(c: &mut RouterClient<tonic::transport::Channel>) {
     // No usage upstream: counted and marked estimated.
-    let d = collect(&mut c, pinned("nousage")).await.done.unwrap();
+    let d = collect(c, pinned("nousage")).await.done.unwrap();
     let u = d.usage.unwrap();
     assert!(u.estimated && u.completion_tokens > 5, "{u:?}");
 
     // Mid-stream death: exactly the delivered text, then Unavailable naming the backend.
-    let o = collect(&mut c, pinned("dies")).await;
+    let o = collect(c, pinned("dies")).await;
     let e = o.error.expect("mid-stream failure must be an error");
     assert_eq!(e.code(), Code::Unavailable);
     assert!(
@@ -185,29 +211,17 @@ async fn streams_fail_over_and_account() {
     assert!(o.done.is_none());
 
     // Malformed SSE: an error, not a panic, and the server keeps serving.
-    let o = collect(&mut c, pinned("malformed")).await;
+    let o = collect(c, pinned("malformed")).await;
     let e = o.error.unwrap();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("malformed"), "{}", e.message());
-    assert_eq!(collect(&mut c, pinned("ok")).await.text, mock::REPLY);
+    assert_eq!(collect(c, pinned("ok")).await.text, mock::REPLY);
 
     // Unknown pinned backend.
     assert_eq!(
-        collect(&mut c, pinned("ghost")).await.error.unwrap().code(),
+        collect(c, pinned("ghost")).await.error.unwrap().code(),
         Code::InvalidArgument
     );
-
-    // Metrics saw the failovers and the tokens.
-    let metrics = server.engine_metrics();
-    assert!(
-        metrics.contains("switchboard_failovers_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("switchboard_tokens_total{backend=\"ok\",kind=\"completion\"}"),
-        "{metrics}"
-    );
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
