@@ -314,9 +314,7 @@ async fn bench(what: BenchCommand) -> anyhow::Result<()> {
             config,
             encoder,
         } => {
-            let mut cfg = Config::read(config.as_deref())?;
-            cfg.encoder = encoder.apply(cfg.encoder);
-            let server = LocalServer::start(cfg).await?;
+            let server = LocalServer::start(bench_config(config.as_deref(), &encoder)?).await?;
             let report = switchboard::bench::route::route(
                 server.engine.clone(),
                 server.addr,
@@ -338,10 +336,16 @@ async fn bench(what: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config at `path` (the bundled one if None) with the encoder flags applied.
+fn bench_config(path: Option<&std::path::Path>, encoder: &EncoderArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::read(path)?;
+    cfg.encoder = encoder.apply(cfg.encoder);
+    Ok(cfg)
+}
+
 /// `bench swap`: a server with the admin service on a throwaway state dir.
 async fn bench_swap(concurrency: usize, secs: f64, encoder: &EncoderArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::read(None)?;
-    cfg.encoder = encoder.apply(cfg.encoder);
+    let mut cfg = bench_config(None, encoder)?;
     let state = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     cfg.admin.state_dir = state.clone();
     let (base, enc_dir) = (
@@ -371,8 +375,7 @@ async fn bench_swap(concurrency: usize, secs: f64, encoder: &EncoderArgs) -> any
 /// `bench proxy`: the bundled config with one backend, the in-process mock upstream.
 async fn bench_proxy(levels: &[usize], encoder: &EncoderArgs) -> anyhow::Result<()> {
     let mock = switchboard::mock::Mock::start().await?;
-    let mut cfg = Config::read(None)?;
-    cfg.encoder = encoder.apply(cfg.encoder);
+    let mut cfg = bench_config(None, encoder)?;
     let mut b = cfg.backends[0].clone();
     (
         b.name,

@@ -156,27 +156,18 @@ pub async fn retrain(s: Arc<AdminState>, p: RetrainParams, tx: Tx) {
     };
 }
 
-/// The live classifier a retrain starts from.
-struct Base {
-    live: Kept,
-    meta: crate::classify::ClassifierMeta,
-}
-
 async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, RetrainError> {
-    let live = s.registry.versions().0;
-    let base = Base {
-        meta: live.classifier.meta.clone(),
-        live,
-    };
+    // The live version the retrain starts from (warm start, labels, lexicon).
+    let base = s.registry.versions().0;
     let fb = if p.include_feedback {
-        feedback_rows(s, &base.live.encoder.info().weights_sha256, tx)?
+        feedback_rows(s, &base.encoder.info().weights_sha256, tx)?
     } else {
         Vec::new()
     };
     let (train, dev) = datasets(s, p, &base, &fb, tx).await?;
-    let before = feedback_accuracy(&base.live.classifier, &fb);
+    let before = feedback_accuracy(&base.classifier, &fb);
     let cfg = FitConfig {
-        hidden: base.meta.hidden,
+        hidden: base.classifier.meta.hidden,
         max_epochs: p.max_epochs.max(1),
         patience: 3,
         lr: 5e-4,
@@ -223,7 +214,7 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
 async fn datasets(
     s: &AdminState,
     p: &RetrainParams,
-    base: &Base,
+    base: &Kept,
     fb: &[(Row, Features)],
     tx: &Tx,
 ) -> Result<(Dataset, Dataset), RetrainError> {
@@ -242,17 +233,17 @@ async fn datasets(
                 .into(),
         });
     }
-    let n = (rows.len(), fb.len());
+    let (n_rows, n_fb) = (rows.len(), fb.len());
     say(
         tx,
-        format!(
-            "{} data rows, {} feedback corrections; embedding data rows",
-            n.0, n.1
-        ),
+        format!("{n_rows} data rows, {n_fb} feedback corrections; embedding data rows"),
     )?;
     let cache = s.cfg.state_dir.join("cache");
     let (vectors, _) = run::embed_rows(&s.registry.engine.embedder, &rows, &cache).await?;
-    let (il, dl) = (&base.meta.intent_labels, &base.meta.domain_labels);
+    let (il, dl) = (
+        &base.classifier.meta.intent_labels,
+        &base.classifier.meta.domain_labels,
+    );
     let (dv, tr): (Vec<usize>, Vec<usize>) =
         (0..rows.len()).partition(|&i| data::is_dev(&rows[i], p.seed, 10));
     let pick = |ix: &[usize]| -> Dataset {
@@ -280,20 +271,25 @@ async fn datasets(
 
 /// Warm-starts from the live heads and fits on a blocking thread, streaming each epoch.
 async fn fit_streaming(
-    base: &Base,
+    base: &Kept,
     train: Dataset,
     dev: Dataset,
     cfg: FitConfig,
     tx: &Tx,
 ) -> Result<fit::FitResult, RetrainError> {
     let init: Vec<(String, Tensor)> =
-        candle_core::safetensors::load_buffer(&base.live.classifier.weights, &Device::Cpu)?
+        candle_core::safetensors::load_buffer(&base.classifier.weights, &Device::Cpu)?
             .into_iter()
             .collect();
-    let outputs = base.meta.outputs();
     let etx = tx.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        fit::fit(&train, &dev, outputs, &cfg, Some(&init), None, &mut |e| {
+    let result = run::fit_blocking(
+        train,
+        dev,
+        base.classifier.meta.outputs(),
+        cfg,
+        Some(init),
+        None,
+        move |e| {
             let _ = etx.blocking_send(Ok(Progress {
                 epoch: e.epoch as u32,
                 train_loss: e.train_loss,
@@ -304,10 +300,9 @@ async fn fit_streaming(
                 )]),
                 ..Default::default()
             }));
-        })
-    })
-    .await
-    .map_err(|e| RetrainError::Internal(e.to_string()))??;
+        },
+    )
+    .await?;
     Ok(result)
 }
 
@@ -322,18 +317,17 @@ struct Written {
 async fn write_heads(
     s: &AdminState,
     p: &RetrainParams,
-    base: &Base,
+    base: &Kept,
     fb: &[(Row, Features)],
     cfg: &FitConfig,
     result: &fit::FitResult,
     dev: &Dataset,
 ) -> Result<(PathBuf, Written), RetrainError> {
-    let live = &base.live;
     let (t_int, t_dom) = run::calibrate(&result.heads, dev)?;
-    let mut meta = base.meta.clone();
+    let mut meta = base.classifier.meta.clone();
     (meta.intent_temperature, meta.domain_temperature) = (t_int, t_dom);
     meta.training = BTreeMap::from([
-        ("retrained_from".into(), serde_json::json!(live.version)),
+        ("retrained_from".into(), serde_json::json!(base.version)),
         (
             "data".into(),
             serde_json::json!(p.data.as_ref().map(|d| d.display().to_string())),
@@ -346,14 +340,14 @@ async fn write_heads(
         ("best_epoch".into(), serde_json::json!(result.best_epoch)),
     ]);
     // The new heads keep the live classifier's typo-repair lexicon: the rows here are few.
-    let lexicon = crate::classify::lexicon(&live.classifier.weights)
+    let lexicon = crate::classify::lexicon(&base.classifier.weights)
         .map_err(|e| RetrainError::Internal(e.to_string()))?;
     let weights = varmap_bytes(&result.varmap, lexicon.as_deref())?;
     meta.version = content_version(&weights, &meta);
     let out = s.cfg.state_dir.join("heads").join(&meta.version);
     let c = Classifier::from_parts(meta.clone(), &weights, &out)?;
     let feedback_accuracy = feedback_accuracy(&c, fb);
-    meta.metrics = s.registry.score(&c, &live.encoder).await?;
+    meta.metrics = s.registry.score(&c, &base.encoder).await?;
     meta.metrics
         .insert("feedback_accuracy".into(), feedback_accuracy);
     Classifier::save_parts(&out, &meta, &weights)?;

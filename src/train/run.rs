@@ -437,34 +437,34 @@ fn copy_encoder(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::copy(from.join("model.safetensors"), to.join("model.safetensors")).map(|_| ())
 }
 
-/// Runs the whole pipeline and writes the head folder to `cfg.out`.
-/// Fits on a blocking thread, logging each epoch. With `init` (kept heads) only the complexity
-/// head is trained.
-async fn fit_logged(
-    train: &Dataset,
-    dev: &Dataset,
+/// `fit::fit` on a blocking thread (it saturates the cores for seconds), each epoch reported to
+/// `progress`. `only` names the one head to train when `init` holds the others.
+pub(crate) async fn fit_blocking(
+    train: Dataset,
+    dev: Dataset,
     outputs: Outputs,
     cfg: fit::FitConfig,
     init: Option<Vec<(String, candle_core::Tensor)>>,
+    only: Option<&'static str>,
+    mut progress: impl FnMut(&fit::EpochLog) + Send + 'static,
 ) -> Result<fit::FitResult, TrainError> {
-    let (tr, dv) = (train.clone(), dev.clone());
     let result = tokio::task::spawn_blocking(move || {
-        let only = init.as_ref().map(|_| "complexity");
-        fit::fit(&tr, &dv, outputs, &cfg, init.as_deref(), only, &mut |e| {
-            tracing::info!(
-                epoch = e.epoch,
-                train_loss = format!("{:.4}", e.train_loss),
-                dev_loss = format!("{:.4}", e.dev_loss),
-                dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
-                "epoch"
-            );
-        })
+        fit::fit(
+            &train,
+            &dev,
+            outputs,
+            &cfg,
+            init.as_deref(),
+            only,
+            &mut progress,
+        )
     })
     .await
     .map_err(|e| TrainError::Invalid(e.to_string()))??;
     Ok(result)
 }
 
+/// Runs the whole pipeline and writes the head folder to `cfg.out`.
 pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     let rows = load_rows(cfg)?;
     let (intents, domains) = label_sets(&rows, cfg.min_examples)?;
@@ -498,7 +498,19 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         }
         None => (None, None),
     };
-    let result = fit_logged(&train_ds, &dev_ds, outputs, fit_cfg, init).await?;
+    // With kept heads only the complexity head is trained.
+    let only = init.as_ref().map(|_| "complexity");
+    let (tr, dv) = (train_ds.clone(), dev_ds.clone());
+    let result = fit_blocking(tr, dv, outputs, fit_cfg, init, only, |e| {
+        tracing::info!(
+            epoch = e.epoch,
+            train_loss = format!("{:.4}", e.train_loss),
+            dev_loss = format!("{:.4}", e.dev_loss),
+            dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
+            "epoch"
+        );
+    })
+    .await?;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
     let mut training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;

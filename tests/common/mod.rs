@@ -159,7 +159,7 @@ impl std::ops::Deref for Scratch {
     }
 }
 
-fn scratch_builder(tag: &str) -> tempfile::TempDir {
+fn new_tempdir(tag: &str) -> tempfile::TempDir {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&root).unwrap();
     tempfile::Builder::new()
@@ -169,7 +169,7 @@ fn scratch_builder(tag: &str) -> tempfile::TempDir {
 }
 
 pub fn scratch_dir(tag: &str) -> Scratch {
-    Scratch(scratch_builder(tag))
+    Scratch(new_tempdir(tag))
 }
 
 /// The bundled config with the test encoder settings and a fresh state directory.
@@ -177,7 +177,7 @@ pub fn bundled_config() -> switchboard::config::Config {
     let mut c = switchboard::config::Config::read(None).expect("bundled config parses");
     c.encoder = encoder_config();
     // Kept past this call (the config outlives any guard); `TestServer::stop` removes it.
-    c.admin.state_dir = scratch_builder(STATE_TAG).keep();
+    c.admin.state_dir = new_tempdir(STATE_TAG).keep();
     c
 }
 
