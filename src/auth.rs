@@ -1,15 +1,40 @@
 //! Client API keys: a TOML file of sha256 hashes (never the keys), each bound to a tenant and
-//! optionally to the backends it may use. Checked by a tonic interceptor; the caller's
-//! identity travels to the handlers as a request extension.
+//! optionally to the backends it may use. Transport-neutral: each transport reads the bearer
+//! token from its own headers and passes it here; the caller's identity then narrows routing.
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::ConfigError;
 use crate::engine::RouteRequest;
+use crate::error::{Error, ErrorKind};
+
+/// Why a caller may not make a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// No key, or an unknown one.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The key's tenant may not use what the request asks for; `field` names it.
+    #[error("{field}: {message}")]
+    Forbidden {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => Error::new(ErrorKind::Unauthenticated, m),
+            AuthError::Forbidden { field, message } => {
+                Error::field(ErrorKind::PermissionDenied, field, message)
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,17 +69,6 @@ pub struct ApiKeys {
 /// The token of an `authorization: Bearer <token>` header value.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     header?.strip_prefix("Bearer ").map(str::trim)
-}
-
-/// A client request carrying `authorization: Bearer <token>`.
-pub fn with_bearer<T>(
-    msg: T,
-    token: &str,
-) -> Result<tonic::Request<T>, tonic::metadata::errors::InvalidMetadataValue> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(r)
 }
 
 /// Hex sha256 of a key.
@@ -93,23 +107,24 @@ impl ApiKeys {
     }
 
     /// The caller for an `authorization` header value (`Bearer KEY`).
-    pub fn check(&self, header: Option<&str>) -> Result<Caller, &'static str> {
-        let key = bearer(header).ok_or("missing `authorization: Bearer <key>`")?;
+    pub fn check(&self, header: Option<&str>) -> Result<Caller, AuthError> {
+        let key = bearer(header).ok_or(AuthError::Unauthenticated(
+            "missing `authorization: Bearer <key>`",
+        ))?;
         self.by_hash
             .get(&hash_key(key))
             .cloned()
-            .ok_or("unknown API key")
+            .ok_or(AuthError::Unauthenticated("unknown API key"))
     }
 }
 
 /// Applies the authenticated caller: its tenant replaces any `tenant` metadata, and its
-/// backend list narrows `allow_backends` (and must contain a pinned backend). The error is a
-/// permission-denied message naming the field.
+/// backend list narrows `allow_backends` (and must contain a pinned backend).
 pub fn apply_caller(
     req: &mut RouteRequest,
     pinned: Option<&str>,
     caller: Option<&Caller>,
-) -> Result<(), String> {
+) -> Result<(), AuthError> {
     let Some(c) = caller else { return Ok(()) };
     req.metadata.insert("tenant".into(), c.tenant.clone());
     if c.backends.is_empty() {
@@ -117,10 +132,10 @@ pub fn apply_caller(
     }
     if let Some(p) = pinned {
         if !c.backends.iter().any(|b| b == p) {
-            return Err(format!(
-                "pinned_backend: {p:?} is not allowed for tenant {:?}",
-                c.tenant
-            ));
+            return Err(AuthError::Forbidden {
+                field: "pinned_backend",
+                message: format!("{p:?} is not allowed for tenant {:?}", c.tenant),
+            });
         }
     }
     let allow: Vec<String> = if req.prefs.allow.is_empty() {
@@ -134,29 +149,13 @@ pub fn apply_caller(
             .collect()
     };
     if allow.is_empty() {
-        return Err(format!(
-            "preferences.allow_backends: none is allowed for tenant {:?}",
-            c.tenant
-        ));
+        return Err(AuthError::Forbidden {
+            field: "preferences.allow_backends",
+            message: format!("none is allowed for tenant {:?}", c.tenant),
+        });
     }
     req.prefs.allow = allow;
     Ok(())
-}
-
-/// A tonic interceptor enforcing `keys` (when configured).
-pub fn interceptor(
-    keys: Option<Arc<ApiKeys>>,
-) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |mut req: tonic::Request<()>| {
-        let Some(keys) = &keys else { return Ok(req) };
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let caller = keys.check(header).map_err(tonic::Status::unauthenticated)?;
-        req.extensions_mut().insert(caller);
-        Ok(req)
-    }
 }
 
 #[cfg(test)]

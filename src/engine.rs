@@ -5,16 +5,18 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use crate::classify::input::{classifier_input, Turn};
-use crate::classify::{Classifier, ClassifyError, Prediction};
+use crate::classify::{Classifier, ClassifyError, Features, Prediction};
 use crate::config::Config;
 use crate::embed::{EmbedError, Embedder};
+use crate::error::{Error, ErrorKind};
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, Live, PolicyError, Preferences, RouteInput};
+use crate::policy::{self, Decision, Health, PolicyError, Preferences, RouteInput};
+use crate::records::{DecisionLog, DecisionRecord};
 
 /// Roles accepted in a conversation.
 pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
@@ -36,6 +38,9 @@ pub struct RouteRequest {
 pub enum RouteError {
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
+    /// The request is over a configured size limit (the message names it).
+    #[error("{field}: {message}")]
+    TooLarge { field: String, message: String },
     #[error("{field}: {source}")]
     Embed { field: String, source: EmbedError },
     #[error(transparent)]
@@ -44,15 +49,31 @@ pub enum RouteError {
     Policy(#[from] PolicyError),
 }
 
-impl RouteError {
-    /// Label for the errors metric.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::InvalidArgument { .. } => "invalid_argument",
-            Self::Embed { source, .. } => source.kind(),
-            Self::Classify(_) => "classify",
-            Self::Policy(PolicyError::UnknownPolicy(_)) => "invalid_argument",
-            Self::Policy(PolicyError::NoneQualifies(_)) => "no_backend",
+impl From<RouteError> for Error {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::InvalidArgument { field, message } => {
+                Error::field(ErrorKind::InvalidArgument, field, message)
+            }
+            RouteError::TooLarge { field, message } => {
+                Error::field(ErrorKind::TooLarge, field, message)
+            }
+            RouteError::Embed { field, source } => {
+                let inner = Error::from(source);
+                Error {
+                    field: Some(field.clone()),
+                    message: format!("{field}: {}", inner.message),
+                    ..inner
+                }
+            }
+            RouteError::Classify(c) => Error::new(ErrorKind::Internal, c.to_string()),
+            RouteError::Policy(p @ PolicyError::UnknownPolicy(_)) => {
+                Error::field(ErrorKind::InvalidArgument, "policy", p)
+            }
+            RouteError::Policy(p @ PolicyError::NoneQualifies(_)) => {
+                Error::new(ErrorKind::FailedPrecondition, p.to_string())
+                    .reason("no_backend_qualifies")
+            }
         }
     }
 }
@@ -89,13 +110,6 @@ pub struct RouteOutcome {
     pub cache_hit: bool,
 }
 
-/// The classifier's input for one prompt: the embedding and the tokens the encoder saw.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Features {
-    pub embedding: Vec<f32>,
-    pub tokens: u32,
-}
-
 type CacheKey = (String, [u8; 16]);
 /// A cached classification, its features and the token count of its input text.
 type Cached = (Arc<Prediction>, Arc<Features>, u32);
@@ -109,43 +123,39 @@ struct Classified {
     cache_hit: bool,
 }
 
-/// How often a request re-embeds when a full-model swap lands between choosing the classifier
-/// and embedding (the heads must see their own encoder's vectors).
-const SWAP_RETRIES: usize = 3;
+/// What the engine is built from.
+pub struct EngineParts {
+    /// The encoder's queue and workers (and tokenizer); requests embed with the live model.
+    pub embedder: Embedder,
+    pub live: Arc<Live>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Where every decision is recorded, when the decision log is on.
+    pub decisions: Option<Arc<DecisionLog>>,
+}
 
 pub struct Engine {
     pub embedder: Embedder,
-    pub classifier: ArcSwap<Classifier>,
+    pub live: Arc<Live>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    /// Set once at start when the decision log is on.
-    pub decision_log: std::sync::OnceLock<Arc<crate::admin::logs::DecisionLog>>,
+    pub decisions: Option<Arc<DecisionLog>>,
+    /// Classifications by (classifier version, prompt hash): a version names its encoder
+    /// too, so a swap needs no invalidation.
     cache: Option<Mutex<LruCache<CacheKey, Cached>>>,
 }
 
 impl Engine {
-    pub fn new(
-        embedder: Embedder,
-        classifier: Classifier,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(p: EngineParts) -> Self {
         let cache =
-            NonZeroUsize::new(config.server.cache_entries).map(|n| Mutex::new(LruCache::new(n)));
+            NonZeroUsize::new(p.config.server.cache_entries).map(|n| Mutex::new(LruCache::new(n)));
         Self {
-            embedder,
-            classifier: ArcSwap::from_pointee(classifier),
-            config,
-            metrics,
-            decision_log: std::sync::OnceLock::new(),
+            embedder: p.embedder,
+            live: p.live,
+            config: p.config,
+            metrics: p.metrics,
+            decisions: p.decisions,
             cache,
-        }
-    }
-
-    /// Drops every cached classification (after a classifier swap).
-    pub fn clear_cache(&self) {
-        if let Some(c) = &self.cache {
-            c.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
     }
 
@@ -216,17 +226,18 @@ impl Engine {
             bytes += content.len();
         }
         if bytes > s.max_prompt_bytes {
-            return Err(invalid(
-                if req.messages.is_empty() {
-                    "prompt"
-                } else {
-                    "messages"
-                },
-                format!(
+            let field = if req.messages.is_empty() {
+                "prompt"
+            } else {
+                "messages"
+            };
+            return Err(RouteError::TooLarge {
+                field: field.into(),
+                message: format!(
                     "{bytes} bytes, over the limit of {} bytes (server.max_prompt_bytes)",
                     s.max_prompt_bytes
                 ),
-            ));
+            });
         }
         self.validate_prefs(&req.prefs)?;
         if !req.policy.is_empty() && !self.config.policies.contains_key(&req.policy) {
@@ -263,81 +274,64 @@ impl Engine {
         Ok(text)
     }
 
-    /// Classifies `text` with the live classifier, through the cache (keyed by version).
+    /// Classifies `text` with one snapshot of the live model, through the cache.
     async fn classify(&self, text: &str, timings: &mut Timings) -> Result<Classified, RouteError> {
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
-        for _ in 0..SWAP_RETRIES {
-            let mut classifier = self.classifier.load_full();
-            let key = (classifier.version().to_string(), key);
-            if let Some(c) = &self.cache {
-                if let Some((p, f, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
-                {
-                    self.metrics.cache.with_label_values(&["hit"]).inc();
-                    return Ok(Classified {
-                        prediction: p.clone(),
-                        classifier,
-                        features: f.clone(),
-                        text_tokens: *tokens,
-                        cache_hit: true,
-                    });
-                }
-                self.metrics.cache.with_label_values(&["miss"]).inc();
+        let live = self.live.snapshot();
+        let classifier = live.classifier.clone();
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&Sha256::digest(text.as_bytes())[..16]);
+        let key = (classifier.version().to_string(), hash);
+        if let Some(c) = &self.cache {
+            if let Some((p, f, tokens)) = c.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                self.metrics.cache.with_label_values(&["hit"]).inc();
+                return Ok(Classified {
+                    prediction: p.clone(),
+                    classifier,
+                    features: f.clone(),
+                    text_tokens: *tokens,
+                    cache_hit: true,
+                });
             }
-            // Typo repair is part of the classify stage's time (the heads' lexicon).
-            let t = Instant::now();
-            let input = classifier.prepare(text);
-            let prepare_us = t.elapsed().as_micros() as u64;
-            let e = self
-                .embedder
-                .embed(&input)
-                .await
-                .map_err(|source| RouteError::Embed {
-                    field: "messages".into(),
-                    source,
-                })?;
-            if *e.encoder != *classifier.meta.encoder.sha256 {
-                // A full-model swap landed in between. The heads now live usually match the
-                // encoder that embedded the prompt; if not (mid-swap), embed again.
-                classifier = self.classifier.load_full();
-                if *e.encoder != *classifier.meta.encoder.sha256 {
-                    continue;
-                }
-            }
-            timings.queue_us = e.queue_us;
-            timings.embed_us = e.embed_us;
-            self.metrics.batch_size.observe(e.batch_size as f64);
-            let t = Instant::now();
-            let p = Arc::new(classifier.predict(
-                &e.vector,
-                e.tokens,
-                self.config.server.abstain_threshold,
-            )?);
-            timings.classify_us = prepare_us + t.elapsed().as_micros() as u64;
-            let features = Arc::new(Features {
-                embedding: e.vector,
-                tokens: e.tokens as u32,
-            });
-            let text_tokens = e.original_tokens as u32;
-            if let Some(c) = &self.cache {
-                let key = (classifier.version().to_string(), key.1);
-                c.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .put(key, (p.clone(), features.clone(), text_tokens));
-            }
-            return Ok(Classified {
-                prediction: p,
-                classifier,
-                features,
-                text_tokens,
-                cache_hit: false,
-            });
+            self.metrics.cache.with_label_values(&["miss"]).inc();
         }
-        Err(RouteError::Embed {
-            field: "messages".into(),
-            source: EmbedError::Model(format!(
-                "the encoder was swapped {SWAP_RETRIES} times during one request"
-            )),
+        // Typo repair is part of the classify stage's time (the heads' lexicon).
+        let t = Instant::now();
+        let input = classifier.prepare(text);
+        let prepare_us = t.elapsed().as_micros() as u64;
+        let e = self
+            .embedder
+            .embed_with(&live.encoder, &input)
+            .await
+            .map_err(|source| RouteError::Embed {
+                field: "messages".into(),
+                source,
+            })?;
+        timings.queue_us = e.queue_us;
+        timings.embed_us = e.embed_us;
+        self.metrics.batch_size.observe(e.batch_size as f64);
+        let t = Instant::now();
+        let p = Arc::new(classifier.predict(
+            &e.vector,
+            e.tokens,
+            self.config.server.abstain_threshold,
+        )?);
+        timings.classify_us = prepare_us + t.elapsed().as_micros() as u64;
+        let features = Arc::new(Features {
+            embedding: e.vector,
+            tokens: e.tokens as u32,
+        });
+        let text_tokens = e.original_tokens as u32;
+        if let Some(c) = &self.cache {
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(key, (p.clone(), features.clone(), text_tokens));
+        }
+        Ok(Classified {
+            prediction: p,
+            classifier,
+            features,
+            text_tokens,
+            cache_hit: false,
         })
     }
 
@@ -345,7 +339,7 @@ impl Engine {
     pub async fn route(
         &self,
         req: &RouteRequest,
-        live: &(dyn Fn(&str) -> Live + Sync),
+        health: &(dyn Fn(&str) -> Health + Sync),
     ) -> Result<RouteOutcome, RouteError> {
         let start = Instant::now();
         let text = self.validate(req)?;
@@ -367,7 +361,7 @@ impl Engine {
             metadata: &req.metadata,
             request_key: &req.request_key,
         };
-        let mut decision = policy::rank(&self.config, &req.policy, &input, live)?;
+        let mut decision = policy::rank(&self.config, &req.policy, &input, health)?;
         if req.top_k > 0 {
             decision.ranked.truncate(req.top_k);
         }
@@ -384,8 +378,8 @@ impl Engine {
             timings,
             cache_hit,
         };
-        if let Some(log) = self.decision_log.get() {
-            log.record(&outcome, &text);
+        if let Some(log) = &self.decisions {
+            log.record(decision_record(&outcome), &text);
         }
         Ok(outcome)
     }
@@ -418,6 +412,30 @@ impl Engine {
                 .observe(us as f64 / 1e6);
         }
         m.queue_depth.set(self.embedder.queue_depth() as i64);
+    }
+}
+
+/// The decision log's line for an outcome (the prompt is added by the log, if it keeps them).
+fn decision_record(o: &RouteOutcome) -> DecisionRecord {
+    DecisionRecord {
+        id: o.decision_id.clone(),
+        ts_ms: crate::records::now_ms(),
+        classifier_version: o.classifier_version.clone(),
+        encoder: o.classifier.meta.encoder.sha256.clone(),
+        intent: o.prediction.intent.clone(),
+        domain: o.prediction.domain.clone(),
+        complexity: o.prediction.complexity,
+        confidence: o.prediction.confidence,
+        tokens: o.features.tokens,
+        embedding: DecisionRecord::encode_embedding(&o.features.embedding),
+        top_backend: o
+            .decision
+            .ranked
+            .first()
+            .map(|b| b.name.clone())
+            .unwrap_or_default(),
+        policy: o.decision.policy.clone(),
+        prompt: None,
     }
 }
 

@@ -1,20 +1,27 @@
 //! switchboard: classify prompts with a local sentence encoder and route them to LLM backends.
-//! Flow: request → validate → embed (`embed`) → classify (`classify`) → rank (`policy`) →
-//! response (`grpc`, `http`), with `engine` tying the steps together.
-pub mod admin;
+//!
+//! A request flows one way: a transport (`grpc`, `http`) translates it and calls the `gateway`
+//! (caller check, backend health, errors metric) → `engine` (validate → `embed` → `classify` →
+//! `policy` ranks) → optionally `proxy` (call `backends` with failover, stream back). `server`
+//! builds all of it from `config` once. The live classifier and its swaps are in `live`; the
+//! decision and feedback logs in `records`; training and retraining in `train`.
 pub mod auth;
 pub mod backends;
-pub mod bench;
 pub mod classify;
 pub mod config;
-pub mod display;
+pub mod convert;
+pub mod dataset;
 pub mod embed;
 pub mod engine;
+pub mod error;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod live;
 pub mod metrics;
-pub mod mock;
 pub mod policy;
 pub mod proto;
 pub mod proxy;
+pub mod records;
+pub mod server;
 pub mod train;

@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 use switchboard::classify::{Classifier, ClassifyError, META_FILE, WEIGHTS_FILE};
 
+use switchboard::dataset::{self, DataError};
 use switchboard::embed::Embedder;
-use switchboard::train::data::{self, DataError};
 use switchboard::train::eval::LabelReport;
 use switchboard::train::{evaluate, run};
 
@@ -192,7 +192,7 @@ fn assert_foreign_and_malformed_refused(a: &Path, b: &Path, embedder: &Embedder)
 #[test]
 fn bad_rows_are_reported_with_file_and_line() {
     let path = common::fixture("bad_rows.jsonl");
-    let (rows, bad) = data::read_jsonl(&path).unwrap();
+    let (rows, bad) = dataset::read_jsonl(&path).unwrap();
     assert_eq!(rows.len(), 2);
     let lines: Vec<usize> = bad
         .iter()
@@ -220,7 +220,7 @@ fn bad_rows_are_reported_with_file_and_line() {
 
 #[test]
 fn split_keeps_passages_and_conversations_on_one_side() {
-    let row = |id: &str, source: &str| data::Row {
+    let row = |id: &str, source: &str| dataset::Row {
         id: id.into(),
         text: "t".into(),
         intent: None,
@@ -232,21 +232,21 @@ fn split_keeps_passages_and_conversations_on_one_side() {
     };
     // Every template rendering of P3 passage 17 shares a group; ShareGPT parts share one.
     assert_eq!(
-        data::split_group(&row("p3-xsum_summarize_me-17", "p3-xsum")),
-        data::split_group(&row("p3-xsum_tldr-17", "p3-xsum"))
+        dataset::split_group(&row("p3-xsum_summarize_me-17", "p3-xsum")),
+        dataset::split_group(&row("p3-xsum_tldr-17", "p3-xsum"))
     );
     assert_eq!(
-        data::split_group(&row("sharegpt-abc_0", "sharegpt")),
-        data::split_group(&row("sharegpt-abc_3", "sharegpt"))
+        dataset::split_group(&row("sharegpt-abc_0", "sharegpt")),
+        dataset::split_group(&row("sharegpt-abc_3", "sharegpt"))
     );
     assert_ne!(
-        data::split_group(&row("gsm8k-test-1", "gsm8k")),
-        data::split_group(&row("gsm8k-test-2", "gsm8k"))
+        dataset::split_group(&row("gsm8k-test-1", "gsm8k")),
+        dataset::split_group(&row("gsm8k-test-2", "gsm8k"))
     );
     let a = row("p3-xsum_a-5", "p3-xsum");
     let b = row("p3-xsum_b-5", "p3-xsum");
     for seed in 0..20 {
-        assert_eq!(data::is_dev(&a, seed, 15), data::is_dev(&b, seed, 15));
+        assert_eq!(dataset::is_dev(&a, seed, 15), dataset::is_dev(&b, seed, 15));
     }
 }
 

@@ -8,10 +8,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use switchboard::mock::{self, Mock};
 use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::{CompleteRequest, DoneEvent, Preferences, RouteDecisionRequest};
+use switchboard_mock as mock;
+use switchboard_mock::Mock;
 use tonic::Code;
 
 use common::{catalog as config, mock_backend as backend};

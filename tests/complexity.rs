@@ -10,7 +10,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use switchboard::classify::{Classifier, META_FILE, WEIGHTS_FILE};
 use switchboard::embed::Embedder;
-use switchboard::train::run::{self, TrainConfig};
+use switchboard::train::run;
+use switchboard::train::TrainConfig;
 
 fn config(out: &Path, cache: &Path) -> TrainConfig {
     let mut cfg = common::slice_config(out, cache);

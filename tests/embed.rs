@@ -197,18 +197,105 @@ async fn text_of_any_length_under_the_limit_is_truncated_not_rejected() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_embed_runs_and_reports_every_row() {
-    // Smoke test of the benchmark path (numbers come from release runs, BENCHMARKS.md).
-    let e = embedder(&encoder_config());
-    let r = switchboard::bench::embed(&e, 2, 1, 1).await.unwrap();
-    assert_eq!(
-        r.single.iter().map(|x| x.tokens).collect::<Vec<_>>(),
-        vec![16, 64, 256]
+/// The p50 (ms) of a `bench embed` row, after its label.
+fn p50_after(line: &str, label: &str) -> f64 {
+    let rest = &line[line.find(label).expect("row label") + label.len()..];
+    let at = rest.find("p50").expect("p50 column") + 3;
+    rest[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn bench_embed_runs_and_reports_every_row() {
+    // Smoke test of the benchmark path through the real binary (numbers come from release
+    // runs, BENCHMARKS.md). The stock-BERT reference row needs `--features bench-reference`;
+    // `stock_bert_matches_our_forward` below checks the same model for correctness instead.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "bench",
+            "embed",
+            "--iterations",
+            "2",
+            "--rounds",
+            "1",
+            "--workers",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(r
-        .single
+    let singles: Vec<&str> = text.lines().filter(|l| l.starts_with("single")).collect();
+    let tokens: Vec<usize> = singles
         .iter()
-        .all(|x| x.end_to_end.p50 > 0.0 && x.bare_forward.p50 > 0.0 && x.stock_forward.p50 > 0.0));
-    assert!(r.prompts_per_s > 0.0 && r.bare_batch_prompts_per_s > 0.0);
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tokens, vec![16, 64, 256]);
+    let bare: Vec<&str> = text.lines().filter(|l| l.contains("bare fwd")).collect();
+    assert_eq!(bare.len(), 3, "{text}");
+    assert!(
+        singles.iter().all(|l| p50_after(l, "end-to-end") > 0.0),
+        "{text}"
+    );
+    assert!(
+        bare.iter().all(|l| p50_after(l, "bare fwd") > 0.0),
+        "{text}"
+    );
+    let batched = text
+        .lines()
+        .find(|l| l.starts_with("batched:"))
+        .expect("batched row");
+    // Through the queue, and the bare forward of the same batch.
+    let words: Vec<&str> = batched.split_whitespace().collect();
+    let rates: Vec<f64> = words
+        .windows(2)
+        .filter(|w| w[1].starts_with("prompts/s"))
+        .map(|w| w[0].parse().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 2, "{batched}");
+    assert!(rates.iter().all(|r| *r > 0.0), "{batched}");
+}
+
+#[test]
+fn stock_bert_matches_our_forward() {
+    // candle-transformers' BertModel on the same weights and ids: our fused forward must agree.
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dir = common::model_dir();
+    let cfg: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev);
+    let stock = BertModel::load(vb, &cfg).unwrap();
+    let ours = SentenceEncoder::load(&dir, &dev).unwrap();
+    let e = embedder(&encoder_config());
+    for text in [
+        "How do I reset my password?",
+        "Prove that sqrt(2) is irrational",
+    ] {
+        let ids = e.tokenizer().encode(text).unwrap().ids;
+        let t = candle_core::Tensor::new(ids.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = stock.forward(&t, &t.zeros_like().unwrap(), None).unwrap();
+        let pooled: Vec<f32> = hidden
+            .mean(1)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = ours.embed_ids(&[ids.as_slice()]).unwrap().remove(0);
+        let c = cosine(&pooled, &got);
+        assert!(c > 0.9999, "{text:?}: cosine {c}");
+    }
 }

@@ -8,10 +8,10 @@ mod common;
 use std::path::Path;
 use std::process::Child;
 
-use switchboard::admin::logs::FeedbackLog;
 use switchboard::proto::v1 as pb;
 use switchboard::proto::v1::admin_client::AdminClient;
 use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::records::FeedbackLog;
 use tonic::transport::Channel;
 
 const TOKEN: &str = "crash-test-token";
@@ -41,7 +41,7 @@ async fn connect(addr: &str) -> Channel {
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {
-    switchboard::auth::with_bearer(msg, TOKEN).unwrap()
+    switchboard::grpc::with_bearer(msg, TOKEN).unwrap()
 }
 
 /// Records one feedback item; returns the sequence number the server acknowledged.

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use switchboard::mock::{self, Mock};
+use switchboard_mock as mock;
+use switchboard_mock::Mock;
 
 use common::{catalog, mock_backend};
 
@@ -288,7 +289,7 @@ async fn outcome_feedback_names_the_completion_that_served() {
         rating: 5,
         ..Default::default()
     };
-    let req = switchboard::auth::with_bearer(msg, common::ADMIN_TOKEN).unwrap();
+    let req = switchboard::grpc::with_bearer(msg, common::ADMIN_TOKEN).unwrap();
     assert_eq!(
         a.record_feedback(req).await.unwrap().into_inner().sequence,
         1

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use switchboard::auth::hash_key;
-use switchboard::mock::{self, Mock};
+use switchboard_mock as mock;
+use switchboard_mock::Mock;
 
 use common::{catalog, mock_backend};
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 use switchboard::classify::Prediction;
 use switchboard::config::{Backend, Config, Policy, Variant};
-use switchboard::policy::{self, Live, PolicyError, Preferences, RouteInput};
+use switchboard::policy::{self, Health, PolicyError, Preferences, RouteInput};
 
 const CAPS: &[&str] = &["tools", "vision", "json_mode", "long_context"];
 
@@ -91,7 +91,7 @@ proptest! {
         let p = prediction("code", cx);
         let meta = HashMap::new();
         let input = RouteInput { prediction: &p, prompt_tokens: tokens, prefs: &prefs, metadata: &meta, request_key: "k" };
-        let live = |n: &str| Live { healthy: health[n], latency_ms: None };
+        let live = |n: &str| Health { healthy: health[n], latency_ms: None };
         match policy::rank(&cfg, "", &input, &live) {
             Ok(d) => {
                 prop_assert!(!d.ranked.is_empty());
@@ -120,7 +120,7 @@ proptest! {
         let top = |t: f64| {
             let prefs = Preferences { trade_off: Some(t), expected_output_tokens: 256, ..Default::default() };
             let input = RouteInput { prediction: &p, prompt_tokens: tokens, prefs: &prefs, metadata: &meta, request_key: "k" };
-            policy::rank(&cfg, "", &input, &|_| Live::default()).ok().map(|d| d.ranked[0].clone())
+            policy::rank(&cfg, "", &input, &|_| Health::default()).ok().map(|d| d.ranked[0].clone())
         };
         if let (Some(a), Some(b)) = (top(lo), top(hi)) {
             prop_assert!(b.quality >= a.quality - 1e-12, "quality fell from {} to {} as trade-off rose {lo} → {hi}", a.quality, b.quality);
@@ -197,7 +197,7 @@ fn empty_result_names_every_backends_reason() {
         metadata: &meta,
         request_key: "",
     };
-    let err = policy::rank(&cfg, "", &input, &|_| Live::default()).unwrap_err();
+    let err = policy::rank(&cfg, "", &input, &|_| Health::default()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("b0: lacks capability vision"), "{msg}");
 }

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::Live;
+use crate::policy::Health;
 use breaker::{Admit, Breaker, BreakerConfig, State};
 
 struct BackendState {
@@ -24,8 +24,8 @@ struct BackendState {
     cooldown_until: Mutex<Option<Instant>>,
 }
 
-/// Live state of every catalog backend.
-pub struct Fleet {
+/// Breakers, concurrency slots and latency measurements of every catalog backend.
+pub struct Upstreams {
     states: HashMap<String, BackendState>,
     metrics: Arc<Metrics>,
     pub http: reqwest::Client,
@@ -55,20 +55,20 @@ impl std::fmt::Display for Skip {
     }
 }
 
-/// A granted call slot; give the outcome back with `Fleet::finish`.
+/// A granted call slot; give the outcome back with `Upstreams::finish`.
 pub struct Slot {
     pub backend: String,
     admit: Admit,
     _permit: OwnedSemaphorePermit,
     finished: bool,
-    fleet: Arc<Fleet>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // A probe that ended without an outcome (client gone) must free the half-open slot.
         if !self.finished && self.admit == Admit::Probe {
-            if let Some(s) = self.fleet.states.get(&self.backend) {
+            if let Some(s) = self.upstreams.states.get(&self.backend) {
                 s.breaker
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -78,7 +78,7 @@ impl Drop for Slot {
     }
 }
 
-impl Fleet {
+impl Upstreams {
     pub fn new(
         cfg: &Config,
         breaker: BreakerConfig,
@@ -110,8 +110,9 @@ impl Fleet {
         })
     }
 
-    /// Health and measured latency for the policy.
-    pub fn live(&self, name: &str) -> Live {
+    /// Health and measured latency for ranking a RouteDecision: an open breaker or a
+    /// Retry-After cooldown makes a backend unhealthy.
+    pub fn health(&self, name: &str) -> Health {
         let now = Instant::now();
         match self.states.get(name) {
             Some(s) => {
@@ -126,12 +127,21 @@ impl Fleet {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .is_some_and(|t| t > now);
-                Live {
+                Health {
                     healthy: !open && !cooling,
                     latency_ms: *s.ttft_ms.lock().unwrap_or_else(|p| p.into_inner()),
                 }
             }
-            None => Live::default(),
+            None => Health::default(),
+        }
+    }
+
+    /// Measured latency only, every backend healthy: for ranking a completion, whose own
+    /// slot check then skips (and names) each backend it cannot call.
+    pub fn latency_only(&self, name: &str) -> Health {
+        Health {
+            healthy: true,
+            latency_ms: self.health(name).latency_ms,
         }
     }
 
@@ -187,7 +197,7 @@ impl Fleet {
             admit,
             _permit: permit,
             finished: false,
-            fleet: self.clone(),
+            upstreams: self.clone(),
         })
     }
 

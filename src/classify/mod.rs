@@ -1,6 +1,7 @@
 //! Embedding → intent, domain, complexity. Owns the head artifact format (weights +
 //! `classifier.json` metadata), its validation against the live encoder, and inference.
 //! Training lives in `train`; this module must stay cheap enough for the request path.
+pub mod artifact;
 pub mod heads;
 pub mod input;
 pub mod spell;
@@ -82,6 +83,14 @@ pub struct Prediction {
     pub small_fails: f32,
     pub confidence: f32,
     pub abstained: bool,
+}
+
+/// The classifier's input for one prompt: the embedding and the tokens the encoder saw. The
+/// decision log keeps it, so heads can be retrained without the prompt's text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub embedding: Vec<f32>,
+    pub tokens: u32,
 }
 
 /// A loaded, validated classifier.

@@ -36,7 +36,7 @@ fn hash(w: &[u8]) -> u64 {
 
 /// Key of the lexicon in the heads' safetensors metadata: one word a line, most frequent first.
 pub const LEXICON_KEY: &str = "spell_lexicon";
-/// A word must occur in this many groups of training prompts (`train::data::split_group`: a
+/// A word must occur in this many groups of training prompts (`dataset::split_group`: a
 /// prompt, or all template phrasings of one passage) to enter the lexicon: rarer words are
 /// often typos themselves, or names.
 pub const MIN_GROUPS: usize = 3;

@@ -8,14 +8,14 @@ pub mod tokenize;
 mod worker;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use crate::error::{Error, ErrorKind};
 pub use model::{EncoderInfo, SentenceEncoder};
 pub use queue::BatchLimits;
 pub use tokenize::{Encoded, TextTokenizer, Truncation};
@@ -39,17 +39,22 @@ pub enum EmbedError {
     Load(String),
 }
 
-impl EmbedError {
-    /// Short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::EmptyInput => "empty_input",
-            Self::InputTooLong { .. } => "input_too_long",
-            Self::Overloaded { .. } => "overloaded",
-            Self::Shutdown => "shutdown",
-            Self::Tokenize(_) => "tokenize",
-            Self::Model(_) => "model",
-            Self::Load(_) => "load",
+impl From<EmbedError> for Error {
+    fn from(e: EmbedError) -> Self {
+        let kind = match &e {
+            EmbedError::EmptyInput => ErrorKind::InvalidArgument,
+            EmbedError::InputTooLong { .. } => ErrorKind::TooLarge,
+            EmbedError::Overloaded { .. } => ErrorKind::Overloaded,
+            EmbedError::Shutdown => ErrorKind::Unavailable,
+            EmbedError::Tokenize(_) | EmbedError::Model(_) | EmbedError::Load(_) => {
+                ErrorKind::Internal
+            }
+        };
+        let out = Error::new(kind, e.to_string());
+        match e {
+            EmbedError::Overloaded { .. } => out.reason("overloaded"),
+            EmbedError::Shutdown => out.reason("shutting_down"),
+            _ => out,
         }
     }
 }
@@ -128,10 +133,15 @@ impl Drop for Inner {
     }
 }
 
-/// Cheap-to-clone handle to the encoder service.
+type Reply = oneshot::Receiver<Result<Embedded, EmbedError>>;
+
+/// Cheap-to-clone handle to the encoder service: the shared queue and workers, bound to one
+/// model. Each job carries its handle's model, so handles bound to different models (a live
+/// swap, a retrain on the live encoder) share the workers without mixing vectors.
 #[derive(Clone)]
 pub struct Embedder {
     inner: Arc<Inner>,
+    model: Arc<SentenceEncoder>,
 }
 
 impl Embedder {
@@ -154,9 +164,6 @@ impl Embedder {
                 max_items: cfg.max_batch_items.max(1),
                 max_tokens: cfg.max_batch_tokens.max(max_tokens),
             },
-            model: ArcSwap::from_pointee(model),
-            batches: AtomicU64::new(0),
-            batched_items: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         for i in 0..cfg.workers.max(1) {
@@ -173,11 +180,21 @@ impl Embedder {
                 tokenizer,
                 threads: Mutex::new(threads),
             }),
+            model: Arc::new(model),
         })
     }
 
+    /// A handle on the same queue and workers that embeds with `model` (same tokenizer; the
+    /// caller checks that).
+    pub fn with_model(&self, model: Arc<SentenceEncoder>) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            model,
+        }
+    }
+
     pub fn info(&self) -> EncoderInfo {
-        self.inner.shared.model.load().info().clone()
+        self.model.info().clone()
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
@@ -189,31 +206,26 @@ impl Embedder {
         self.inner.shared.lock().len()
     }
 
-    /// (batches run, items embedded) since start.
-    pub fn batch_counts(&self) -> (u64, u64) {
-        let s = &self.inner.shared;
-        (
-            s.batches.load(Ordering::Relaxed),
-            s.batched_items.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Replaces the model the workers use from their next batch on (a full-model swap). The
-    /// new model must use the same tokenizer; the caller checks that.
-    pub fn swap_model(&self, model: Arc<SentenceEncoder>) {
-        self.inner.shared.model.store(model);
-    }
-
-    /// The live model, for callers that run synchronous work beside the queue (benchmarks).
+    /// The model this handle embeds with.
     pub fn model(&self) -> Arc<SentenceEncoder> {
-        self.inner.shared.model.load_full()
+        self.model.clone()
     }
 
     /// Embeds one text through the queue.
     pub async fn embed(&self, text: &str) -> Result<Embedded, EmbedError> {
+        self.embed_with(&self.model, text).await
+    }
+
+    /// Embeds one text with `model` (a snapshot of the live model) instead of this handle's.
+    pub async fn embed_with(
+        &self,
+        model: &Arc<SentenceEncoder>,
+        text: &str,
+    ) -> Result<Embedded, EmbedError> {
         let encoded = self.inner.tokenizer.encode(text)?;
         let original = encoded.original_tokens;
-        let mut e = self.embed_encoded(encoded.ids).await?;
+        let rx = self.submit_to(model, encoded.ids)?;
+        let mut e = rx.await.map_err(|_| EmbedError::Shutdown)??;
         e.original_tokens = original;
         Ok(e)
     }
@@ -242,10 +254,11 @@ impl Embedder {
         Ok(out)
     }
 
-    fn submit(
-        &self,
-        ids: Vec<u32>,
-    ) -> Result<oneshot::Receiver<Result<Embedded, EmbedError>>, EmbedError> {
+    fn submit(&self, ids: Vec<u32>) -> Result<Reply, EmbedError> {
+        self.submit_to(&self.model, ids)
+    }
+
+    fn submit_to(&self, model: &Arc<SentenceEncoder>, ids: Vec<u32>) -> Result<Reply, EmbedError> {
         let shared = &self.inner.shared;
         if shared.shutdown.load(Ordering::Acquire) {
             return Err(EmbedError::Shutdown);
@@ -253,6 +266,7 @@ impl Embedder {
         let (tx, rx) = oneshot::channel();
         let job = worker::Job {
             ids,
+            model: model.clone(),
             reply: tx,
             span: tracing::Span::current(),
             enqueued: Instant::now(),

@@ -1,10 +1,9 @@
 //! The encoder's owner threads. Each worker waits on the shared queue, takes a batch, runs the
 //! forward pass and answers every caller through its oneshot. Async code never blocks here.
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tracing::Span;
 
@@ -15,6 +14,8 @@ use super::{EmbedError, Embedded};
 /// One sequence waiting to be embedded.
 pub(crate) struct Job {
     pub ids: Vec<u32>,
+    /// The encoder this job must run on (its caller's snapshot of the live model).
+    pub model: Arc<SentenceEncoder>,
     pub reply: oneshot::Sender<Result<Embedded, EmbedError>>,
     pub span: Span,
     pub enqueued: Instant,
@@ -35,9 +36,6 @@ pub(crate) struct Shared {
     pub ready: Condvar,
     pub shutdown: AtomicBool,
     pub limits: BatchLimits,
-    pub model: ArcSwap<SentenceEncoder>,
-    pub batches: AtomicU64,
-    pub batched_items: AtomicU64,
 }
 
 impl Shared {
@@ -61,23 +59,31 @@ pub(crate) fn run(shared: Arc<Shared>) {
             q.next_batch(shared.limits)
         };
         if !batch.is_empty() {
-            process(&shared, batch);
+            process(batch);
         }
     }
 }
 
-fn process(shared: &Shared, batch: Vec<Job>) {
+/// Runs a batch, one forward per encoder in it: a swap can leave jobs for the old and the new
+/// encoder in the same batch, and each must get its own encoder's vector.
+fn process(mut batch: Vec<Job>) {
+    while let Some(first) = batch.first() {
+        let model = first.model.clone();
+        let (same, rest) = batch
+            .into_iter()
+            .partition(|j: &Job| Arc::ptr_eq(&j.model, &model));
+        forward(&model, same);
+        batch = rest;
+    }
+}
+
+fn forward(model: &SentenceEncoder, batch: Vec<Job>) {
     let started = Instant::now();
-    let model = shared.model.load_full();
     let encoder: Arc<str> = Arc::from(model.info().weights_sha256.as_str());
     let seqs: Vec<&[u32]> = batch.iter().map(|j| j.ids.as_slice()).collect();
     let padded = seqs.iter().map(|s| s.len()).max().unwrap_or(0) * seqs.len();
     let result = model.embed_ids(&seqs);
     let embed_us = started.elapsed().as_micros() as u64;
-    shared.batches.fetch_add(1, Ordering::Relaxed);
-    shared
-        .batched_items
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let size = batch.len();
     match result {
         Ok(vectors) => {

@@ -2,7 +2,6 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
@@ -10,12 +9,13 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{wire, HttpState};
-use crate::auth::{apply_caller, Caller};
+use crate::auth::Caller;
+use crate::convert::{to_response, to_route_request};
 use crate::proto::v1 as pb;
 
 /// `auto`, one `auto:<policy>` per policy, then the catalog's backends.
 pub async fn models(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let c = &s.proxy.engine.config;
+    let c = &s.gateway.engine().config;
     let entry = |id: String, owner: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
     let mut data = vec![entry("auto".into(), "switchboard")];
     data.extend(
@@ -54,19 +54,10 @@ async fn route_inner(
     let body =
         body.map_err(|r| ApiError::new(r.status(), "invalid_request_error", r.body_text()))?;
     let req: pb::RouteDecisionRequest = wire::parse(&body)?;
-    let mut req = crate::grpc::to_route_request(req);
-    apply_caller(&mut req, None, caller.as_ref()).map_err(|m| {
-        ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", m).code("permission_denied")
-    })?;
-    let engine = &s.proxy.engine;
-    let fleet = s.proxy.fleet.clone();
-    let outcome = engine
-        .route(&req, &move |n: &str| fleet.live(n))
-        .await
-        .map_err(|e| {
-            engine.metrics.errors.with_label_values(&[e.kind()]).inc();
-            ApiError::from(e)
-        })?;
+    let outcome = s
+        .gateway
+        .route(to_route_request(req), caller.as_ref())
+        .await?;
     tracing::Span::current().record("decision_id", outcome.decision_id.as_str());
-    Ok(crate::grpc::to_response(&outcome))
+    Ok(to_response(&outcome))
 }

@@ -11,15 +11,23 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{wire, HttpState};
-use crate::auth::{apply_caller, Caller};
-use crate::proxy::{DoneInfo, ProxyError, ProxyEvent};
+use crate::auth::Caller;
+use crate::error::{Error, ErrorKind};
+use crate::gateway::CompletionRx as Rx;
+use crate::proxy::{DoneInfo, ProxyEvent};
 
-type Rx = mpsc::Receiver<Result<ProxyEvent, ProxyError>>;
+/// The completion's events stopped without a last event: its task died.
+fn ended_early() -> ApiError {
+    let e = Error::new(
+        ErrorKind::Unavailable,
+        "the completion ended without an answer or an error",
+    );
+    ApiError::from(e.reason("no_backend_available"))
+}
 
 /// What is known when the first token arrives, for headers and every chunk.
 #[derive(Default)]
@@ -101,13 +109,8 @@ async fn handle(
     let req: wire::ChatRequest = wire::parse(&body.map_err(body_error)?)?;
     let stream = req.stream;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let mut input = wire::to_input(req, &headers, &s.proxy.engine.config)?;
-    apply_caller(&mut input.route, input.pinned.as_deref(), caller.as_ref()).map_err(|m| {
-        ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", m).code("permission_denied")
-    })?;
-    let (tx, mut rx) = mpsc::channel(32);
-    let proxy = s.proxy.clone();
-    tokio::spawn(async move { proxy.run(input, tx).await }.in_current_span());
+    let input = wire::to_input(req, &headers, &s.gateway.engine().config)?;
+    let mut rx = s.gateway.complete(input, caller.as_ref())?;
     let mut head = Head {
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -117,7 +120,7 @@ async fn handle(
     };
     let first = loop {
         match rx.recv().await {
-            None => return Err(ApiError::from(ProxyError::AllFailed(vec![]))),
+            None => return Err(ended_early()),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(ProxyEvent::Decision {
                 decision_id,
@@ -159,7 +162,7 @@ async fn collect(head: Head, first: ProxyEvent, mut rx: Rx) -> Result<Response, 
         next = match rx.recv().await {
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(ApiError::from(ProxyError::AllFailed(vec![]))),
+            None => return Err(ended_early()),
         };
     };
     let body = json!({
@@ -268,7 +271,7 @@ impl Frames {
 }
 
 /// One step of the SSE body: the bytes for the next proxy event, and whether it was the last.
-fn frame(f: &Frames, ev: Option<Result<ProxyEvent, ProxyError>>) -> (String, bool) {
+fn frame(f: &Frames, ev: Option<Result<ProxyEvent, Error>>) -> (String, bool) {
     let mut out = String::new();
     match ev {
         Some(Ok(ProxyEvent::Delta(t))) => {
@@ -284,10 +287,7 @@ fn frame(f: &Frames, ev: Option<Result<ProxyEvent, ProxyError>>) -> (String, boo
             tracing::info!(error = %e, "stream failed after the first byte");
             (format!("data: {}\n\n", ApiError::from(e).body()), true)
         }
-        None => {
-            let e = ApiError::from(ProxyError::AllFailed(vec![]));
-            (format!("data: {}\n\n", e.body()), true)
-        }
+        None => (format!("data: {}\n\n", ended_early().body()), true),
     }
 }
 

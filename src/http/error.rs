@@ -1,14 +1,12 @@
 //! OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the matching
-//! HTTP status, from every error the engine and the proxy can return.
+//! HTTP status. Every error from below arrives as `crate::error::Error` and goes through one
+//! table; the constructors here are for what only HTTP can get wrong (body, URL, model name).
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::embed::EmbedError;
-use crate::engine::RouteError;
-use crate::policy::PolicyError;
-use crate::proxy::ProxyError;
+use crate::error::{Error, ErrorKind};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -43,11 +41,6 @@ impl ApiError {
     pub fn code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
-    }
-
-    pub fn unauthorized(message: &str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-            .code("invalid_api_key")
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -90,62 +83,58 @@ fn param(field: &str) -> String {
     }
 }
 
-impl From<RouteError> for ApiError {
-    fn from(e: RouteError) -> Self {
-        let msg = e.to_string();
-        match e {
-            RouteError::InvalidArgument { field, message } => {
-                let status = if message.contains("bytes, over the limit") {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                Self {
-                    status,
-                    ..Self::invalid(param(&field), message)
-                }
-            }
-            RouteError::Embed { field, source } => match source {
-                EmbedError::EmptyInput => Self::invalid(field, source),
-                EmbedError::InputTooLong { .. } => Self {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    ..Self::invalid(field, source)
-                },
-                EmbedError::Overloaded { .. } => {
-                    Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg)
-                        .code("overloaded")
-                }
-                EmbedError::Shutdown => {
-                    Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg)
-                        .code("shutting_down")
-                }
-                _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg),
-            },
-            RouteError::Classify(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", msg)
-            }
-            RouteError::Policy(PolicyError::UnknownPolicy(_)) => Self::invalid("policy", msg),
-            RouteError::Policy(PolicyError::NoneQualifies(_)) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", msg)
-                    .code("no_backend_qualifies")
-            }
-        }
+/// The HTTP table: status, OpenAI error type and default code for each kind of error.
+pub fn table(kind: ErrorKind) -> (StatusCode, &'static str, Option<&'static str>) {
+    const INVALID: &str = "invalid_request_error";
+    match kind {
+        ErrorKind::InvalidArgument => (StatusCode::BAD_REQUEST, INVALID, None),
+        ErrorKind::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID,
+            Some("request_too_large"),
+        ),
+        ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key")),
+        ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, INVALID, Some("permission_denied")),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, INVALID, None),
+        // A request no backend can take as asked: the caller's to change, not a retry.
+        ErrorKind::FailedPrecondition => (StatusCode::BAD_REQUEST, INVALID, None),
+        ErrorKind::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None),
+        ErrorKind::Overloaded => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("overloaded"),
+        ),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
+        ErrorKind::UpstreamFailed => (
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            Some("upstream_failed"),
+        ),
+        // nginx's "client closed request": nobody reads it, but logs and metrics do.
+        ErrorKind::Cancelled => (
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            INVALID,
+            None,
+        ),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
     }
 }
 
-impl From<ProxyError> for ApiError {
-    fn from(e: ProxyError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ProxyError::Route(r) => r.into(),
-            ProxyError::InvalidArgument { field, message } => Self::invalid(field, message),
-            ProxyError::AllFailed(_) | ProxyError::NoneAvailable(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg)
-                    .code("no_backend_available")
-            }
-            ProxyError::MidStream { .. } => {
-                Self::new(StatusCode::BAD_GATEWAY, "server_error", msg).code("upstream_failed")
-            }
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, kind, code) = table(e.kind);
+        let param = e.field.as_deref().map(param);
+        // The message names the field as the caller spelled it.
+        let message = match (&e.field, &param) {
+            (Some(f), Some(p)) if f != p => e.message.replacen(f.as_str(), p, 1),
+            _ => e.message,
+        };
+        Self {
+            status,
+            message,
+            kind,
+            param,
+            code: e.reason.or(code),
         }
     }
 }

@@ -1,10 +1,12 @@
-//! The HTTP side: the OpenAI-compatible facade (`/v1/chat/completions`, `/v1/models`,
+//! The HTTP transport: the OpenAI-compatible facade (`/v1/chat/completions`, `/v1/models`,
 //! `/v1/route`), Prometheus `/metrics`, `/healthz` (process up) and `/readyz` (model warm).
+//! Handlers translate JSON and call the gateway; the server is assembled in `server`.
 mod api;
 mod chat;
 pub mod error;
 mod wire;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,21 +16,21 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::auth::ApiKeys;
-use crate::proxy::Proxy;
+use crate::gateway::Gateway;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub proxy: Arc<Proxy>,
+    pub gateway: Arc<Gateway>,
+    /// Set once the encoder is warm (`/readyz`).
     pub ready: Arc<AtomicBool>,
-    /// Client API keys, as for gRPC; `None` = open.
-    pub keys: Option<Arc<ApiKeys>>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
-    let e = &s.proxy.engine;
+    let e = s.gateway.engine();
     e.metrics.queue_depth.set(e.embedder.queue_depth() as i64);
     e.metrics.render()
 }
@@ -42,8 +44,8 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 /// Sets TCP_NODELAY on an accepted connection: small responses and SSE frames must not wait
-/// for delayed ACKs (Nagle). For `axum::serve(listener.tap_io(nodelay), …)`.
-pub fn nodelay(s: &mut tokio::net::TcpStream) {
+/// for delayed ACKs (Nagle).
+fn nodelay(s: &mut tokio::net::TcpStream) {
     if let Err(e) = s.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
@@ -59,25 +61,22 @@ async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Resp
     let span = tracing::info_span!("http", method = %req.method(), path = %path, status = tracing::field::Empty);
     async move {
         let start = Instant::now();
-        let resp = match &s.keys {
-            Some(keys) => {
-                let h = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok());
-                match keys.check(h) {
-                    Ok(caller) => {
-                        req.extensions_mut().insert(caller);
-                        next.run(req).await
-                    }
-                    Err(m) => error::ApiError::unauthorized(m).into_response(),
+        let h = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let resp = match s.gateway.authenticate(h) {
+            Ok(caller) => {
+                if let Some(c) = caller {
+                    req.extensions_mut().insert(c);
                 }
+                next.run(req).await
             }
-            None => next.run(req).await,
+            Err(e) => error::ApiError::from(e).into_response(),
         };
         let status = resp.status();
         tracing::Span::current().record("status", status.as_u16());
-        let m = &s.proxy.engine.metrics;
+        let m = &s.gateway.engine().metrics;
         m.http_requests
             .with_label_values(&[path.as_str(), status.as_str()])
             .inc();
@@ -102,7 +101,7 @@ async fn not_found() -> Response {
 
 /// The HTTP router.
 pub fn router(state: HttpState) -> axum::Router {
-    let limit = state.proxy.engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
+    let limit = state.gateway.engine().config.server.max_prompt_bytes * 2 + 64 * 1024;
     let v1 = axum::Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(api::models))
@@ -116,4 +115,15 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/readyz", get(readyz))
         .merge(v1)
         .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains requests in flight.
+pub async fn serve(
+    router: axum::Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener.tap_io(nodelay), router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

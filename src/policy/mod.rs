@@ -26,14 +26,14 @@ pub struct Preferences {
     pub expected_output_tokens: u32,
 }
 
-/// Live state of a backend (from the proxy's breakers and measurements).
+/// A backend's health as ranking sees it (from the breakers and latency measurements).
 #[derive(Debug, Clone, Copy)]
-pub struct Live {
+pub struct Health {
     pub healthy: bool,
     pub latency_ms: Option<f64>,
 }
 
-impl Default for Live {
+impl Default for Health {
     fn default() -> Self {
         Self {
             healthy: true,
@@ -172,7 +172,7 @@ fn violation(
     input: &RouteInput<'_>,
     cost: f64,
     latency: f64,
-    live: Live,
+    live: Health,
 ) -> Option<String> {
     let prefs = input.prefs;
     if !prefs.allow.is_empty() && !prefs.allow.contains(&b.name) {
@@ -291,7 +291,7 @@ pub fn rank(
     cfg: &Config,
     policy_name: &str,
     input: &RouteInput<'_>,
-    live: &(dyn Fn(&str) -> Live + Sync),
+    live: &(dyn Fn(&str) -> Health + Sync),
 ) -> Result<Decision, PolicyError> {
     let name = if policy_name.is_empty() {
         cfg.default_policy.as_str()

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::data::Row;
 use crate::classify::{Classifier, ClassifyError, Prediction};
+use crate::dataset::Row;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassMetrics {

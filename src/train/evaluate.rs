@@ -6,11 +6,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use super::data::{self, Row};
 use super::eval::{self, EvalReport};
 use super::report;
-use super::run::{embed_rows, TrainError};
+use super::run::embed_rows;
+use super::TrainError;
 use crate::classify::Classifier;
+use crate::dataset::{self, Row};
 use crate::embed::Embedder;
 
 /// Settings of an evaluation.
@@ -142,14 +143,14 @@ pub async fn typo_robustness(
 /// Runs the evaluation; writes `report.json` and SVG charts when `out_dir` is set.
 pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, TrainError> {
     let classifier = Classifier::load(&cfg.head, &embedder.info())?;
-    let (rows, bad) = data::read_all(&cfg.data)?;
+    let (rows, bad) = dataset::read_all(&cfg.data)?;
     for b in &bad {
         tracing::warn!("skipped: {b}");
     }
     let rows: Vec<Row> = match cfg.dev_split {
         Some((seed, pct)) => rows
             .into_iter()
-            .filter(|r| data::is_dev(r, seed, pct))
+            .filter(|r| dataset::is_dev(r, seed, pct))
             .collect(),
         None => rows,
     };

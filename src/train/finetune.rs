@@ -13,10 +13,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::data::{self, Row};
 use super::fit::{self, Dataset, EpochLog};
-use super::run::{self, HeadParts, TrainConfig, TrainError, TrainOutcome};
+use super::run::{self, HeadParts, TrainOutcome};
+use super::{TrainConfig, TrainError};
 use crate::classify::heads::{Heads, Outputs};
+use crate::dataset::{self, Row};
 use crate::embed::bert::{mean_pool_normalize, Bert, BertConfig, Mode};
 use crate::embed::{Embedder, EncoderConfig};
 
@@ -427,7 +428,7 @@ fn split<'a>(
 ) -> Result<(Vec<&'a Row>, Vec<&'a Row>), TrainError> {
     let (dv, tr): (Vec<&Row>, Vec<&Row>) = rows
         .iter()
-        .partition(|r| data::is_dev(r, cfg.fit.seed, cfg.dev_percent));
+        .partition(|r| dataset::is_dev(r, cfg.fit.seed, cfg.dev_percent));
     if tr.is_empty() || dv.is_empty() {
         return Err(TrainError::Invalid(format!(
             "split left {} train and {} dev rows",

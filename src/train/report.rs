@@ -3,9 +3,9 @@
 //! than through a plotting crate, which would add minutes of build for two simple charts.
 use std::fmt::Write;
 
-use super::data::Row;
 use super::eval::{EvalReport, LabelReport};
 use crate::classify::Prediction;
+use crate::dataset::Row;
 
 fn head(out: &mut String, name: &str, r: &LabelReport) {
     let _ = writeln!(

@@ -1,61 +1,19 @@
 //! `switchboard train`: data → split → embeddings (cached) → heads → calibration → metrics →
 //! a new head folder. Progress goes to tracing; the caller decides how to show it.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
 use super::cache::{self, EmbeddingCache};
-use super::data::{self, DataError, Row};
 use super::eval::{self, EvalReport};
-use super::fit::{self, Dataset, EpochLog, FitConfig};
+use super::fit::{self, Dataset, EpochLog};
+use super::{TrainConfig, TrainError};
 use crate::classify::heads::Outputs;
-use crate::classify::{
-    content_version, varmap_bytes, Classifier, ClassifierMeta, ClassifyError, EncoderRef,
-};
-use crate::embed::{EmbedError, Embedder};
-
-/// Errors of a training run.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error(transparent)]
-    Classify(#[from] ClassifyError),
-    #[error("training failed: {0}")]
-    Model(#[from] candle_core::Error),
-    #[error("embedding cache: {0}")]
-    Cache(#[from] std::io::Error),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Settings of a training run.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    pub data: Vec<PathBuf>,
-    pub out: PathBuf,
-    pub cache_dir: PathBuf,
-    pub dev_percent: u32,
-    /// Loss weight of real user prompts (`source == "sharegpt"`) relative to other rows.
-    pub real_prompt_weight: f32,
-    /// Class balancing of real prompts: each real row's weight is multiplied by
-    /// (mean real class size / its class size)^this (0 = off), so that thin real classes count.
-    pub real_class_balance: f32,
-    pub min_examples: usize,
-    pub abstain_threshold: f32,
-    /// Use at most this many rows (0 = all), taken in file order: for quick runs and tests.
-    pub limit: usize,
-    pub fit: FitConfig,
-    /// Keep the intent and domain heads of this classifier folder (made for the same encoder)
-    /// and train the complexity head alone; its own encoder, if any, is copied to the output.
-    pub keep_heads: Option<PathBuf>,
-    /// Word list for typo repair (`classify::spell`); None = heads without typo repair.
-    pub spell_dictionary: Option<PathBuf>,
-}
+use crate::classify::{content_version, varmap_bytes, Classifier, ClassifierMeta, EncoderRef};
+use crate::dataset::{self, Row};
+use crate::embed::Embedder;
 
 /// What a run produced.
 pub struct TrainOutcome {
@@ -213,7 +171,7 @@ pub fn dataset(
 
 /// Reads and checks the data files: bad lines are logged with file:line and skipped.
 pub fn load_rows(cfg: &TrainConfig) -> Result<Vec<Row>, TrainError> {
-    let (mut rows, bad) = data::read_all(&cfg.data)?;
+    let (mut rows, bad) = dataset::read_all(&cfg.data)?;
     for b in &bad {
         tracing::warn!("skipped: {b}");
     }
@@ -228,8 +186,8 @@ pub(crate) fn label_sets(
     rows: &[Row],
     min: usize,
 ) -> Result<(Vec<String>, Vec<String>), TrainError> {
-    let (intents, rare_i) = data::label_set(rows, "intent", |r| r.intent.as_ref(), min);
-    let (domains, rare_d) = data::label_set(rows, "domain", |r| r.domain.as_ref(), min);
+    let (intents, rare_i) = dataset::label_set(rows, "intent", |r| r.intent.as_ref(), min);
+    let (domains, rare_d) = dataset::label_set(rows, "domain", |r| r.domain.as_ref(), min);
     for e in rare_i.iter().chain(&rare_d) {
         tracing::warn!("{e}");
     }
@@ -249,7 +207,7 @@ fn split<'a>(
 ) -> Result<(Part<'a>, Part<'a>), TrainError> {
     let (mut tr, mut dv): (Part<'a>, Part<'a>) = Default::default();
     for (r, v) in rows.iter().zip(vectors) {
-        let side = if data::is_dev(r, cfg.fit.seed, cfg.dev_percent) {
+        let side = if dataset::is_dev(r, cfg.fit.seed, cfg.dev_percent) {
             &mut dv
         } else {
             &mut tr
@@ -303,7 +261,7 @@ pub(crate) fn provenance(
         ("data".to_string(), serde_json::json!(files)),
         (
             "data_sha256".to_string(),
-            serde_json::json!(data::data_sha256(&cfg.data)?),
+            serde_json::json!(dataset::data_sha256(&cfg.data)?),
         ),
         ("hyper_parameters".to_string(), hyper),
         ("best_epoch".to_string(), serde_json::json!(best_epoch)),

@@ -1,8 +1,8 @@
 //! The typo-repair lexicon of a training run (`classify::spell`): built from the train split,
 //! applied to the dev split so that the dev report sees prompts as the server will.
-use super::data::{self, Row};
-use super::run::{TrainConfig, TrainError};
+use super::{TrainConfig, TrainError};
 use crate::classify::spell;
+use crate::dataset::{self, Row};
 use crate::embed::Embedder;
 
 /// Builds the typo-repair lexicon from the train split's texts, the encoder's vocabulary and
@@ -20,13 +20,13 @@ pub(crate) fn repair_typos(
         .map_err(|e| TrainError::Invalid(format!("--spell-dictionary {}: {e}", path.display())))?;
     let dev: Vec<bool> = rows
         .iter()
-        .map(|r| data::is_dev(r, cfg.fit.seed, cfg.dev_percent))
+        .map(|r| dataset::is_dev(r, cfg.fit.seed, cfg.dev_percent))
         .collect();
     let train_texts = rows
         .iter()
         .zip(&dev)
         .filter(|(_, d)| !**d)
-        .map(|(r, _)| (data::split_group(r), r.text.as_str()));
+        .map(|(r, _)| (dataset::split_group(r), r.text.as_str()));
     let lexicon = spell::build_lexicon(train_texts, &embedder.tokenizer().vocab(), &dictionary);
     let fixer = spell::SpellFixer::from_lexicon(&lexicon);
     for (r, _) in rows.iter_mut().zip(&dev).filter(|(_, d)| **d) {

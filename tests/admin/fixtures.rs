@@ -2,7 +2,7 @@
 //! from the shipped classifier (valid variants, a full model, and artifacts that must be refused).
 use std::path::{Path, PathBuf};
 
-use switchboard::bench::swap;
+use switchboard::classify::artifact as swap;
 use switchboard::classify::WEIGHTS_FILE;
 use switchboard::proto::v1 as pb;
 use switchboard::proto::v1::admin_client::AdminClient;

@@ -59,7 +59,7 @@ async fn admin_rpcs_need_the_admin_token_and_change_nothing_without_it() {
     }
     let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
     assert_eq!(live(&mut a).await, before);
-    assert_eq!(server.engine.classifier.load().version(), before);
+    assert_eq!(server.engine.live.snapshot().version(), before);
     let feedback = server.engine.config.admin.state_dir.join("feedback.jsonl");
     assert_eq!(std::fs::read_to_string(&feedback).unwrap_or_default(), "");
     server.stop().await;
@@ -74,7 +74,7 @@ async fn inline_swaps_cas_dry_run_and_limits() {
     let v = variant(&dir, 1.2);
     let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
     let shipped_v = live(&mut a).await;
-    let bytes = switchboard::admin::registry::pack_inline(&dir).unwrap();
+    let bytes = switchboard::classify::artifact::pack_inline(&dir).unwrap();
     let inline = |b: Vec<u8>| pb::SwapClassifierRequest {
         source: Some(pb::swap_classifier_request::Source::InlineHeads(b)),
         ..Default::default()

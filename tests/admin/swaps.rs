@@ -208,7 +208,7 @@ async fn twenty_swaps_under_load_fail_no_request() {
         }
         assert_eq!(
             live(&mut adm).await,
-            server.engine.classifier.load().version()
+            server.engine.live.snapshot().version()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -45,12 +45,12 @@ pub struct TestServer {
     pub admin: std::net::SocketAddr,
     pub engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::grpc::ServeError>>>,
+    pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::server::ServeError>>>,
 }
 
 impl TestServer {
     pub async fn start(config: switchboard::config::Config) -> Self {
-        use switchboard::grpc::{self, ServeConfig};
+        use switchboard::server::{self as grpc, ServeConfig};
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let bound = grpc::bind(ServeConfig {
             grpc_addr: any,
@@ -288,8 +288,8 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn slice_config(
     out: &std::path::Path,
     cache: &std::path::Path,
-) -> switchboard::train::run::TrainConfig {
-    switchboard::train::run::TrainConfig {
+) -> switchboard::train::TrainConfig {
+    switchboard::train::TrainConfig {
         data: vec![fixture("train_slice.jsonl")],
         out: out.to_path_buf(),
         cache_dir: cache.to_path_buf(),

@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::gate::{self, GateFeatures, GateSet};
+use super::{Live, LiveModel};
 use crate::classify::{Classifier, ClassifierMeta, META_FILE};
-use crate::config::AdminConfig;
-use crate::embed::model::SentenceEncoder;
-use crate::engine::Engine;
+use crate::config::{AdminConfig, Config};
+use crate::embed::{SentenceEncoder, TextTokenizer};
+use crate::error::{Error, ErrorKind};
+use crate::metrics::Metrics;
 
-/// Why a swap or rollback was refused; each maps to one gRPC status.
+/// Why a swap or rollback was refused; each maps to one error kind.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
     /// The request or the artifact is malformed (bad path, corrupt file, wrong shapes).
@@ -40,6 +42,19 @@ impl SwapError {
     }
 }
 
+impl From<SwapError> for Error {
+    fn from(e: SwapError) -> Self {
+        let kind = match &e {
+            SwapError::Invalid(_) => ErrorKind::InvalidArgument,
+            SwapError::Rejected(_) => ErrorKind::FailedPrecondition,
+            SwapError::TooLarge(_) => ErrorKind::ResourceExhausted,
+            SwapError::NotFound(_) => ErrorKind::NotFound,
+            SwapError::Internal(_) => ErrorKind::Internal,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
 /// Where a candidate comes from.
 pub enum Source {
     Path(PathBuf),
@@ -62,21 +77,20 @@ pub struct SwapReport {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// A version that has been live, kept for rollback.
-#[derive(Clone)]
-pub struct Kept {
-    pub version: String,
-    pub source: String,
-    pub loaded_at: String,
-    pub classifier: Arc<Classifier>,
-    pub encoder: Arc<SentenceEncoder>,
+/// What the registry works with: the live model it swaps, the catalog candidates must cover,
+/// the tokenizer every encoder must share, and where swap outcomes are counted.
+pub struct RegistryDeps {
+    pub live: Arc<Live>,
+    pub config: Arc<Config>,
+    pub tokenizer: TextTokenizer,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Registry {
-    pub engine: Arc<Engine>,
+    deps: RegistryDeps,
     cfg: AdminConfig,
-    /// The live version, and the older ones kept (oldest first).
-    kept: Mutex<(Kept, Vec<Kept>)>,
+    /// Versions that were live before the current one, oldest first, for rollback.
+    older: Mutex<Vec<Arc<LiveModel>>>,
     gate: Arc<GateSet>,
     gate_features: tokio::sync::Mutex<HashMap<String, GateFeatures>>,
     /// Gate metrics by (classifier version, encoder sha): a version is a content hash, so its
@@ -85,50 +99,17 @@ pub struct Registry {
     swap_lock: tokio::sync::Mutex<()>,
 }
 
-/// RFC 3339 (UTC, seconds) for a unix time in ms.
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 fn blocking_err(e: tokio::task::JoinError) -> SwapError {
     SwapError::Internal(e.to_string())
 }
 
 impl Registry {
-    pub fn new(
-        engine: Arc<Engine>,
-        cfg: AdminConfig,
-        source: &Path,
-    ) -> Result<Self, gate::GateError> {
+    pub fn new(deps: RegistryDeps, cfg: AdminConfig) -> Result<Self, gate::GateError> {
         let gate = Arc::new(GateSet::load(&cfg.gate_set)?);
-        let live = Kept {
-            version: engine.classifier.load().version().to_string(),
-            source: source.display().to_string(),
-            loaded_at: rfc3339(super::logs::now_ms()),
-            classifier: engine.classifier.load_full(),
-            encoder: engine.embedder.model(),
-        };
         Ok(Self {
-            engine,
+            deps,
             cfg,
-            kept: Mutex::new((live, Vec::new())),
+            older: Mutex::new(Vec::new()),
             gate,
             gate_features: tokio::sync::Mutex::new(HashMap::new()),
             scores: Mutex::new(HashMap::new()),
@@ -136,13 +117,39 @@ impl Registry {
         })
     }
 
-    fn kept_lock(&self) -> std::sync::MutexGuard<'_, (Kept, Vec<Kept>)> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    fn older_lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<LiveModel>>> {
+        self.older.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live model.
+    pub fn live(&self) -> Arc<LiveModel> {
+        self.deps.live.snapshot()
     }
 
     /// The live version and the others kept (newest last).
-    pub fn versions(&self) -> (Kept, Vec<Kept>) {
-        self.kept_lock().clone()
+    pub fn versions(&self) -> (Arc<LiveModel>, Vec<Arc<LiveModel>>) {
+        let older = self.older_lock().clone();
+        (self.live(), older)
+    }
+
+    /// Counts and logs one swap attempt (`op`: swap, rollback, watch, retrain) and its outcome.
+    pub fn observe(&self, op: &str, r: &Result<SwapReport, SwapError>) {
+        let (result, reason) = match r {
+            Ok(rep) if rep.swapped => ("accepted", "ok"),
+            Ok(_) => ("dry_run", "ok"),
+            Err(e) => ("rejected", e.reason()),
+        };
+        self.deps
+            .metrics
+            .classifier_swaps
+            .with_label_values(&[op, result, reason])
+            .inc();
+        match r {
+            Ok(rep) => {
+                tracing::info!(op, result, version = %rep.version, previous = %rep.previous, messages = ?rep.messages, "classifier swap")
+            }
+            Err(e) => tracing::warn!(op, result, error = %e, "classifier swap refused"),
+        }
     }
 
     /// Gate-set features for an encoder, computed once per encoder (off the runtime).
@@ -152,7 +159,7 @@ impl Registry {
         if let Some(f) = cache.get(&key) {
             return Ok(f.clone());
         }
-        let (enc, tok) = (enc.clone(), self.engine.embedder.tokenizer().clone());
+        let (enc, tok) = (enc.clone(), self.deps.tokenizer.clone());
         let gate = self.gate.clone();
         let f = tokio::task::spawn_blocking(move || gate.embed(&enc, &tok))
             .await
@@ -195,7 +202,7 @@ impl Registry {
         &self,
         src: Source,
     ) -> Result<(Arc<Classifier>, Arc<SentenceEncoder>, String), SwapError> {
-        let live_enc = self.engine.embedder.model();
+        let live_enc = self.live().encoder.clone();
         match src {
             Source::Inline(bytes) => {
                 if bytes.len() > self.cfg.max_inline_bytes {
@@ -251,7 +258,7 @@ impl Registry {
         let live_sha = live.encoder.info().weights_sha256.clone();
         let k = std::iter::once(&live).chain(&older).find(|k| {
             let sha = &k.encoder.info().weights_sha256;
-            k.version == meta.version && *sha == meta.encoder.sha256 && (full || *sha == live_sha)
+            k.version() == meta.version && *sha == meta.encoder.sha256 && (full || *sha == live_sha)
         })?;
         Some((
             k.classifier.clone(),
@@ -299,11 +306,11 @@ impl Registry {
         enc: &Arc<SentenceEncoder>,
         force: bool,
     ) -> Result<(BTreeMap<String, f64>, Vec<String>), SwapError> {
-        self.engine
+        self.deps
             .config
             .validate(&c.meta.intent_labels, &c.meta.domain_labels)
             .map_err(|e| SwapError::Rejected(format!("labels do not cover the catalog: {e}")))?;
-        let live = self.versions().0;
+        let live = self.live();
         let live_metrics = self.score(&live.classifier, &live.encoder).await?;
         let metrics = self.score(c, enc).await?;
         let short = gate::shortfalls(&live_metrics, &metrics, self.cfg.gate_margin);
@@ -330,7 +337,7 @@ impl Registry {
     /// The whole swap: CAS check, load, validate, probe, swap, keep.
     pub async fn swap(&self, src: Source, opt: SwapOptions) -> Result<SwapReport, SwapError> {
         let _one = self.swap_lock.lock().await;
-        let previous = self.versions().0.version;
+        let previous = self.live().version().to_string();
         if !opt.expected_version.is_empty() && opt.expected_version != previous {
             return Err(SwapError::Rejected(format!(
                 "expected_version: {:?} is not live (live is {previous:?})",
@@ -350,13 +357,7 @@ impl Registry {
                 metrics,
             });
         }
-        self.go_live(Kept {
-            version: version.clone(),
-            source,
-            loaded_at: rfc3339(super::logs::now_ms()),
-            classifier: c,
-            encoder: enc,
-        });
+        self.go_live(Arc::new(LiveModel::new(c, enc, source)));
         messages.push(format!("live: {previous} → {version}"));
         Ok(SwapReport {
             swapped: true,
@@ -367,19 +368,13 @@ impl Registry {
         })
     }
 
-    /// Makes `k` live (encoder first when it differs; the engine re-embeds a request that
-    /// straddles the two stores) and records it as the newest kept version.
-    fn go_live(&self, k: Kept) {
-        let live_enc = self.engine.embedder.model();
-        if live_enc.info().weights_sha256 != k.encoder.info().weights_sha256 {
-            self.engine.embedder.swap_model(k.encoder.clone());
-        }
-        self.engine.classifier.store(k.classifier.clone());
-        let mut g = self.kept_lock();
-        let (live, older) = &mut *g;
-        let old = std::mem::replace(live, k);
-        older.push(old);
-        older.retain(|x| x.version != live.version);
+    /// Makes `m` live in one store and keeps the previous version for rollback.
+    fn go_live(&self, m: Arc<LiveModel>) {
+        let mut older = self.older_lock();
+        let previous = self.live();
+        self.deps.live.replace(m.clone());
+        older.push(previous);
+        older.retain(|x| x.version() != m.version());
         let excess = older
             .len()
             .saturating_sub(self.cfg.kept_versions.max(2) - 1);
@@ -398,23 +393,23 @@ impl Registry {
         } else {
             older
                 .iter()
-                .find(|k| k.version == version)
+                .find(|k| k.version() == version)
                 .cloned()
                 .ok_or_else(|| {
-                    let known: Vec<&str> = older.iter().map(|k| k.version.as_str()).collect();
+                    let known: Vec<&str> = older.iter().map(|k| k.version()).collect();
                     SwapError::NotFound(format!(
                         "version: {version:?} is not kept (kept: {known:?}, live: {})",
-                        live.version
+                        live.version()
                     ))
                 })?
         };
-        let version = target.version.clone();
+        let version = target.version().to_string();
         self.go_live(target);
         Ok(SwapReport {
             swapped: true,
-            previous: live.version.clone(),
+            previous: live.version().to_string(),
             version: version.clone(),
-            messages: vec![format!("rolled back: {} → {version}", live.version)],
+            messages: vec![format!("rolled back: {} → {version}", live.version())],
             metrics: BTreeMap::new(),
         })
     }
@@ -450,20 +445,4 @@ fn inline_meta(bytes: &[u8]) -> Result<ClassifierMeta, SwapError> {
         })?;
     serde_json::from_str(text)
         .map_err(|e| SwapError::Invalid(format!("inline_heads: {META_FILE}: {e}")))
-}
-
-/// Packs a head folder into one inline artifact (heads with classifier.json as metadata).
-pub fn pack_inline(dir: &Path) -> Result<Vec<u8>, SwapError> {
-    let read = |p: PathBuf| {
-        std::fs::read(&p).map_err(|e| SwapError::Invalid(format!("{}: {e}", p.display())))
-    };
-    let meta = String::from_utf8(read(dir.join(META_FILE))?)
-        .map_err(|e| SwapError::Invalid(format!("{META_FILE}: {e}")))?;
-    let wpath = dir.join(crate::classify::WEIGHTS_FILE);
-    let weights = read(wpath.clone())?;
-    let tensors = safetensors::SafeTensors::deserialize(&weights)
-        .map_err(|e| SwapError::Invalid(format!("{}: {e}", wpath.display())))?;
-    let info = HashMap::from([(META_FILE.to_string(), meta)]);
-    safetensors::tensor::serialize(tensors.tensors(), Some(info))
-        .map_err(|e| SwapError::Internal(e.to_string()))
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 
 use super::{prompt_of, Stats};
-use crate::embed::bert::Mode;
-use crate::embed::{EmbedError, Embedder};
+use switchboard::embed::bert::Mode;
+use switchboard::embed::{EmbedError, Embedder};
 
 /// One single-prompt row.
 #[derive(Debug, Clone)]
@@ -15,8 +15,9 @@ pub struct SingleRow {
     pub tokens: usize,
     pub end_to_end: Stats,
     pub bare_forward: Stats,
-    /// candle-transformers' stock `BertModel` on the same ids, for reference.
-    pub stock_forward: Stats,
+    /// candle-transformers' stock `BertModel` on the same ids, for reference (built with the
+    /// `bench-reference` feature).
+    pub stock_forward: Option<Stats>,
 }
 
 /// The whole `bench embed` report.
@@ -51,11 +52,12 @@ impl fmt::Display for EmbedReport {
                 r.bare_forward,
                 r.end_to_end.p50 / r.bare_forward.p50
             )?;
-            writeln!(
-                f,
-                "                   stock fwd  {}   (candle-transformers BertModel, same ids)",
-                r.stock_forward
-            )?;
+            if let Some(stock) = &r.stock_forward {
+                writeln!(
+                    f,
+                    "                   stock fwd  {stock}   (candle-transformers BertModel, same ids)"
+                )?;
+            }
         }
         writeln!(
             f,
@@ -76,48 +78,93 @@ fn bare_forward_once(embedder: &Embedder, ids: &[u32]) -> Result<Duration, Embed
     Ok(start.elapsed())
 }
 
-/// candle-transformers' own BERT, loaded from the same folder (f32), as the reference point.
-pub struct Stock(candle_transformers::models::bert::BertModel);
+#[cfg(feature = "bench-reference")]
+mod stock {
+    //! candle-transformers' stock BERT as the reference point for our forward.
+    use std::time::{Duration, Instant};
 
-impl Stock {
-    pub fn load(dir: &std::path::Path) -> Result<Self, EmbedError> {
-        let err = |e: &dyn std::fmt::Display| EmbedError::Load(e.to_string());
-        let cfg_text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(&e))?;
-        let cfg: candle_transformers::models::bert::Config =
-            serde_json::from_str(&cfg_text).map_err(|e| err(&e))?;
-        let dev = candle_core::Device::Cpu;
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)
-            .map_err(|e| err(&e))?;
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev);
-        Ok(Self(
-            candle_transformers::models::bert::BertModel::load(vb, &cfg).map_err(|e| err(&e))?,
-        ))
+    use candle_core::Tensor;
+    use switchboard::embed::EmbedError;
+
+    use super::Stats;
+
+    /// candle-transformers' own BERT, loaded from the same folder (f32), as the reference point.
+    struct Stock(candle_transformers::models::bert::BertModel);
+
+    impl Stock {
+        fn load(dir: &std::path::Path) -> Result<Self, EmbedError> {
+            let err = |e: &dyn std::fmt::Display| EmbedError::Load(e.to_string());
+            let cfg_text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(&e))?;
+            let cfg: candle_transformers::models::bert::Config =
+                serde_json::from_str(&cfg_text).map_err(|e| err(&e))?;
+            let dev = candle_core::Device::Cpu;
+            let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &dev)
+                .map_err(|e| err(&e))?;
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev);
+            Ok(Self(
+                candle_transformers::models::bert::BertModel::load(vb, &cfg)
+                    .map_err(|e| err(&e))?,
+            ))
+        }
+
+        fn forward_once(&self, ids: &[u32]) -> Result<Duration, EmbedError> {
+            let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
+            let dev = candle_core::Device::Cpu;
+            let t = Tensor::new(ids, &dev)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(err)?;
+            let tt = t.zeros_like().map_err(err)?;
+            let start = Instant::now();
+            std::hint::black_box(self.0.forward(&t, &tt, None).map_err(err)?);
+            Ok(start.elapsed())
+        }
     }
 
-    fn forward_once(&self, ids: &[u32]) -> Result<Duration, EmbedError> {
-        let err = |e: candle_core::Error| EmbedError::Model(e.to_string());
-        let dev = candle_core::Device::Cpu;
-        let t = Tensor::new(ids, &dev)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(err)?;
-        let tt = t.zeros_like().map_err(err)?;
-        let start = Instant::now();
-        std::hint::black_box(self.0.forward(&t, &tt, None).map_err(err)?);
-        Ok(start.elapsed())
+    /// The stock model on `ids`, in its own loop: interleaved, it evicts our weights from cache.
+    pub async fn times(
+        dir: &std::path::Path,
+        ids: &[u32],
+        iterations: usize,
+    ) -> Result<Option<Stats>, EmbedError> {
+        let stock = std::sync::Arc::new(Stock::load(dir)?);
+        let mut t = Vec::new();
+        for _ in 0..iterations {
+            let (st, ids) = (stock.clone(), ids.to_vec());
+            let d = tokio::task::spawn_blocking(move || st.forward_once(&ids))
+                .await
+                .map_err(|e| EmbedError::Model(e.to_string()))??;
+            t.push(d);
+        }
+        Ok(Some(Stats::from(&mut t)))
+    }
+}
+
+#[cfg(not(feature = "bench-reference"))]
+mod stock {
+    use switchboard::embed::EmbedError;
+
+    use super::Stats;
+
+    /// Without `bench-reference` there is no stock model to time.
+    pub async fn times(
+        _: &std::path::Path,
+        _: &[u32],
+        _: usize,
+    ) -> Result<Option<Stats>, EmbedError> {
+        Ok(None)
     }
 }
 
 /// Single-prompt latency, end to end and bare, interleaved so drift hits both alike.
 async fn single(
     embedder: &Embedder,
-    stock: &std::sync::Arc<Stock>,
     tokens: usize,
     iterations: usize,
 ) -> Result<SingleRow, EmbedError> {
     let text = prompt_of(embedder, tokens, tokens);
     let ids = embedder.tokenizer().encode(&text)?.ids;
     embedder.embed(&text).await?;
-    let (mut e2e, mut bare, mut stock_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut e2e, mut bare) = (Vec::new(), Vec::new());
     for _ in 0..iterations {
         let start = Instant::now();
         embedder.embed(&text).await?;
@@ -128,19 +175,11 @@ async fn single(
             .map_err(|e| EmbedError::Model(e.to_string()))??;
         bare.push(d);
     }
-    // The stock model runs in its own loop: interleaved, it evicts our weights from cache.
-    for _ in 0..iterations {
-        let (st, ids) = (stock.clone(), ids.clone());
-        let d = tokio::task::spawn_blocking(move || st.forward_once(&ids))
-            .await
-            .map_err(|e| EmbedError::Model(e.to_string()))??;
-        stock_t.push(d);
-    }
     Ok(SingleRow {
         tokens,
         end_to_end: Stats::from(&mut e2e),
         bare_forward: Stats::from(&mut bare),
-        stock_forward: Stats::from(&mut stock_t),
+        stock_forward: stock::times(&embedder.info().dir, &ids, iterations).await?,
     })
 }
 
@@ -151,10 +190,9 @@ pub async fn embed(
     batch_rounds: usize,
     workers: usize,
 ) -> Result<EmbedReport, EmbedError> {
-    let stock = std::sync::Arc::new(Stock::load(&embedder.info().dir)?);
     let mut rows = Vec::new();
     for tokens in [16usize, 64, 256] {
-        rows.push(single(embedder, &stock, tokens, iterations).await?);
+        rows.push(single(embedder, tokens, iterations).await?);
     }
     let (batch_size, batch_tokens) = (32usize, 32usize);
     let prompts: Vec<String> = (0..batch_size)

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use crate::cli::ClassifierOp;
 
 fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    Ok(switchboard::auth::with_bearer(msg, token)?)
+    Ok(switchboard::grpc::with_bearer(msg, token)?)
 }
 
 fn print_swap(r: &pb::SwapClassifierResponse) {
@@ -39,8 +39,7 @@ pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()
         } => {
             use pb::swap_classifier_request::Source;
             let source = if inline {
-                let bytes =
-                    switchboard::admin::registry::pack_inline(&path).map_err(anyhow::Error::msg)?;
+                let bytes = switchboard::classify::artifact::pack_inline(&path)?;
                 Source::InlineHeads(bytes)
             } else {
                 Source::Path(path.display().to_string())

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::registry::{Source, SwapOptions};
-use super::AdminState;
+use super::registry::{Registry, Source, SwapOptions};
 use crate::classify::{META_FILE, WEIGHTS_FILE};
 
 /// Sizes and modification times of a folder's artifact files.
@@ -44,7 +43,7 @@ fn scan(dir: &Path) -> HashMap<PathBuf, Fingerprint> {
 }
 
 /// Polls `dir` every `every` until the task is dropped.
-pub async fn run(state: Arc<AdminState>, dir: PathBuf, every: Duration) {
+pub async fn run(registry: Arc<Registry>, dir: PathBuf, every: Duration) {
     tracing::info!(dir = %dir.display(), every_ms = every.as_millis() as u64, "watching for new classifier folders");
     let mut done = scan(&dir);
     let mut pending: HashMap<PathBuf, Fingerprint> = HashMap::new();
@@ -61,11 +60,10 @@ pub async fn run(state: Arc<AdminState>, dir: PathBuf, every: Duration) {
             }
             pending.remove(&path);
             done.insert(path.clone(), fp);
-            let r = state
-                .registry
+            let r = registry
                 .swap(Source::Path(path.clone()), SwapOptions::default())
                 .await;
-            super::observe(&state, "watch", &r);
+            registry.observe("watch", &r);
         }
     }
 }

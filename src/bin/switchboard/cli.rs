@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use switchboard::embed::{EncoderConfig, Truncation};
 use switchboard::train::finetune::{FinetuneConfig, Select};
 use switchboard::train::fit::FitConfig;
-use switchboard::train::run::TrainConfig;
+use switchboard::train::TrainConfig;
 
 #[derive(Parser)]
 #[command(

@@ -9,9 +9,9 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 
 use super::Stats;
-use crate::proto::v1::complete_event::Event;
-use crate::proto::v1::router_client::RouterClient;
-use crate::proto::v1::{CompleteRequest, RouteDecisionRequest};
+use switchboard::proto::v1::complete_event::Event;
+use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::proto::v1::{CompleteRequest, RouteDecisionRequest};
 
 /// One measured configuration.
 #[derive(Debug, Clone)]

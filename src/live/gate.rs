@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::classify::Classifier;
+use crate::dataset::{self, Row};
 use crate::embed::model::SentenceEncoder;
 use crate::embed::TextTokenizer;
-use crate::train::data::{self, Row};
 
 /// Why the gate set could not be loaded or a classifier could not be scored on it.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,8 @@ impl GateSet {
             path: path.to_path_buf(),
             message,
         };
-        let (rows, bad) = data::read_all(&[path.to_path_buf()]).map_err(|e| err(e.to_string()))?;
+        let (rows, bad) =
+            dataset::read_all(&[path.to_path_buf()]).map_err(|e| err(e.to_string()))?;
         if let Some(b) = bad.first() {
             return Err(err(b.to_string()));
         }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{prompt_of, Stats};
-use crate::classify::Prediction;
-use crate::config::Config;
-use crate::engine::Engine;
-use crate::policy::{self, Live, Preferences, RouteInput};
-use crate::proto::v1::router_client::RouterClient;
-use crate::proto::v1::RouteDecisionRequest;
+use switchboard::classify::Prediction;
+use switchboard::config::Config;
+use switchboard::engine::Engine;
+use switchboard::policy::{self, Health, Preferences, RouteInput};
+use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::proto::v1::RouteDecisionRequest;
 
 #[derive(Debug, Clone)]
 pub struct RouteReport {
@@ -116,7 +116,7 @@ fn rank_bench(cfg: &Config, p: &Prediction) -> Stats {
     let mut samples = Vec::with_capacity(5000);
     for _ in 0..5000 {
         let start = Instant::now();
-        let d = policy::rank(&big, "", &input, &|_| Live::default());
+        let d = policy::rank(&big, "", &input, &|_| Health::default());
         std::hint::black_box(d.is_ok());
         samples.push(start.elapsed());
     }
@@ -125,11 +125,11 @@ fn rank_bench(cfg: &Config, p: &Prediction) -> Stats {
 
 /// Times the live classifier's typo repair on `prompts`, on noisy copies, and on long noisy ones.
 fn repair_bench(engine: &Engine, prompts: &[String]) -> [Stats; 3] {
-    let c = engine.classifier.load_full();
+    let c = engine.live.snapshot().classifier.clone();
     let noisy: Vec<String> = prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| crate::train::evaluate::typo_noise(p, 0.05, i as u64))
+        .map(|(i, p)| switchboard::train::evaluate::typo_noise(p, 0.05, i as u64))
         .collect();
     let long: Vec<String> = prompts
         .iter()
@@ -140,7 +140,7 @@ fn repair_bench(engine: &Engine, prompts: &[String]) -> [Stats; 3] {
                 .chars()
                 .take(2000)
                 .collect();
-            crate::train::evaluate::typo_noise(&text, 0.05, i as u64)
+            switchboard::train::evaluate::typo_noise(&text, 0.05, i as u64)
         })
         .collect();
     [prompts, &noisy[..], &long[..]].map(|set| {
@@ -204,11 +204,11 @@ pub async fn route(
     .await?;
     let probe = engine
         .route(
-            &crate::engine::RouteRequest {
+            &switchboard::engine::RouteRequest {
                 prompt: "probe".into(),
                 ..Default::default()
             },
-            &|_| Live::default(),
+            &|_| Health::default(),
         )
         .await
         .map_err(bench_err)?;
@@ -236,7 +236,7 @@ pub async fn route(
 async fn decide(
     client: &mut RouterClient<tonic::transport::Channel>,
     prompt: String,
-) -> Result<crate::proto::v1::RouteDecisionResponse, String> {
+) -> Result<switchboard::proto::v1::RouteDecisionResponse, String> {
     let req = RouteDecisionRequest {
         prompt,
         ..Default::default()
@@ -249,7 +249,10 @@ async fn decide(
 }
 
 /// One encoder forward of `prompt` alone, outside the server (tensors built before the clock).
-async fn bare_forward(embedder: &crate::embed::Embedder, prompt: &str) -> Result<Duration, String> {
+async fn bare_forward(
+    embedder: &switchboard::embed::Embedder,
+    prompt: &str,
+) -> Result<Duration, String> {
     let ids = embedder.tokenizer().encode(prompt).map_err(bench_err)?.ids;
     let m = embedder.model();
     tokio::task::spawn_blocking(move || -> Result<Duration, String> {
@@ -257,7 +260,7 @@ async fn bare_forward(embedder: &crate::embed::Embedder, prompt: &str) -> Result
         let s = Instant::now();
         let out = m
             .bert()
-            .forward(&t, &mask, crate::embed::bert::Mode::Inference)
+            .forward(&t, &mask, switchboard::embed::bert::Mode::Inference)
             .map_err(bench_err)?;
         std::hint::black_box(out);
         Ok(s.elapsed())

@@ -1,11 +1,6 @@
 //! `switchboard.v1.Admin`: the live classifier, validated hot swaps and rollbacks, durable
-//! feedback, and retraining. Served on its own address behind an admin bearer token.
-pub mod gate;
-pub mod logs;
-pub mod registry;
-pub mod retrain;
-pub mod watch;
-
+//! feedback, and retraining, over the registry (`live`), the records and the retrainer
+//! (`train::retrain`). Served on its own address behind an admin bearer token.
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,47 +8,14 @@ use sha2::{Digest, Sha256};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::config::AdminConfig;
+use super::status::IntoStatus;
+use crate::error::{Error, ErrorKind};
+use crate::live::registry::{Registry, Source, SwapOptions, SwapReport};
+use crate::live::LiveModel;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::Admin;
-use logs::{DecisionLog, FeedbackLog, FeedbackRecord};
-use registry::{Registry, Source, SwapError, SwapOptions, SwapReport};
-
-/// Everything the Admin service works on.
-pub struct AdminState {
-    pub registry: Registry,
-    pub feedback: FeedbackLog,
-    pub decisions: Option<Arc<DecisionLog>>,
-    pub cfg: AdminConfig,
-}
-
-impl From<SwapError> for Status {
-    fn from(e: SwapError) -> Self {
-        let m = e.to_string();
-        match e {
-            SwapError::Invalid(_) => Status::invalid_argument(m),
-            SwapError::Rejected(_) => Status::failed_precondition(m),
-            SwapError::TooLarge(_) => Status::resource_exhausted(m),
-            SwapError::NotFound(_) => Status::not_found(m),
-            SwapError::Internal(_) => Status::internal(m),
-        }
-    }
-}
-
-impl From<retrain::RetrainError> for Status {
-    fn from(e: retrain::RetrainError) -> Self {
-        use retrain::RetrainError as E;
-        let m = format!("retrain: {e}");
-        match e {
-            E::Invalid { .. } | E::Data(_) => Status::invalid_argument(m),
-            E::Swap(s) => Status::from(s),
-            E::ClientGone => Status::cancelled(m),
-            E::Train(_) | E::Classify(_) | E::Model(_) | E::Io(_) | E::Internal(_) => {
-                Status::internal(m)
-            }
-        }
-    }
-}
+use crate::records::{now_ms, DecisionLog, FeedbackLog, FeedbackRecord};
+use crate::train::retrain::{RetrainParams, Retrainer};
 
 /// An interceptor admitting only `authorization: Bearer <token>` (compared by sha256).
 pub fn token_interceptor(
@@ -76,8 +38,12 @@ pub fn token_interceptor(
     }
 }
 
+/// What the Admin service works on.
 pub struct AdminService {
-    pub state: Arc<AdminState>,
+    pub registry: Arc<Registry>,
+    pub feedback: Arc<FeedbackLog>,
+    pub decisions: Option<Arc<DecisionLog>>,
+    pub retrainer: Arc<Retrainer>,
 }
 
 fn to_pb(r: SwapReport) -> pb::SwapClassifierResponse {
@@ -90,51 +56,36 @@ fn to_pb(r: SwapReport) -> pb::SwapClassifierResponse {
     }
 }
 
-fn version_pb(k: &registry::Kept) -> pb::ClassifierVersion {
+fn version_pb(k: &LiveModel) -> pb::ClassifierVersion {
     pb::ClassifierVersion {
-        version: k.version.clone(),
+        version: k.version().to_string(),
         source: k.source.clone(),
         loaded_at: k.loaded_at.clone(),
     }
 }
 
-/// Counts and logs every swap attempt with its outcome.
-pub(crate) fn observe(state: &AdminState, what: &str, r: &Result<SwapReport, SwapError>) {
-    let (result, reason) = match r {
-        Ok(rep) if rep.swapped => ("accepted", "ok"),
-        Ok(_) => ("dry_run", "ok"),
-        Err(e) => ("rejected", e.reason()),
-    };
-    state
-        .registry
-        .engine
-        .metrics
-        .classifier_swaps
-        .with_label_values(&[what, result, reason])
-        .inc();
-    match r {
-        Ok(rep) => {
-            tracing::info!(what, result, version = %rep.version, previous = %rep.previous, messages = ?rep.messages, "classifier swap")
-        }
-        Err(e) => tracing::warn!(what, result, error = %e, "classifier swap refused"),
-    }
-}
-
 impl AdminService {
     fn check_feedback(&self, r: &pb::RecordFeedbackRequest) -> Result<(), Status> {
-        let invalid = |f: &str, m: String| Err(Status::invalid_argument(format!("{f}: {m}")));
+        let invalid =
+            |f: &str, m: String| Err(Error::field(ErrorKind::InvalidArgument, f, m).status());
         if r.decision_id.is_empty() {
             return invalid("decision_id", "required".into());
         }
-        if let Some(d) = &self.state.decisions {
+        if let Some(d) = &self.decisions {
             if !d.knows(&r.decision_id) {
-                return Err(Status::not_found(format!(
-                    "decision_id: {:?} is not in the decision log (unknown, or past retention)",
-                    r.decision_id
-                )));
+                return Err(Error::field(
+                    ErrorKind::NotFound,
+                    "decision_id",
+                    format!(
+                        "{:?} is not in the decision log (unknown, or past retention)",
+                        r.decision_id
+                    ),
+                )
+                .status());
             }
         }
-        let c = self.state.registry.engine.classifier.load();
+        let live = self.registry.live();
+        let c = &live.classifier;
         for (field, value, labels) in [
             ("intent", &r.intent, &c.meta.intent_labels),
             ("domain", &r.domain, &c.meta.domain_labels),
@@ -179,14 +130,14 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::GetClassifierRequest>,
     ) -> Result<Response<pb::ClassifierInfo>, Status> {
-        let (live, kept) = self.state.registry.versions();
+        let (live, kept) = self.registry.versions();
         let meta = &live.classifier.meta;
         Ok(Response::new(pb::ClassifierInfo {
             live: Some(version_pb(&live)),
             intent_labels: meta.intent_labels.clone(),
             domain_labels: meta.domain_labels.clone(),
             metrics: meta.metrics.clone().into_iter().collect(),
-            kept: kept.iter().rev().map(version_pb).collect(),
+            kept: kept.iter().rev().map(|k| version_pb(k)).collect(),
             encoder: format!(
                 "{} (sha256 {})",
                 live.encoder.info().name,
@@ -205,9 +156,12 @@ impl Admin for AdminService {
             Some(S::Path(p)) if !p.is_empty() => Source::Path(p.into()),
             Some(S::InlineHeads(b)) => Source::Inline(b),
             _ => {
-                return Err(Status::invalid_argument(
-                    "source: give `path` or `inline_heads`",
-                ))
+                let e = Error::field(
+                    ErrorKind::InvalidArgument,
+                    "source",
+                    "give `path` or `inline_heads`",
+                );
+                return Err(e.status());
             }
         };
         let opt = SwapOptions {
@@ -215,22 +169,22 @@ impl Admin for AdminService {
             dry_run: r.dry_run,
             force: r.force,
         };
-        let result = self.state.registry.swap(src, opt).await;
-        observe(&self.state, "swap", &result);
-        Ok(Response::new(to_pb(result?)))
+        let result = self.registry.swap(src, opt).await;
+        self.registry.observe("swap", &result);
+        result
+            .map(|r| Response::new(to_pb(r)))
+            .map_err(IntoStatus::status)
     }
 
     async fn rollback_classifier(
         &self,
         request: Request<pb::RollbackClassifierRequest>,
     ) -> Result<Response<pb::SwapClassifierResponse>, Status> {
-        let result = self
-            .state
-            .registry
-            .rollback(&request.into_inner().version)
-            .await;
-        observe(&self.state, "rollback", &result);
-        Ok(Response::new(to_pb(result?)))
+        let result = self.registry.rollback(&request.into_inner().version).await;
+        self.registry.observe("rollback", &result);
+        result
+            .map(|r| Response::new(to_pb(r)))
+            .map_err(IntoStatus::status)
     }
 
     async fn record_feedback(
@@ -241,7 +195,7 @@ impl Admin for AdminService {
         self.check_feedback(&r)?;
         let rec = FeedbackRecord {
             sequence: 0,
-            ts_ms: logs::now_ms(),
+            ts_ms: now_ms(),
             decision_id: r.decision_id,
             intent: r.intent,
             domain: r.domain,
@@ -250,15 +204,13 @@ impl Admin for AdminService {
             rating: r.rating,
             comment: r.comment,
         };
-        let state = self.state.clone();
-        let sequence = tokio::task::spawn_blocking(move || state.feedback.append(rec))
+        let log = self.feedback.clone();
+        let sequence = tokio::task::spawn_blocking(move || log.append(rec))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()).status())?
             .map_err(|e| {
-                Status::unavailable(format!(
-                    "feedback log {}: {e}",
-                    self.state.feedback.path().display()
-                ))
+                let path = self.feedback.path().display();
+                Error::new(ErrorKind::Unavailable, format!("feedback log {path}: {e}")).status()
             })?;
         Ok(Response::new(pb::RecordFeedbackResponse { sequence }))
     }
@@ -273,12 +225,14 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let data = (!r.data_path.is_empty()).then(|| std::path::PathBuf::from(&r.data_path));
         if let Some(d) = data.as_ref().filter(|d| !d.is_file()) {
-            return Err(Status::invalid_argument(format!(
-                "data_path: {} is not a file",
-                d.display()
-            )));
+            let e = Error::field(
+                ErrorKind::InvalidArgument,
+                "data_path",
+                format!("{} is not a file", d.display()),
+            );
+            return Err(e.status());
         }
-        let params = retrain::RetrainParams {
+        let params = RetrainParams {
             data,
             include_feedback: r.include_feedback,
             promote_if_better: r.promote_if_better,
@@ -290,7 +244,7 @@ impl Admin for AdminService {
             },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(retrain::retrain(self.state.clone(), params, tx));
+        tokio::spawn(self.retrainer.clone().run(params, tx));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
             Ok(p) => Ok(pb::RetrainProgress {
                 epoch: p.epoch,
@@ -302,7 +256,7 @@ impl Admin for AdminService {
                 promoted: p.promoted,
                 version: p.version,
             }),
-            Err(e) => Err(Status::from(e)),
+            Err(e) => Err(e.status()),
         });
         Ok(Response::new(Box::pin(stream)))
     }

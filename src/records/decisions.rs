@@ -1,27 +1,19 @@
-//! The decision log (every routing decision: id, classification, and the embedding the heads
-//! saw, so heads can be retrained without user text) and the feedback log (operator
-//! corrections and outcomes, each flushed and fsynced before it is acknowledged).
-use std::collections::{HashMap, HashSet};
+//! The decision log: every routing decision (id, classification, and the embedding the heads
+//! saw, so heads can be retrained without user text), written by one background thread. The
+//! request path only hands over a formatted line; it never waits on the disk.
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Features, RouteOutcome};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use super::now_ms;
+use crate::classify::Features;
 
 /// One line of the decision log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +39,16 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
+    /// `embedding` encoded as the log stores it (f32 little-endian, base64).
+    pub fn encode_embedding(embedding: &[f32]) -> String {
+        let mut bytes = Vec::with_capacity(embedding.len() * 4);
+        for v in embedding {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    }
+
+    /// The classifier input this record carries, when its embedding decodes.
     pub fn features(&self) -> Option<Features> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(&self.embedding)
@@ -81,6 +83,7 @@ pub struct DecisionLogConfig {
 pub struct DecisionLog {
     tx: mpsc::SyncSender<Msg>,
     known: Mutex<LruCache<String, ()>>,
+    /// Lines dropped because the writer fell behind (exported as a metric).
     pub dropped: AtomicU64,
     log_prompts: bool,
     dir: PathBuf,
@@ -241,33 +244,9 @@ impl DecisionLog {
         &self.dir
     }
 
-    /// Logs one routing decision; never blocks.
-    pub fn record(&self, o: &RouteOutcome, prompt: &str) {
-        let f = &o.features;
-        let mut bytes = Vec::with_capacity(f.embedding.len() * 4);
-        for v in &f.embedding {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        let r = DecisionRecord {
-            id: o.decision_id.clone(),
-            ts_ms: now_ms(),
-            classifier_version: o.classifier_version.clone(),
-            encoder: o.classifier.meta.encoder.sha256.clone(),
-            intent: o.prediction.intent.clone(),
-            domain: o.prediction.domain.clone(),
-            complexity: o.prediction.complexity,
-            confidence: o.prediction.confidence,
-            tokens: f.tokens,
-            embedding: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            top_backend: o
-                .decision
-                .ranked
-                .first()
-                .map(|b| b.name.clone())
-                .unwrap_or_default(),
-            policy: o.decision.policy.clone(),
-            prompt: self.log_prompts.then(|| prompt.to_string()),
-        };
+    /// Logs one routing decision (the prompt only with `admin.log_prompts`); never blocks.
+    pub fn record(&self, mut r: DecisionRecord, prompt: &str) {
+        r.prompt = self.log_prompts.then(|| prompt.to_string());
         let Ok(line) = serde_json::to_string(&r) else {
             return;
         };
@@ -308,105 +287,4 @@ impl DecisionLog {
             let _ = rx.recv();
         }
     }
-}
-
-/// One line of the feedback log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FeedbackRecord {
-    pub sequence: u64,
-    pub ts_ms: u64,
-    pub decision_id: String,
-    #[serde(default)]
-    pub intent: Option<String>,
-    #[serde(default)]
-    pub domain: Option<String>,
-    #[serde(default)]
-    pub complexity: Option<f32>,
-    #[serde(default)]
-    pub outcome: String,
-    #[serde(default)]
-    pub rating: u32,
-    #[serde(default)]
-    pub comment: String,
-}
-
-/// The feedback log: one JSON line per record, fsynced before `append` returns.
-pub struct FeedbackLog {
-    path: PathBuf,
-    file: Mutex<(File, u64)>,
-}
-
-impl FeedbackLog {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let count = Self::read(path)?.len() as u64;
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file: Mutex::new((file, count)),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends `r` (its `sequence` assigned here) durably; returns the sequence. Blocking.
-    pub fn append(&self, mut r: FeedbackRecord) -> std::io::Result<u64> {
-        let mut g = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        r.sequence = g.1 + 1;
-        let mut line = serde_json::to_string(&r).map_err(std::io::Error::other)?;
-        line.push('\n');
-        g.0.write_all(line.as_bytes())?;
-        g.0.sync_data()?;
-        g.1 = r.sequence;
-        Ok(r.sequence)
-    }
-
-    /// Every complete record in the log (a torn last line from a crash is skipped).
-    pub fn read(path: &Path) -> std::io::Result<Vec<FeedbackRecord>> {
-        let f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for line in BufReader::new(f).lines() {
-            if let Ok(r) = serde_json::from_str(&line?) {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Joins feedback with the decisions it names: the latest correction per decision, with its
-/// decision record. Returns the joined rows and the ids with no decision record.
-pub fn join<'d>(
-    feedback: &[FeedbackRecord],
-    decisions: &'d [DecisionRecord],
-) -> (Vec<(FeedbackRecord, &'d DecisionRecord)>, Vec<String>) {
-    let mut latest: HashMap<&str, &FeedbackRecord> = HashMap::new();
-    for f in feedback {
-        if f.intent.is_some() || f.domain.is_some() || f.complexity.is_some() {
-            latest.insert(f.decision_id.as_str(), f);
-        }
-    }
-    let mut found = HashSet::new();
-    let mut rows = Vec::new();
-    for d in decisions {
-        if let Some(f) = latest.get(d.id.as_str()) {
-            if found.insert(d.id.as_str()) {
-                rows.push(((*f).clone(), d));
-            }
-        }
-    }
-    let missing = latest
-        .keys()
-        .filter(|k| !found.contains(*k))
-        .map(|k| k.to_string())
-        .collect();
-    (rows, missing)
 }

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-mod admin_cli;
+mod bench;
+mod classifier;
 mod cli;
+mod table;
 
 // glibc malloc spent ~15% of the proxy path's CPU (measured with perf); mimalloc's per-thread
 // free lists avoid its arena locks and consolidation.
@@ -15,12 +17,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{encoder_args, BenchCommand, Cli, Command, EncoderArgs};
+use cli::{encoder_args, Cli, Command, EncoderArgs};
 use switchboard::config::Config;
+use switchboard::convert::{to_response, to_route_request};
 use switchboard::embed::Embedder;
-use switchboard::grpc::{self, ServeConfig};
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::{Preferences, RouteDecisionRequest};
+use switchboard::server::{self, ServeConfig};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -112,8 +115,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", switchboard::auth::hash_key(&key));
             Ok(())
         }
-        Command::Bench { what } => bench(what).await,
-        Command::Classifier { admin, token, op } => admin_cli::run(&admin, &token, op).await,
+        Command::Bench { what } => bench::run(what).await,
+        Command::Classifier { admin, token, op } => classifier::run(&admin, &token, op).await,
     }
 }
 
@@ -168,17 +171,17 @@ async fn serve(
     let mut cfg = Config::read(config.as_deref())?;
     cfg.encoder = encoder.apply(cfg.encoder);
     if validate {
-        let engine = grpc::load_engine(cfg).await?;
+        let engine = server::load_engine(cfg).await?;
         println!(
             "config OK: {} backends, policies {:?}, classifier {}",
             engine.config.backends.len(),
             engine.config.policies.keys().collect::<Vec<_>>(),
-            engine.classifier.load().version()
+            engine.live.snapshot().version()
         );
         return Ok(());
     }
     let admin_token = std::env::var(&cfg.admin.token_env).ok();
-    let bound = grpc::bind(ServeConfig {
+    let bound = server::bind(ServeConfig {
         grpc_addr,
         http_addr,
         config: cfg,
@@ -191,7 +194,7 @@ async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     tracing::info!(grpc = %bound.grpc_addr()?, http = %bound.http_addr()?, admin = %admin, "switchboard bound");
-    grpc::run(bound, shutdown_signal()).await?;
+    server::run(bound, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -205,11 +208,11 @@ async fn route(
         Some((config, encoder)) => {
             let mut cfg = Config::read(config.as_deref())?;
             cfg.encoder = encoder.apply(cfg.encoder);
-            let engine = grpc::load_engine(cfg).await?;
+            let engine = server::load_engine(cfg).await?;
             let o = engine
-                .route(&grpc::to_route_request(req), &|_| Default::default())
+                .route(&to_route_request(req), &|_| Default::default())
                 .await?;
-            grpc::to_response(&o)
+            to_response(&o)
         }
         None => RouterClient::connect(server)
             .await?
@@ -217,7 +220,7 @@ async fn route(
             .await?
             .into_inner(),
     };
-    print!("{}", switchboard::display::decision_table(&resp));
+    print!("{}", table::decision_table(&resp));
     Ok(())
 }
 
@@ -247,165 +250,8 @@ async fn embed(text: &str, encoder: &EncoderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A server on 127.0.0.1 port 0 in this process, for the benchmarks.
-struct LocalServer {
-    addr: SocketAddr,
-    http: SocketAddr,
-    admin: Option<SocketAddr>,
-    engine: std::sync::Arc<switchboard::engine::Engine>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), grpc::ServeError>>,
-}
-
-impl LocalServer {
-    async fn start(config: Config) -> anyhow::Result<Self> {
-        Self::start_with_admin(config, None).await
-    }
-
-    async fn start_with_admin(config: Config, token: Option<&str>) -> anyhow::Result<Self> {
-        let any: SocketAddr = "127.0.0.1:0".parse()?;
-        let bound = grpc::bind(ServeConfig {
-            grpc_addr: any,
-            http_addr: any,
-            config,
-            admin_addr: token.map(|_| any),
-            admin_token: token.map(str::to_string),
-        })
-        .await?;
-        let admin = bound.admin_addr();
-        let (addr, http, engine) = (bound.grpc_addr()?, bound.http_addr()?, bound.engine.clone());
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(grpc::run(bound, async {
-            let _ = rx.await;
-        }));
-        Ok(Self {
-            addr,
-            http,
-            admin,
-            engine,
-            stop,
-            task,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
-}
-
-async fn bench(what: BenchCommand) -> anyhow::Result<()> {
-    match what {
-        BenchCommand::Embed {
-            iterations,
-            rounds,
-            encoder,
-        } => {
-            let embedder = start(&encoder).await?;
-            let report =
-                switchboard::bench::embed(&embedder, iterations, rounds, encoder.config().workers)
-                    .await?;
-            println!("{report}");
-        }
-        BenchCommand::Route {
-            iterations,
-            concurrency,
-            config,
-            encoder,
-        } => {
-            let server = LocalServer::start(bench_config(config.as_deref(), &encoder)?).await?;
-            let report = switchboard::bench::route::route(
-                server.engine.clone(),
-                server.addr,
-                iterations,
-                concurrency,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            server.stop().await?;
-        }
-        BenchCommand::Swap {
-            concurrency,
-            secs,
-            encoder,
-        } => bench_swap(concurrency, secs, &encoder).await?,
-        BenchCommand::Proxy { levels, encoder } => bench_proxy(&levels, &encoder).await?,
-    }
-    Ok(())
-}
-
-/// The config at `path` (the bundled one if None) with the encoder flags applied.
-fn bench_config(path: Option<&std::path::Path>, encoder: &EncoderArgs) -> anyhow::Result<Config> {
-    let mut cfg = Config::read(path)?;
-    cfg.encoder = encoder.apply(cfg.encoder);
-    Ok(cfg)
-}
-
-/// `bench swap`: a server with the admin service on a throwaway state dir.
-async fn bench_swap(concurrency: usize, secs: f64, encoder: &EncoderArgs) -> anyhow::Result<()> {
-    let mut cfg = bench_config(None, encoder)?;
-    let state = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
-    cfg.admin.state_dir = state.clone();
-    let (base, enc_dir) = (
-        cfg.server.classifier_dir.clone(),
-        cfg.encoder.model_dir.clone(),
-    );
-    let token = switchboard::engine::new_id();
-    let server = LocalServer::start_with_admin(cfg, Some(&token)).await?;
-    let admin = server.admin.context("admin service not bound")?;
-    let report = switchboard::bench::swap::swap(
-        server.addr,
-        admin,
-        &token,
-        &base,
-        &enc_dir,
-        concurrency,
-        secs,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    println!("{report}");
-    server.stop().await?;
-    let _ = std::fs::remove_dir_all(state);
-    Ok(())
-}
-
-/// `bench proxy`: the bundled config with one backend, the in-process mock upstream.
-async fn bench_proxy(levels: &[usize], encoder: &EncoderArgs) -> anyhow::Result<()> {
-    let mock = switchboard::mock::Mock::start().await?;
-    let mut cfg = bench_config(None, encoder)?;
-    let mut b = cfg.backends[0].clone();
-    (
-        b.name,
-        b.model,
-        b.base_url,
-        b.api_key_env,
-        b.max_concurrency,
-    ) = (
-        "mock".into(),
-        "mock".into(),
-        mock.base_url(),
-        None,
-        1_000_000,
-    );
-    cfg.backends = vec![b];
-    for p in cfg.policies.values_mut() {
-        p.default_backend = "mock".into();
-        p.rules.clear();
-    }
-    let server = LocalServer::start(cfg).await?;
-    let report =
-        switchboard::bench::proxy::proxy(&mock.base_url(), server.addr, server.http, levels)
-            .await
-            .map_err(anyhow::Error::msg)?;
-    println!("{report}");
-    server.stop().await?;
-    Ok(())
-}
-
-async fn start(args: &EncoderArgs) -> anyhow::Result<Embedder> {
+/// Loads the encoder named by the flags (off the runtime) and starts its workers.
+pub(crate) async fn start(args: &EncoderArgs) -> anyhow::Result<Embedder> {
     let cfg = args.config();
     tokio::task::spawn_blocking(move || Embedder::start(&cfg))
         .await?

@@ -1,6 +1,8 @@
-//! Benchmarks behind `switchboard bench`: each returns a report; printing is the binary's job.
+//! Benchmarks behind `switchboard bench`: each returns a report that `local::run` prints.
 //! Numbers in BENCHMARKS.md come from these, run on the release build.
 pub mod embed;
+mod local;
+#[cfg(feature = "mock")]
 pub mod proxy;
 pub mod route;
 pub mod swap;
@@ -8,9 +10,10 @@ pub mod swap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::embed::Embedder;
+use switchboard::embed::Embedder;
 
 pub use embed::embed;
+pub use local::run;
 
 /// Words the synthetic prompts are made of (varied so no two prompts are equal).
 const WORDS: &[&str] = &[

@@ -6,62 +6,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::Stats;
-use crate::classify::{content_version, ClassifierMeta, META_FILE, WEIGHTS_FILE};
-use crate::proto::v1 as pb;
-use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::router_client::RouterClient;
 
 fn io(e: impl fmt::Display) -> String {
     e.to_string()
 }
-
-pub fn read_meta(dir: &Path) -> Result<ClassifierMeta, String> {
-    let text = std::fs::read_to_string(dir.join(META_FILE)).map_err(io)?;
-    serde_json::from_str(&text).map_err(io)
-}
-
-/// Writes a head folder with `meta` (version recomputed) and `weights`; returns the version.
-pub fn write_heads(dir: &Path, mut meta: ClassifierMeta, weights: &[u8]) -> Result<String, String> {
-    std::fs::create_dir_all(dir).map_err(io)?;
-    meta.version = content_version(weights, &meta);
-    std::fs::write(dir.join(WEIGHTS_FILE), weights).map_err(io)?;
-    let text = serde_json::to_string_pretty(&meta).map_err(io)?;
-    std::fs::write(dir.join(META_FILE), text).map_err(io)?;
-    Ok(meta.version)
-}
-
-/// `base`'s heads with the intent temperature scaled: a valid, distinct version.
-pub fn variant(base: &Path, out: &Path, factor: f32) -> Result<String, String> {
-    let mut m = read_meta(base)?;
-    m.intent_temperature *= factor;
-    let w = std::fs::read(base.join(WEIGHTS_FILE)).map_err(io)?;
-    write_heads(out, m, &w)
-}
-
-/// A full model: `base`'s own encoder (or, for heads only, the encoder in `encoder_dir`)
-/// re-saved as f32 (a new weights file, so a new encoder identity) with `base`'s heads bound
-/// to it.
-pub fn full_model(base: &Path, encoder_dir: &Path, out: &Path) -> Result<String, String> {
-    let own = crate::classify::own_encoder(base);
-    let encoder_dir = own.as_deref().unwrap_or(encoder_dir);
-    let enc = out.join("encoder");
-    crate::embed::model::copy_encoder_files(encoder_dir, &enc).map_err(io)?;
-    let dev = candle_core::Device::Cpu;
-    let tensors =
-        candle_core::safetensors::load(encoder_dir.join("model.safetensors"), &dev).map_err(io)?;
-    let f32s = tensors
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(candle_core::DType::F32)?)))
-        .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()
-        .map_err(io)?;
-    candle_core::safetensors::save(&f32s, enc.join("model.safetensors")).map_err(io)?;
-    let mut m = read_meta(base)?;
-    m.encoder.name = format!("{}-f32", m.encoder.name);
-    m.encoder.sha256 =
-        crate::embed::model::sha256_file(&enc.join("model.safetensors")).map_err(io)?;
-    let w = std::fs::read(base.join(WEIGHTS_FILE)).map_err(io)?;
-    write_heads(out, m, &w)
-}
+use switchboard::classify::artifact::{full_model, variant};
+use switchboard::proto::v1 as pb;
+use switchboard::proto::v1::admin_client::AdminClient;
+use switchboard::proto::v1::router_client::RouterClient;
 
 #[derive(Debug, Clone)]
 pub struct SwapReport {
@@ -92,7 +44,7 @@ impl fmt::Display for SwapReport {
 type Admin = AdminClient<tonic::transport::Channel>;
 
 fn authed<T>(msg: T, token: &str) -> Result<tonic::Request<T>, String> {
-    crate::auth::with_bearer(msg, token).map_err(io)
+    switchboard::grpc::with_bearer(msg, token).map_err(io)
 }
 
 /// `concurrency` clients for `secs`; returns latencies and errors.
@@ -183,12 +135,12 @@ pub async fn swap(
 ) -> Result<SwapReport, String> {
     let tmp = std::env::temp_dir().join(format!(
         "switchboard-bench-swap-{}",
-        crate::engine::new_id()
+        switchboard::engine::new_id()
     ));
     let dirs = [tmp.join("a"), tmp.join("b"), tmp.join("full")];
-    variant(base, &dirs[0], 1.05)?;
-    variant(base, &dirs[1], 0.95)?;
-    full_model(base, encoder_dir, &dirs[2])?;
+    variant(base, &dirs[0], 1.05).map_err(io)?;
+    variant(base, &dirs[1], 0.95).map_err(io)?;
+    full_model(base, encoder_dir, &dirs[2]).map_err(io)?;
     let connect = |a: std::net::SocketAddr| async move {
         tonic::transport::Endpoint::from_shared(format!("http://{a}"))
             .map_err(io)?

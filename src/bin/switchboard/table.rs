@@ -1,7 +1,7 @@
 //! Human-readable rendering of a decision (for `switchboard route`).
 use std::fmt::Write;
 
-use crate::proto::v1::RouteDecisionResponse;
+use switchboard::proto::v1::RouteDecisionResponse;
 
 /// The decision as a small text table.
 pub fn decision_table(r: &RouteDecisionResponse) -> String {

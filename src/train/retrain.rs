@@ -8,14 +8,16 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use tokio::sync::mpsc;
 
-use super::logs::{self, FeedbackLog};
-use super::registry::{Kept, Source, SwapOptions};
-use super::AdminState;
-use crate::classify::{content_version, varmap_bytes, Classifier};
-use crate::engine::Features;
-use crate::train::data::{self, Row};
-use crate::train::fit::{self, Dataset, FitConfig};
-use crate::train::run;
+use super::fit::{self, Dataset, FitConfig};
+use super::run;
+use crate::classify::{content_version, varmap_bytes, Classifier, Features};
+use crate::config::AdminConfig;
+use crate::dataset::{self, Row};
+use crate::embed::Embedder;
+use crate::error::{Error, ErrorKind};
+use crate::live::registry::{Registry, Source, SwapError, SwapOptions};
+use crate::live::LiveModel;
+use crate::records::{self, DecisionLog, FeedbackLog};
 
 /// Why a retrain stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +28,9 @@ pub enum RetrainError {
         message: String,
     },
     #[error("data_path: {0}")]
-    Data(#[from] crate::train::data::DataError),
+    Data(#[from] crate::dataset::DataError),
     #[error(transparent)]
-    Train(#[from] crate::train::run::TrainError),
+    Train(#[from] super::TrainError),
     #[error(transparent)]
     Classify(#[from] crate::classify::ClassifyError),
     #[error("training failed: {0}")]
@@ -36,11 +38,42 @@ pub enum RetrainError {
     #[error("reading the decision or feedback log: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Swap(#[from] super::registry::SwapError),
+    Swap(#[from] SwapError),
     #[error("the client left")]
     ClientGone,
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RetrainError> for Error {
+    fn from(e: RetrainError) -> Self {
+        use RetrainError as E;
+        let kind = match e {
+            E::Swap(s) => {
+                let inner = Error::from(s);
+                return Error {
+                    message: format!("retrain: {}", inner.message),
+                    ..inner
+                };
+            }
+            E::Invalid { .. } | E::Data(_) => ErrorKind::InvalidArgument,
+            E::ClientGone => ErrorKind::Cancelled,
+            E::Train(_) | E::Classify(_) | E::Model(_) | E::Io(_) | E::Internal(_) => {
+                ErrorKind::Internal
+            }
+        };
+        Error::new(kind, format!("retrain: {e}"))
+    }
+}
+
+/// What a retrain works with: the registry it starts from (and promotes into), the encoder's
+/// queue, the operator's feedback joined with the decision log, and the admin settings.
+pub struct Retrainer {
+    pub registry: Arc<Registry>,
+    pub embedder: Embedder,
+    pub feedback: Arc<FeedbackLog>,
+    pub decisions: Option<Arc<DecisionLog>>,
+    pub cfg: AdminConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +110,7 @@ fn say(tx: &Tx, message: String) -> Result<(), RetrainError> {
 
 /// Training rows from feedback corrections whose decision was embedded by the live encoder.
 fn feedback_rows(
-    s: &AdminState,
+    s: &Retrainer,
     encoder: &str,
     tx: &Tx,
 ) -> Result<Vec<(Row, Features)>, RetrainError> {
@@ -89,8 +122,8 @@ fn feedback_rows(
     };
     dlog.flush();
     let fb = FeedbackLog::read(s.feedback.path())?;
-    let decisions = logs::read_decisions(dlog.dir())?;
-    let (joined, missing) = logs::join(&fb, &decisions);
+    let decisions = records::read_decisions(dlog.dir())?;
+    let (joined, missing) = records::join(&fb, &decisions);
     if !missing.is_empty() {
         say(
             tx,
@@ -147,20 +180,22 @@ fn feedback_accuracy(c: &Classifier, rows: &[(Row, Features)]) -> f64 {
     }
 }
 
-/// Runs a retrain, streaming progress into `tx`; the last message carries the result.
-pub async fn retrain(s: Arc<AdminState>, p: RetrainParams, tx: Tx) {
-    let result = run_retrain(&s, &p, &tx).await;
-    let _ = match result {
-        Ok(last) => tx.send(Ok(last)).await,
-        Err(e) => tx.send(Err(e)).await,
-    };
+impl Retrainer {
+    /// Runs a retrain, streaming progress into `tx`; the last message carries the result.
+    pub async fn run(self: Arc<Self>, p: RetrainParams, tx: Tx) {
+        let result = run_retrain(&self, &p, &tx).await;
+        let _ = match result {
+            Ok(last) => tx.send(Ok(last)).await,
+            Err(e) => tx.send(Err(e)).await,
+        };
+    }
 }
 
-async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progress, RetrainError> {
-    // The live version the retrain starts from (warm start, labels, lexicon).
-    let base = s.registry.versions().0;
+async fn run_retrain(s: &Retrainer, p: &RetrainParams, tx: &Tx) -> Result<Progress, RetrainError> {
+    // The live version the retrain starts from (warm start, labels, lexicon, encoder).
+    let base = s.registry.live();
     let fb = if p.include_feedback {
-        feedback_rows(s, &base.encoder.info().weights_sha256, tx)?
+        feedback_rows(s, base.encoder_sha256(), tx)?
     } else {
         Vec::new()
     };
@@ -212,15 +247,15 @@ async fn run_retrain(s: &AdminState, p: &RetrainParams, tx: &Tx) -> Result<Progr
 /// The train set (data rows outside the dev split, plus weighted feedback corrections) and the
 /// dev set (the data rows' dev split, or the train set when there is none).
 async fn datasets(
-    s: &AdminState,
+    s: &Retrainer,
     p: &RetrainParams,
-    base: &Kept,
+    base: &LiveModel,
     fb: &[(Row, Features)],
     tx: &Tx,
 ) -> Result<(Dataset, Dataset), RetrainError> {
     let mut rows = Vec::new();
     if let Some(path) = &p.data {
-        let (r, bad) = data::read_all(std::slice::from_ref(path))?;
+        let (r, bad) = dataset::read_all(std::slice::from_ref(path))?;
         for b in bad.iter().take(5) {
             say(tx, format!("skipped: {b}"))?;
         }
@@ -239,13 +274,15 @@ async fn datasets(
         format!("{n_rows} data rows, {n_fb} feedback corrections; embedding data rows"),
     )?;
     let cache = s.cfg.state_dir.join("cache");
-    let (vectors, _) = run::embed_rows(&s.registry.engine.embedder, &rows, &cache).await?;
+    // The live encoder, which the heads being retrained read.
+    let embedder = s.embedder.with_model(base.encoder.clone());
+    let (vectors, _) = run::embed_rows(&embedder, &rows, &cache).await?;
     let (il, dl) = (
         &base.classifier.meta.intent_labels,
         &base.classifier.meta.domain_labels,
     );
     let (dv, tr): (Vec<usize>, Vec<usize>) =
-        (0..rows.len()).partition(|&i| data::is_dev(&rows[i], p.seed, 10));
+        (0..rows.len()).partition(|&i| dataset::is_dev(&rows[i], p.seed, 10));
     let pick = |ix: &[usize]| -> Dataset {
         let rs: Vec<&Row> = ix.iter().map(|&i| &rows[i]).collect();
         let vs: Vec<&(Vec<f32>, u32)> = ix.iter().map(|&i| &vectors[i]).collect();
@@ -271,7 +308,7 @@ async fn datasets(
 
 /// Warm-starts from the live heads and fits on a blocking thread, streaming each epoch.
 async fn fit_streaming(
-    base: &Kept,
+    base: &LiveModel,
     train: Dataset,
     dev: Dataset,
     cfg: FitConfig,
@@ -315,9 +352,9 @@ struct Written {
 
 /// Calibrates, stamps metadata, scores on the gate set and writes the new head folder.
 async fn write_heads(
-    s: &AdminState,
+    s: &Retrainer,
     p: &RetrainParams,
-    base: &Kept,
+    base: &LiveModel,
     fb: &[(Row, Features)],
     cfg: &FitConfig,
     result: &fit::FitResult,
@@ -327,7 +364,7 @@ async fn write_heads(
     let mut meta = base.classifier.meta.clone();
     (meta.intent_temperature, meta.domain_temperature) = (t_int, t_dom);
     meta.training = BTreeMap::from([
-        ("retrained_from".into(), serde_json::json!(base.version)),
+        ("retrained_from".into(), serde_json::json!(base.version())),
         (
             "data".into(),
             serde_json::json!(p.data.as_ref().map(|d| d.display().to_string())),

@@ -1,4 +1,4 @@
-//! An OpenAI-compatible mock upstream for tests and `bench proxy`: `/v1/chat/completions`,
+//! An OpenAI-compatible mock upstream for switchboard's tests and `bench proxy`: `/v1/chat/completions`,
 //! streaming (SSE) and not, with scripted behaviours chosen per request by the `model` field
 //! (`mock-500`, `mock-429`, `mock-hang`, `mock-slow`, `mock-die-3`, `mock-nousage`,
 //! `mock-malformed`, `mock-flaky10` (every 10th request fails); anything else streams normally). It counts requests and open streams so
@@ -49,7 +49,7 @@ impl Mock {
             .route("/v1/chat/completions", post(chat))
             .with_state(counters.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener.tap_io(crate::http::nodelay), app).await;
+            let _ = axum::serve(listener.tap_io(nodelay), app).await;
         });
         Ok(Self {
             addr,
@@ -181,6 +181,9 @@ async fn produce(tx: ChunkTx, plan: StreamPlan, counters: Arc<Counters>) {
     }
     for (i, d) in deltas().iter().enumerate() {
         if plan.die_after == Some(i) {
+            // hyper drops what is still in its write buffer when the body fails: give the
+            // chunks already produced time to reach the socket, so exactly `i` arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx
                 .send(Err(std::io::Error::other("mock died mid-stream")))
                 .await;
@@ -217,4 +220,9 @@ where
         rx.recv().await.map(|item| (item, (rx, g)))
     });
     Body::from_stream(s)
+}
+
+/// Small SSE frames must not wait for delayed ACKs (Nagle).
+fn nodelay(s: &mut tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
 }

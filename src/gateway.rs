@@ -1,0 +1,132 @@
+//! The one routing facade every transport calls: the API-key check, the caller's limits on
+//! backends, backend health for ranking, the errors metric, and starting a completion. gRPC
+//! and HTTP only translate their wire formats to and from these calls.
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::auth::{apply_caller, ApiKeys, Caller};
+use crate::backends::Upstreams;
+use crate::engine::{new_id, Engine, RouteOutcome, RouteRequest};
+use crate::error::Error;
+use crate::proxy::{CompleteInput, Plan, Proxy, ProxyError, ProxyEvent};
+
+/// The events of one completion, in order; an `Err` is the last item.
+pub type CompletionRx = mpsc::Receiver<Result<ProxyEvent, Error>>;
+
+/// Events a completion may queue before the client reads them; a slow client slows the relay.
+const COMPLETION_BUFFER: usize = 32;
+
+pub struct Gateway {
+    engine: Arc<Engine>,
+    upstreams: Arc<Upstreams>,
+    proxy: Proxy,
+    keys: Option<Arc<ApiKeys>>,
+}
+
+impl Gateway {
+    pub fn new(engine: Arc<Engine>, upstreams: Arc<Upstreams>, keys: Option<Arc<ApiKeys>>) -> Self {
+        let max_attempts = engine.config.server.max_attempts;
+        let proxy = Proxy::new(engine.clone(), upstreams.clone(), max_attempts);
+        Self {
+            engine,
+            upstreams,
+            proxy,
+            keys,
+        }
+    }
+
+    /// The engine (config, metrics, live model) for read-only endpoints.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The caller behind an `authorization` header value; `None` when no keys are configured.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Option<Caller>, Error> {
+        match &self.keys {
+            None => Ok(None),
+            Some(keys) => keys
+                .check(authorization)
+                .map(Some)
+                .map_err(|e| self.fail(e)),
+        }
+    }
+
+    /// A routing decision (RouteDecision, `/v1/route`): unhealthy backends are not ranked.
+    pub async fn route(
+        &self,
+        mut req: RouteRequest,
+        caller: Option<&Caller>,
+    ) -> Result<RouteOutcome, Error> {
+        apply_caller(&mut req, None, caller).map_err(|e| self.fail(e))?;
+        let up = &self.upstreams;
+        self.engine
+            .route(&req, &|n: &str| up.health(n))
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Starts a completion (`Complete`, `/v1/chat/completions`) in the current span and
+    /// returns its events. Dropping the receiver cancels the upstream request.
+    pub fn complete(
+        self: &Arc<Self>,
+        mut input: CompleteInput,
+        caller: Option<&Caller>,
+    ) -> Result<CompletionRx, Error> {
+        apply_caller(&mut input.route, input.pinned.as_deref(), caller)
+            .map_err(|e| self.fail(e))?;
+        let (tx, rx) = mpsc::channel(COMPLETION_BUFFER);
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                match this.plan(&input).await {
+                    Ok(plan) => this.proxy.run(&input, plan, &tx).await,
+                    Err(e) => this.proxy.refuse(this.fail(e), &tx).await,
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(rx)
+    }
+
+    /// Who a completion tries, in order. Health is left to the proxy's own slot check, so
+    /// that "every breaker open" is an Unavailable naming each backend, not a ranking failure.
+    async fn plan(&self, input: &CompleteInput) -> Result<Plan, ProxyError> {
+        if let Some(name) = &input.pinned {
+            if !self.proxy.knows(name) {
+                return Err(ProxyError::InvalidArgument {
+                    field: "pinned_backend".into(),
+                    message: format!("unknown backend {name:?}"),
+                });
+            }
+            self.engine.validate(&input.route)?;
+            return Ok(Plan {
+                decision_id: new_id(),
+                outcome: None,
+                candidates: vec![name.clone()],
+            });
+        }
+        let up = &self.upstreams;
+        let o = self
+            .engine
+            .route(&input.route, &|n: &str| up.latency_only(n))
+            .await?;
+        Ok(Plan {
+            decision_id: o.decision_id.clone(),
+            candidates: o.decision.ranked.iter().map(|r| r.name.clone()).collect(),
+            outcome: Some(o),
+        })
+    }
+
+    /// Counts an error by its kind and hands it on.
+    fn fail(&self, e: impl Into<Error>) -> Error {
+        let e = e.into();
+        self.engine
+            .metrics
+            .errors
+            .with_label_values(&[e.kind.label()])
+            .inc();
+        e
+    }
+}

@@ -1,0 +1,396 @@
+//! The completion proxy behind gRPC `Complete` and HTTP `/v1/chat/completions`: given the
+//! ranked candidates (routing happened before, in `gateway`), call them in order with failover
+//! before the first token; after the first token an upstream failure ends the stream with an
+//! error naming the backend and what was delivered. Events go into a bounded channel; a failed
+//! send means the client left, and the upstream request is dropped at once.
+mod relay;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, UpstreamError};
+use crate::backends::{Slot, Upstreams};
+use crate::config::Backend;
+use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
+use crate::error::{Error, ErrorKind};
+
+/// Generation parameters forwarded upstream.
+#[derive(Debug, Clone, Default)]
+pub struct GenParams {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CompleteInput {
+    pub route: RouteRequest,
+    pub params: GenParams,
+    pub pinned: Option<String>,
+}
+
+/// Who to call, in order: the routing decision's ranking, or the pinned backend alone.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The routing decision's id, or a fresh one when pinned.
+    pub decision_id: String,
+    pub outcome: Option<RouteOutcome>,
+    pub candidates: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptInfo {
+    pub backend: String,
+    pub error: String,
+    pub elapsed_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DoneInfo {
+    pub finish_reason: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub estimated: bool,
+    pub cost_usd: f64,
+    pub backend: String,
+    pub model: String,
+    pub ttft_us: u64,
+    pub total_us: u64,
+    pub attempts: Vec<AttemptInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProxyEvent {
+    /// Always first. `decision_id` is the routing decision's, or a fresh id when pinned.
+    Decision {
+        decision_id: String,
+        outcome: Option<Box<RouteOutcome>>,
+        trying: String,
+    },
+    /// The backend whose answer is being relayed, right before its first delta.
+    Serving {
+        backend: String,
+        model: String,
+    },
+    Delta(String),
+    Done(Box<DoneInfo>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("every candidate failed before the first token: {}", describe(.0))]
+    AllFailed(Vec<AttemptInfo>),
+    #[error("no backend can take the request: {}", .0.iter().map(|(b, s)| format!("{b}: {s}")).collect::<Vec<_>>().join("; "))]
+    NoneAvailable(Vec<(String, String)>),
+    #[error("backend {backend} failed after {delivered_chunks} chunks ({delivered_chars} characters) reached the client: {error}")]
+    MidStream {
+        backend: String,
+        delivered_chunks: usize,
+        delivered_chars: usize,
+        error: String,
+    },
+}
+
+impl From<ProxyError> for Error {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::Route(r) => r.into(),
+            ProxyError::InvalidArgument { field, message } => {
+                Error::field(ErrorKind::InvalidArgument, field, message)
+            }
+            ProxyError::AllFailed(_) | ProxyError::NoneAvailable(_) => {
+                Error::new(ErrorKind::Unavailable, e.to_string()).reason("no_backend_available")
+            }
+            ProxyError::MidStream { .. } => {
+                Error::new(ErrorKind::UpstreamFailed, e.to_string()).reason("upstream_failed")
+            }
+        }
+    }
+}
+
+fn describe(a: &[AttemptInfo]) -> String {
+    a.iter()
+        .map(|x| format!("{}: {}", x.backend, x.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How one completion ended.
+pub enum Ended {
+    /// `backend` answered and the client got everything, up to `Done`.
+    Served { backend: String },
+    /// No candidate produced a first token (or none could be called).
+    FailedBeforeFirstToken(ProxyError),
+    /// `backend` failed after part of its answer reached the client.
+    FailedMidStream { backend: String, error: ProxyError },
+    /// The client went away; the upstream request was dropped.
+    ClientGone,
+}
+
+pub type Tx = mpsc::Sender<Result<ProxyEvent, Error>>;
+type Upstream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Send>>;
+
+pub struct Proxy {
+    engine: Arc<Engine>,
+    upstreams: Arc<Upstreams>,
+    max_attempts: usize,
+}
+
+fn chat_request(input: &CompleteInput) -> ChatRequest {
+    let r = &input.route;
+    let messages = if r.messages.is_empty() {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: r.prompt.clone(),
+        }]
+    } else {
+        r.messages
+            .iter()
+            .map(|(role, content)| ChatMessage {
+                role: role.clone(),
+                content: content.clone(),
+            })
+            .collect()
+    };
+    let p = &input.params;
+    ChatRequest {
+        messages,
+        max_tokens: p.max_tokens,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        stop: p.stop.clone(),
+        seed: p.seed,
+        response_format: p.json.then(|| serde_json::json!({"type": "json_object"})),
+    }
+}
+
+/// How one upstream call ended before reaching the client.
+enum FirstOutcome<S> {
+    Token(String, S, Duration),
+    Empty(Vec<ChatEvent>, Duration),
+    Failed(UpstreamError),
+}
+
+async fn first_token<S>(mut stream: S, started: Instant) -> FirstOutcome<S>
+where
+    S: futures_util::Stream<Item = Result<ChatEvent, UpstreamError>> + Unpin,
+{
+    let mut early = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(ChatEvent::Delta(t))) => {
+                return FirstOutcome::Token(t, stream, started.elapsed())
+            }
+            Some(Ok(other)) => early.push(other),
+            Some(Err(e)) => return FirstOutcome::Failed(e),
+            None => return FirstOutcome::Empty(early, started.elapsed()),
+        }
+    }
+}
+
+/// One completion in progress: what every step after the first token needs.
+struct Attempt<'a> {
+    input: &'a CompleteInput,
+    backend: &'a Backend,
+    started: Instant,
+    ttft: Duration,
+    /// The failed attempts before this one.
+    attempts: Vec<AttemptInfo>,
+    tx: &'a Tx,
+}
+
+impl Proxy {
+    pub fn new(engine: Arc<Engine>, upstreams: Arc<Upstreams>, max_attempts: usize) -> Self {
+        Self {
+            engine,
+            upstreams,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    fn backend(&self, name: &str) -> Option<&Backend> {
+        self.engine.config.backends.iter().find(|b| b.name == name)
+    }
+
+    /// Whether `name` is a catalog backend (a pinned completion's check).
+    pub fn knows(&self, name: &str) -> bool {
+        self.backend(name).is_some()
+    }
+
+    /// Runs one completion along `plan`, sending events to `tx` until done, failed, or the
+    /// client leaves.
+    pub async fn run(&self, input: &CompleteInput, plan: Plan, tx: &Tx) {
+        let id = plan.decision_id.clone();
+        let ended = self.serve(input, plan, tx).await;
+        if let Some(log) = &self.engine.decisions {
+            let (backend, ok) = match &ended {
+                Ended::Served { backend } => (backend.as_str(), true),
+                Ended::FailedMidStream { backend, .. } => (backend.as_str(), false),
+                Ended::FailedBeforeFirstToken(_) => ("", false),
+                Ended::ClientGone => ("", true),
+            };
+            log.served(&id, backend, ok);
+        }
+        let (label, error) = match ended {
+            Ended::Served { .. } | Ended::ClientGone => ("ok", None),
+            Ended::FailedMidStream { error, .. } => ("mid_stream_failure", Some(error)),
+            Ended::FailedBeforeFirstToken(e) => ("unavailable", Some(e)),
+        };
+        self.count(label);
+        if let Some(e) = error {
+            let _ = tx.send(Err(e.into())).await;
+        }
+    }
+
+    /// A completion refused before any upstream call (routing or validation failed).
+    pub async fn refuse(&self, error: Error, tx: &Tx) {
+        self.count("rejected");
+        let _ = tx.send(Err(error)).await;
+    }
+
+    fn count(&self, outcome: &str) {
+        self.engine
+            .metrics
+            .proxy_requests
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// One upstream call up to its first token, bounded by the backend's TTFT timeout.
+    async fn first(&self, b: &Backend, req: &ChatRequest, t0: Instant) -> FirstOutcome<Upstream> {
+        let timeout = Duration::from_millis(b.first_token_timeout_ms);
+        tokio::time::timeout(timeout, async {
+            match openai::open_stream(&self.upstreams.http, b, req).await {
+                Ok(s) => first_token(Box::pin(s) as Upstream, t0).await,
+                Err(e) => FirstOutcome::Failed(e),
+            }
+        })
+        .await
+        .unwrap_or(FirstOutcome::Failed(UpstreamError::FirstTokenTimeout(
+            timeout,
+        )))
+    }
+
+    /// Sends the decision, then tries the candidates in order.
+    async fn serve(&self, input: &CompleteInput, plan: Plan, tx: &Tx) -> Ended {
+        let started = Instant::now();
+        let decision = ProxyEvent::Decision {
+            decision_id: plan.decision_id,
+            outcome: plan.outcome.map(Box::new),
+            trying: plan.candidates.first().cloned().unwrap_or_default(),
+        };
+        if tx.send(Ok(decision)).await.is_err() {
+            return Ended::ClientGone;
+        }
+        let req = chat_request(input);
+        let m = &self.engine.metrics;
+        let (mut attempts, mut calls) = (Vec::new(), 0);
+        for name in &plan.candidates {
+            let Some(b) = self.backend(name) else {
+                continue;
+            };
+            if calls >= self.max_attempts {
+                break;
+            }
+            let slot = match self.upstreams.acquire(name) {
+                Ok(s) => s,
+                Err(skip) => {
+                    attempts.push(AttemptInfo {
+                        backend: name.clone(),
+                        error: format!("skipped: {skip}"),
+                        elapsed_us: 0,
+                    });
+                    continue;
+                }
+            };
+            calls += 1;
+            let t0 = Instant::now();
+            let first = self.first(b, &req, t0).await;
+            let mut at = Attempt {
+                input,
+                backend: b,
+                started,
+                ttft: Duration::ZERO,
+                attempts: Vec::new(),
+                tx,
+            };
+            match first {
+                FirstOutcome::Failed(e) => {
+                    let retryable = e.retryable();
+                    attempts.push(self.failed(name, slot, e, t0));
+                    if !retryable {
+                        break;
+                    }
+                }
+                FirstOutcome::Empty(events, ttft) => {
+                    self.upstreams.finish(slot, true, Some(ttft), None);
+                    (at.ttft, at.attempts) = (ttft, attempts);
+                    return self.done(&at, String::new(), events).await;
+                }
+                FirstOutcome::Token(text, stream, ttft) => {
+                    m.proxy_attempts
+                        .with_label_values(&[name.as_str(), "ok"])
+                        .inc();
+                    m.ttft_seconds
+                        .with_label_values(&[name.as_str()])
+                        .observe(ttft.as_secs_f64());
+                    if !attempts.is_empty() {
+                        m.failovers.inc();
+                    }
+                    (at.ttft, at.attempts) = (ttft, attempts);
+                    return self.relay(at, slot, text, stream).await;
+                }
+            }
+        }
+        if calls > 0 {
+            return Ended::FailedBeforeFirstToken(ProxyError::AllFailed(attempts));
+        }
+        Ended::FailedBeforeFirstToken(self.none_available(attempts))
+    }
+
+    /// Accounts an attempt that failed before its first token (metrics, breaker, log).
+    fn failed(&self, name: &str, slot: Slot, e: UpstreamError, t0: Instant) -> AttemptInfo {
+        let retry_after = match &e {
+            UpstreamError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        self.engine
+            .metrics
+            .proxy_attempts
+            .with_label_values(&[name, e.kind()])
+            .inc();
+        tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
+        self.upstreams.finish(slot, false, None, retry_after);
+        AttemptInfo {
+            backend: name.to_string(),
+            error: e.to_string(),
+            elapsed_us: t0.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// No backend was called: why each was skipped, or every breaker's state when none was tried.
+    fn none_available(&self, attempts: Vec<AttemptInfo>) -> ProxyError {
+        let mut why: Vec<(String, String)> =
+            attempts.into_iter().map(|a| (a.backend, a.error)).collect();
+        if why.is_empty() {
+            why = self
+                .upstreams
+                .states()
+                .into_iter()
+                .map(|(b, s)| (b, format!("circuit {s}")))
+                .collect();
+        }
+        ProxyError::NoneAvailable(why)
+    }
+}

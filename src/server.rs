@@ -1,0 +1,342 @@
+//! The server: builds everything from `Config` once (encoder, live model, records, engine,
+//! upstreams, gateway, registry), binds the listeners, starts the transports and owns
+//! shutdown. `grpc` and `http` receive their handles from here; neither knows the other.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::ApiKeys;
+use crate::backends::breaker::BreakerConfig;
+use crate::backends::Upstreams;
+use crate::classify::{Classifier, ClassifyError};
+use crate::config::{Config, ConfigError};
+use crate::embed::{EmbedError, Embedder};
+use crate::engine::{Engine, EngineParts};
+use crate::gateway::Gateway;
+use crate::grpc::admin::AdminService;
+use crate::live::gate::GateError;
+use crate::live::registry::{Registry, RegistryDeps};
+use crate::live::{Live, LiveModel};
+use crate::metrics::Metrics;
+use crate::records::{DecisionLog, DecisionLogConfig, FeedbackLog};
+use crate::train::retrain::Retrainer;
+
+/// Settings of `switchboard serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub config: Config,
+    /// The Admin service's address and bearer token; served only when both are set.
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+}
+
+/// Errors while starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("admin.gate_set: {0}")]
+    Gate(#[from] GateError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the bound address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("admin.state_dir: {what} {}: {source}", path.display())]
+    Records {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP client for the backends: {0}")]
+    Upstreams(#[from] reqwest::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("loading the encoder: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("HTTP transport: {0}")]
+    Http(std::io::Error),
+}
+
+/// Loads the encoder and the classifier, validates the config against its labels, and opens
+/// the decision log (when on): the engine every transport routes through.
+pub async fn load_engine(config: Config) -> Result<Arc<Engine>, ServeError> {
+    let mut enc = config.encoder.clone();
+    let dir = config.server.classifier_dir.clone();
+    if let Some(own) = crate::classify::own_encoder(&dir) {
+        tracing::info!(encoder = %own.display(), "the classifier folder carries its own encoder");
+        enc.model_dir = own;
+    }
+    let embedder = tokio::task::spawn_blocking(move || Embedder::start(&enc)).await??;
+    let classifier = Classifier::load(&dir, &embedder.info())?;
+    config.validate(
+        &classifier.meta.intent_labels,
+        &classifier.meta.domain_labels,
+    )?;
+    let live = LiveModel::new(
+        Arc::new(classifier),
+        embedder.model(),
+        dir.display().to_string(),
+    );
+    let decisions = open_decision_log(&config)?;
+    Ok(Arc::new(Engine::new(EngineParts {
+        embedder,
+        live: Arc::new(Live::new(live)),
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::new()?),
+        decisions,
+    })))
+}
+
+fn open_decision_log(config: &Config) -> Result<Option<Arc<DecisionLog>>, ServeError> {
+    let a = &config.admin;
+    if !a.decision_log {
+        return Ok(None);
+    }
+    let dir = a.state_dir.join("decisions");
+    let log = DecisionLog::open(DecisionLogConfig {
+        dir: dir.clone(),
+        file_bytes: a.decision_file_bytes,
+        files: a.decision_files,
+        log_prompts: a.log_prompts,
+    })
+    .map_err(|source| ServeError::Records {
+        what: "decision log",
+        path: dir,
+        source,
+    })?;
+    Ok(Some(Arc::new(log)))
+}
+
+/// The Admin side: the registry over the live model, the feedback log and the retrainer.
+struct AdminParts {
+    listener: TcpListener,
+    token: String,
+    registry: Arc<Registry>,
+    service: AdminService,
+}
+
+fn admin_parts(
+    engine: &Arc<Engine>,
+    listener: TcpListener,
+    token: String,
+) -> Result<AdminParts, ServeError> {
+    let cfg = engine.config.admin.clone();
+    let deps = RegistryDeps {
+        live: engine.live.clone(),
+        config: engine.config.clone(),
+        tokenizer: engine.embedder.tokenizer().clone(),
+        metrics: engine.metrics.clone(),
+    };
+    let registry = Arc::new(Registry::new(deps, cfg.clone())?);
+    let path = cfg.state_dir.join("feedback.jsonl");
+    let feedback = FeedbackLog::open(&path).map_err(|source| ServeError::Records {
+        what: "feedback log",
+        path,
+        source,
+    })?;
+    let feedback = Arc::new(feedback);
+    let retrainer = Arc::new(Retrainer {
+        registry: registry.clone(),
+        embedder: engine.embedder.clone(),
+        feedback: feedback.clone(),
+        decisions: engine.decisions.clone(),
+        cfg,
+    });
+    let service = AdminService {
+        registry: registry.clone(),
+        feedback,
+        decisions: engine.decisions.clone(),
+        retrainer,
+    };
+    Ok(AdminParts {
+        listener,
+        token,
+        registry,
+        service,
+    })
+}
+
+/// A bound, not yet running server; addresses are known (port 0 resolved).
+pub struct Bound {
+    grpc: TcpListener,
+    http: TcpListener,
+    pub engine: Arc<Engine>,
+    pub gateway: Arc<Gateway>,
+    admin: Option<AdminParts>,
+}
+
+impl Bound {
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ServeError> {
+        local_addr(&self.grpc)
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, ServeError> {
+        local_addr(&self.http)
+    }
+
+    /// The Admin service's address, when it is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.listener.local_addr().ok())
+    }
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, ServeError> {
+    l.local_addr().map_err(ServeError::LocalAddr)
+}
+
+async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Loads everything and binds every address.
+pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
+    let engine = load_engine(cfg.config).await?;
+    let s = &engine.config.server;
+    let breaker = BreakerConfig {
+        consecutive_failures: s.breaker_failures.max(1),
+        cooldown: Duration::from_millis(s.breaker_cooldown_ms),
+        ..Default::default()
+    };
+    let upstreams = Arc::new(Upstreams::new(
+        &engine.config,
+        breaker,
+        engine.metrics.clone(),
+    )?);
+    let keys = match &s.api_keys_file {
+        Some(p) => Some(Arc::new(ApiKeys::load(p)?)),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(engine.clone(), upstreams, keys));
+    let admin = match (cfg.admin_addr, cfg.admin_token) {
+        (Some(addr), Some(token)) if !token.is_empty() => {
+            Some(admin_parts(&engine, listen(addr).await?, token)?)
+        }
+        (Some(addr), _) => {
+            tracing::warn!(%addr, env = %engine.config.admin.token_env, "Admin service not served: no admin token is set");
+            None
+        }
+        _ => None,
+    };
+    Ok(Bound {
+        grpc: listen(cfg.grpc_addr).await?,
+        http: listen(cfg.http_addr).await?,
+        engine,
+        gateway,
+        admin,
+    })
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+/// Health reports NOT_SERVING until a warm-up batch has gone through the encoder.
+pub async fn run(
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (grpc_addr, http_addr) = (bound.grpc_addr()?, bound.http_addr()?);
+    let engine = bound.engine.clone();
+    let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
+    let (health, router) = crate::grpc::router(bound.gateway.clone(), max).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let warm = tokio::spawn(warm_up(engine.clone(), health, ready.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let http_app = crate::http::router(crate::http::HttpState {
+        gateway: bound.gateway.clone(),
+        ready,
+    });
+    let http = tokio::spawn(crate::http::serve(
+        http_app,
+        bound.http,
+        stopped(stop_rx.clone()),
+    ));
+    let (admin, watcher) = match bound.admin {
+        Some(a) => spawn_admin(a, &engine, stop_rx.clone()),
+        None => (None, None),
+    };
+    tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
+    let result = crate::grpc::serve(router, bound.grpc, stopped(stop_rx)).await;
+    warm.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    let http = http.await;
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    tracing::info!("server stopped");
+    result?;
+    http?.map_err(ServeError::Http)
+}
+
+type StopRx = tokio::sync::watch::Receiver<bool>;
+type Task<T> = tokio::task::JoinHandle<T>;
+
+/// Resolves once shutdown has been asked for.
+async fn stopped(mut rx: StopRx) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// The Admin service on its own listener, and the directory watch when configured.
+#[allow(clippy::type_complexity)]
+fn spawn_admin(
+    a: AdminParts,
+    engine: &Engine,
+    stop: StopRx,
+) -> (
+    Option<Task<Result<(), tonic::transport::Error>>>,
+    Option<Task<()>>,
+) {
+    let cfg = &engine.config.admin;
+    let watcher = cfg.watch_dir.clone().map(|dir| {
+        let every = Duration::from_millis(cfg.watch_interval_ms.max(10));
+        tokio::spawn(crate::live::watch::run(a.registry.clone(), dir, every))
+    });
+    // Room above the inline limit, so an oversized upload gets our message naming the limit.
+    let max = cfg.max_inline_bytes * 2 + (1 << 20);
+    let router = crate::grpc::admin(a.service, &a.token, max);
+    let server = tokio::spawn(crate::grpc::serve(router, a.listener, stopped(stop)));
+    (Some(server), watcher)
+}
+
+async fn warm_up(engine: Arc<Engine>, health: crate::grpc::Health, ready: Arc<AtomicBool>) {
+    let probe: Vec<String> = [
+        "warm-up probe",
+        "a second, somewhat longer warm-up probe sentence for the encoder",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match engine.embedder.embed_many(&probe).await {
+        Ok(_) => {
+            ready.store(true, Ordering::Release);
+            health.serving().await;
+            tracing::info!("warm-up done; health is SERVING");
+        }
+        Err(e) => tracing::error!(error = %e, "warm-up failed; health stays NOT_SERVING"),
+    }
+}
