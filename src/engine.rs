@@ -1,5 +1,6 @@
 //! The routing engine, independent of transport: validate → classifier input → (cache) →
-//! embed → classify → rank. gRPC and HTTP both call `Engine::route`; neither re-implements it.
+//! embed → classify → rank, on one snapshot of the live model, and record the decision. Every
+//! transport reaches it through `gateway`; it knows nothing of callers or wire formats.
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};

@@ -26,30 +26,73 @@ pub struct Metrics {
     pub http_seconds: HistogramVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: T,
-) -> Result<T, prometheus::Error> {
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> PromResult<T> {
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
+/// A metric's name and help text.
+type Doc = (&'static str, &'static str);
+
 /// Registers a labelled integer counter.
-fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> PromResult<IntCounterVec> {
+fn counters(r: &Registry, (name, help): Doc, labels: &[&str]) -> PromResult<IntCounterVec> {
     reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Registers an integer counter.
+fn counter(r: &Registry, (name, help): Doc) -> PromResult<prometheus::IntCounter> {
+    reg(r, prometheus::IntCounter::new(name, help)?)
 }
 
 /// Registers a labelled histogram with the given bucket bounds.
 fn histograms(
     r: &Registry,
-    name: &str,
-    help: &str,
+    (name, help): Doc,
     buckets: &[f64],
     labels: &[&str],
 ) -> PromResult<HistogramVec> {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     reg(r, HistogramVec::new(opts, labels)?)
 }
+
+const DECISIONS: Doc = (
+    "decisions_total",
+    "Routing decisions by intent, domain, top backend and A/B variant",
+);
+const STAGES: Doc = ("stage_seconds", "Latency per request stage");
+const BATCH: Doc = (
+    "encoder_batch_size",
+    "Prompts per encoder batch seen by requests",
+);
+const QUEUE: Doc = ("encoder_queue_depth", "Prompts waiting for the encoder");
+const ABSTAINS: Doc = ("abstains_total", "Decisions where the classifier abstained");
+const ERRORS: Doc = ("errors_total", "Failed requests by error kind");
+const CACHE: Doc = ("classification_cache_total", "Classification cache lookups");
+const BREAKERS: Doc = ("breaker_transitions_total", "Circuit breaker state changes");
+const PROXIED: Doc = ("proxy_requests_total", "Proxied completions by outcome");
+const ATTEMPTS: Doc = (
+    "proxy_attempts_total",
+    "Upstream attempts by backend and result",
+);
+const FAILOVERS: Doc = (
+    "failovers_total",
+    "Completions served by a backend other than the first tried",
+);
+const TOKENS: Doc = ("tokens_total", "Tokens by serving backend and kind");
+const COST: Doc = ("cost_usd_total", "Cost in USD by serving backend");
+const TTFT: Doc = ("ttft_seconds", "Upstream time to first token");
+const HTTP: Doc = (
+    "http_requests_total",
+    "HTTP /v1 requests by route and status",
+);
+const SWAPS: Doc = (
+    "classifier_swaps_total",
+    "Classifier swap and rollback attempts by outcome and reason",
+);
+const HTTP_HEAD: Doc = (
+    "http_response_head_seconds",
+    "Time to the HTTP response head (first token when streaming)",
+);
 
 type PromResult<T> = Result<T, prometheus::Error>;
 
@@ -67,108 +110,27 @@ const HTTP_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> PromResult<Self> {
         let r = Registry::new_custom(Some("switchboard".into()), None)?;
-        let batch_opts = HistogramOpts::new(
-            "encoder_batch_size",
-            "Prompts per encoder batch seen by requests",
-        )
-        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        let batch = HistogramOpts::new(BATCH.0, BATCH.1)
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+        let cost = prometheus::CounterVec::new(Opts::new(COST.0, COST.1), &["backend"])?;
         Ok(Self {
-            decisions: counters(
-                &r,
-                "decisions_total",
-                "Routing decisions by intent, domain, top backend and A/B variant",
-                &["intent", "domain", "backend", "variant"],
-            )?,
-            stage_seconds: histograms(
-                &r,
-                "stage_seconds",
-                "Latency per request stage",
-                STAGE_BUCKETS,
-                &["stage"],
-            )?,
-            batch_size: reg(&r, prometheus::Histogram::with_opts(batch_opts)?)?,
-            queue_depth: reg(
-                &r,
-                IntGauge::new("encoder_queue_depth", "Prompts waiting for the encoder")?,
-            )?,
-            abstains: reg(
-                &r,
-                prometheus::IntCounter::new(
-                    "abstains_total",
-                    "Decisions where the classifier abstained",
-                )?,
-            )?,
-            errors: counters(&r, "errors_total", "Failed requests by type", &["type"])?,
-            cache: counters(
-                &r,
-                "classification_cache_total",
-                "Classification cache lookups",
-                &["result"],
-            )?,
-            breaker_changes: counters(
-                &r,
-                "breaker_transitions_total",
-                "Circuit breaker state changes",
-                &["backend", "state"],
-            )?,
-            proxy_requests: counters(
-                &r,
-                "proxy_requests_total",
-                "Proxied completions by outcome",
-                &["outcome"],
-            )?,
-            proxy_attempts: counters(
-                &r,
-                "proxy_attempts_total",
-                "Upstream attempts by backend and result",
-                &["backend", "result"],
-            )?,
-            failovers: reg(
-                &r,
-                prometheus::IntCounter::new(
-                    "failovers_total",
-                    "Completions served by a backend other than the first tried",
-                )?,
-            )?,
-            tokens: counters(
-                &r,
-                "tokens_total",
-                "Tokens by serving backend and kind",
-                &["backend", "kind"],
-            )?,
-            cost_usd: reg(
-                &r,
-                prometheus::CounterVec::new(
-                    Opts::new("cost_usd_total", "Cost in USD by serving backend"),
-                    &["backend"],
-                )?,
-            )?,
-            ttft_seconds: histograms(
-                &r,
-                "ttft_seconds",
-                "Upstream time to first token",
-                TTFT_BUCKETS,
-                &["backend"],
-            )?,
-            http_requests: counters(
-                &r,
-                "http_requests_total",
-                "HTTP /v1 requests by route and status",
-                &["path", "status"],
-            )?,
-            classifier_swaps: counters(
-                &r,
-                "classifier_swaps_total",
-                "Classifier swap and rollback attempts by outcome and reason",
-                &["op", "result", "reason"],
-            )?,
-            http_seconds: histograms(
-                &r,
-                "http_response_head_seconds",
-                "Time to the HTTP response head (first token when streaming)",
-                HTTP_BUCKETS,
-                &["path"],
-            )?,
+            decisions: counters(&r, DECISIONS, &["intent", "domain", "backend", "variant"])?,
+            stage_seconds: histograms(&r, STAGES, STAGE_BUCKETS, &["stage"])?,
+            batch_size: reg(&r, prometheus::Histogram::with_opts(batch)?)?,
+            queue_depth: reg(&r, IntGauge::new(QUEUE.0, QUEUE.1)?)?,
+            abstains: counter(&r, ABSTAINS)?,
+            errors: counters(&r, ERRORS, &["type"])?,
+            cache: counters(&r, CACHE, &["result"])?,
+            breaker_changes: counters(&r, BREAKERS, &["backend", "state"])?,
+            proxy_requests: counters(&r, PROXIED, &["outcome"])?,
+            proxy_attempts: counters(&r, ATTEMPTS, &["backend", "result"])?,
+            failovers: counter(&r, FAILOVERS)?,
+            tokens: counters(&r, TOKENS, &["backend", "kind"])?,
+            cost_usd: reg(&r, cost)?,
+            ttft_seconds: histograms(&r, TTFT, TTFT_BUCKETS, &["backend"])?,
+            http_requests: counters(&r, HTTP, &["path", "status"])?,
+            classifier_swaps: counters(&r, SWAPS, &["op", "result", "reason"])?,
+            http_seconds: histograms(&r, HTTP_HEAD, HTTP_BUCKETS, &["path"])?,
             registry: r,
         })
     }

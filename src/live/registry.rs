@@ -1,6 +1,7 @@
 //! Classifier versions: load a candidate off to the side, validate it (encoder identity,
 //! labels the catalog uses, shapes and finiteness, the evaluation gate, a probe), then swap
-//! it in atomically; keep recent versions for rollback. One swap at a time.
+//! it in with one store of the live model; keep recent versions for rollback. One swap at a
+//! time. Every attempt is counted (`observe`) by whoever asked for it.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

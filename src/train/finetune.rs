@@ -2,7 +2,8 @@
 //! --finetune-layers K`). The result is one artifact: `encoder/` (the whole encoder, its top K
 //! layers changed) beside heads bound to that encoder's sha256, so the server, the swap and the
 //! rollback treat both as a unit. Frozen layers run the fast inference path; only the top
-//! layers are Vars (see shared/notes/candle-finetune.md for why the stock BERT cannot train).
+//! layers are Vars. candle-transformers' BERT cannot be trained here: its fused LayerNorm and
+//! softmax are applied without a backward op, so gradients stop at the top without an error.
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;

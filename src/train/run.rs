@@ -422,6 +422,17 @@ pub(crate) async fn fit_blocking(
     Ok(result)
 }
 
+/// One epoch's losses and dev accuracy, as the training log shows them.
+fn log_epoch(e: &EpochLog) {
+    tracing::info!(
+        epoch = e.epoch,
+        train_loss = format!("{:.4}", e.train_loss),
+        dev_loss = format!("{:.4}", e.dev_loss),
+        dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
+        "epoch"
+    );
+}
+
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.
 pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     let rows = load_rows(cfg)?;
@@ -431,44 +442,22 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
     let (vectors, embedded) = embed_rows(embedder, &rows, &cfg.cache_dir).await?;
     let embed_secs = t0.elapsed().as_secs_f64();
     let ((tr_rows, tr_vecs), (dv_rows, dv_vecs)) = split(&rows, &vectors, cfg)?;
-    let train_ds = dataset(
-        &tr_rows,
-        &tr_vecs,
-        &intents,
-        &domains,
-        RowWeighting::of(cfg),
-    );
-    let dev_ds = dataset(
-        &dv_rows,
-        &dv_vecs,
-        &intents,
-        &domains,
-        RowWeighting::of(cfg),
-    );
+    let weighting = RowWeighting::of(cfg);
+    let train_ds = dataset(&tr_rows, &tr_vecs, &intents, &domains, weighting);
+    let dev_ds = dataset(&dv_rows, &dv_vecs, &intents, &domains, weighting);
     let t1 = Instant::now();
     let fit_cfg = cfg.fit.clone();
     let outputs = Outputs::current(intents.len(), domains.len());
     let shape = (cfg.fit.hidden, train_ds.dim);
     let (kept_meta, init) = match cfg.keep_heads.as_deref() {
-        Some(dir) => {
-            let (meta, w) = kept_heads(dir, &embedder.info(), (&intents, &domains), shape)?;
-            (Some(meta), Some(w))
-        }
+        Some(dir) => kept_heads(dir, &embedder.info(), (&intents, &domains), shape)
+            .map(|(meta, w)| (Some(meta), Some(w)))?,
         None => (None, None),
     };
     // With kept heads only the complexity head is trained.
     let only = init.as_ref().map(|_| "complexity");
     let (tr, dv) = (train_ds.clone(), dev_ds.clone());
-    let result = fit_blocking(tr, dv, outputs, fit_cfg, init, only, |e| {
-        tracing::info!(
-            epoch = e.epoch,
-            train_loss = format!("{:.4}", e.train_loss),
-            dev_loss = format!("{:.4}", e.dev_loss),
-            dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
-            "epoch"
-        );
-    })
-    .await?;
+    let result = fit_blocking(tr, dv, outputs, fit_cfg, init, only, log_epoch).await?;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
     let fit_secs = t1.elapsed().as_secs_f64();
     let mut training = provenance(cfg, result.best_epoch, embedder.tokenizer().max_tokens())?;

@@ -1,4 +1,5 @@
-//! The `switchboard` command line: thin wrappers over the library.
+//! The `switchboard` binary: the command line (`cli`), thin wrappers over the library, the
+//! Admin client (`classifier`), the decision table (`table`) and the benchmarks (`bench`).
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
