@@ -301,16 +301,14 @@ async fn stopped(mut rx: StopRx) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// The Admin service on its own listener, and the directory watch when configured.
-#[allow(clippy::type_complexity)]
-fn spawn_admin(
-    a: AdminParts,
-    engine: &Engine,
-    stop: StopRx,
-) -> (
+/// The Admin server's task and the directory watch's, when configured.
+type AdminTasks = (
     Option<Task<Result<(), tonic::transport::Error>>>,
     Option<Task<()>>,
-) {
+);
+
+/// The Admin service on its own listener, and the directory watch when configured.
+fn spawn_admin(a: AdminParts, engine: &Engine, stop: StopRx) -> AdminTasks {
     let cfg = &engine.config.admin;
     let watcher = cfg.watch_dir.clone().map(|dir| {
         let every = Duration::from_millis(cfg.watch_interval_ms.max(10));

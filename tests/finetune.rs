@@ -62,24 +62,9 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
         "whole dev split evaluated"
     );
 
-    // Only the top layer (index 5 of 6) changed; embeddings and lower layers are untouched.
-    let base = weights(&enc.model_dir.join("model.safetensors"));
-    let tuned = weights(&out.join("encoder/model.safetensors"));
-    assert_eq!(base.len(), tuned.len());
-    let (mut changed, mut frozen_changed) = (0, Vec::new());
-    for (name, v) in &base {
-        if v != &tuned[name] {
-            if name.contains("encoder.layer.5.") {
-                changed += 1;
-            } else {
-                frozen_changed.push(name.clone());
-            }
-        }
-    }
-    assert!(changed >= 10, "only {changed} top-layer weights moved");
-    assert!(
-        frozen_changed.is_empty(),
-        "frozen weights moved: {frozen_changed:?}"
+    only_the_top_layer_moved(
+        &enc.model_dir.join("model.safetensors"),
+        &out.join("encoder/model.safetensors"),
     );
 
     // The heads name the new encoder: they load with it and are refused by the base one.
@@ -105,14 +90,39 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
     let p = loaded.predict(&e.vector, e.tokens, None).unwrap();
     assert!((0.0..=1.0).contains(&p.complexity), "{p:?}");
 
-    // A server pointed at the folder runs it with its own encoder, not the configured one.
+    a_server_runs_it_with_its_own_encoder(&out, &tuned_enc, outcome.classifier.version()).await;
+}
+
+/// Only the top layer (index 5 of 6) changed; embeddings and lower layers are untouched.
+fn only_the_top_layer_moved(base: &Path, tuned: &Path) {
+    let (base, tuned) = (weights(base), weights(tuned));
+    assert_eq!(base.len(), tuned.len());
+    let (mut changed, mut frozen_changed) = (0, Vec::new());
+    for (name, v) in &base {
+        if v != &tuned[name] {
+            if name.contains("encoder.layer.5.") {
+                changed += 1;
+            } else {
+                frozen_changed.push(name.clone());
+            }
+        }
+    }
+    assert!(changed >= 10, "only {changed} top-layer weights moved");
+    assert!(
+        frozen_changed.is_empty(),
+        "frozen weights moved: {frozen_changed:?}"
+    );
+}
+
+/// A server pointed at the folder runs it with its own encoder, not the configured one.
+async fn a_server_runs_it_with_its_own_encoder(out: &Path, tuned_enc: &Embedder, version: &str) {
     let mut cfg = common::catalog(vec![common::mock_backend(
         "m",
         "mock",
         "http://127.0.0.1:9",
         0.5,
     )]);
-    cfg.server.classifier_dir = out.clone();
+    cfg.server.classifier_dir = out.to_path_buf();
     let server = common::TestServer::start(cfg).await;
     assert_eq!(
         server.engine.embedder.info().weights_sha256,
@@ -127,7 +137,7 @@ async fn finetuning_the_top_layer_moves_only_it_and_yields_one_loadable_artifact
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.classifier_version, outcome.classifier.version());
+    assert_eq!(r.classifier_version, version);
     server.stop().await;
 }
 

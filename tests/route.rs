@@ -91,7 +91,7 @@ async fn prompts_reach_specialist_cheap_and_strong_models(
     );
 
     // Hard proofs go to a strong model. (The complexity head learned from graded maths and
-    // exam rows only; code-refactoring difficulty is not in its data, see the issue note.)
+    // exam rows only; code-refactoring difficulty is not in its data, so the test uses proofs.)
     for hard in [
         "Prove that for every prime p > 3, p^2 - 1 is divisible by 24, and then show that there are infinitely many primes of the form 4k + 3.",
         "Let f be continuous on [0, 1] with f(0) = f(1). Prove that for every positive integer n there exist x, y in [0, 1] with |x - y| = 1/n and f(x) = f(y).",

@@ -195,44 +195,8 @@ async fn feedback_retrain_promote_closes_the_loop() {
         assert_eq!(seq as usize, corrections.len() + 1);
         corrections.push((p, want));
     }
-    // Bad feedback is refused, naming the field; nothing is appended.
-    let e = a
-        .record_feedback(pb::RecordFeedbackRequest {
-            decision_id: "0".repeat(32),
-            intent: Some("code".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let id = route(&mut c, "hello there").await.decision_id;
-    let e = a
-        .record_feedback(pb::RecordFeedbackRequest {
-            decision_id: id,
-            intent: Some("poetry".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().starts_with("intent:"), "{e:?}");
-
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train_slice.jsonl");
-    let req = pb::RetrainRequest {
-        data_path: data.display().to_string(),
-        include_feedback: true,
-        promote_if_better: true,
-        seed: 7,
-        max_epochs: 30,
-    };
-    let mut s = a.retrain(req).await.unwrap().into_inner();
-    let (mut epochs, mut last) = (0, None);
-    while let Some(p) = s.message().await.unwrap() {
-        epochs += usize::from(p.epoch > 0);
-        last = Some(p);
-    }
-    let last = last.unwrap();
-    assert!(epochs >= 1, "no epoch progress streamed");
+    bad_feedback_is_refused(&mut a, &mut c).await;
+    let last = retrain_with_feedback(&mut a).await;
     assert!(last.promoted, "not promoted: {}", last.message);
     assert_ne!(last.version, before);
     assert_eq!(live(&mut a).await, last.version);
@@ -258,6 +222,51 @@ async fn feedback_retrain_promote_closes_the_loop() {
         );
     }
     server.stop().await;
+}
+
+/// Bad feedback is refused, naming the field; nothing is appended.
+async fn bad_feedback_is_refused(a: &mut Admin, c: &mut RouterClient<Channel>) {
+    let e = a
+        .record_feedback(pb::RecordFeedbackRequest {
+            decision_id: "0".repeat(32),
+            intent: Some("code".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let id = route(c, "hello there").await.decision_id;
+    let e = a
+        .record_feedback(pb::RecordFeedbackRequest {
+            decision_id: id,
+            intent: Some("poetry".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("intent:"), "{e:?}");
+}
+
+/// Retrains on the training slice plus the feedback, promoting if better; returns the last
+/// progress message (the result) after checking that epochs were streamed.
+async fn retrain_with_feedback(a: &mut Admin) -> pb::RetrainProgress {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train_slice.jsonl");
+    let req = pb::RetrainRequest {
+        data_path: data.display().to_string(),
+        include_feedback: true,
+        promote_if_better: true,
+        seed: 7,
+        max_epochs: 30,
+    };
+    let mut s = a.retrain(req).await.unwrap().into_inner();
+    let (mut epochs, mut last) = (0, None);
+    while let Some(p) = s.message().await.unwrap() {
+        epochs += usize::from(p.epoch > 0);
+        last = Some(p);
+    }
+    assert!(epochs >= 1, "no epoch progress streamed");
+    last.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

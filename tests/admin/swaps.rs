@@ -151,16 +151,7 @@ async fn twenty_swaps_under_load_fail_no_request() {
     corrupt(&broken);
     let mut adm = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
     let shipped_v = live(&mut adm).await;
-    // Compute the gate set's embeddings for both encoders before the load starts.
-    for d in [&a, &f] {
-        let mut r = swap_req(d);
-        r.dry_run = true;
-        let resp = adm.swap_classifier(r).await.unwrap().into_inner();
-        assert!(
-            !resp.swapped && resp.metrics["gate_intent_accuracy"] > 0.5,
-            "{resp:?}"
-        );
-    }
+    embed_gate_set(&mut adm, &[&a, &f]).await;
 
     let mut timeline: Timeline = vec![(Instant::now(), Instant::now(), shipped_v.clone())];
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -218,6 +209,26 @@ async fn twenty_swaps_under_load_fail_no_request() {
         responses.extend(r.unwrap());
     }
     assert_each_was_live(&timeline, &responses);
+    assert_both_encoders_served(&responses, &va, &vf);
+    assert_swaps_counted(&server.engine_metrics());
+    server.stop().await;
+}
+
+/// Computes the gate set's embeddings for each folder's encoder (dry runs) before the load.
+async fn embed_gate_set(adm: &mut Admin, dirs: &[&Path]) {
+    for d in dirs {
+        let mut r = swap_req(d);
+        r.dry_run = true;
+        let resp = adm.swap_classifier(r).await.unwrap().into_inner();
+        assert!(
+            !resp.swapped && resp.metrics["gate_intent_accuracy"] > 0.5,
+            "{resp:?}"
+        );
+    }
+}
+
+/// Enough requests ran, and some were answered by the heads variant and by the full model.
+fn assert_both_encoders_served(responses: &[(Instant, Instant, String)], va: &str, vf: &str) {
     let versions: std::collections::HashSet<&str> =
         responses.iter().map(|r| r.2.as_str()).collect();
     assert!(
@@ -226,10 +237,13 @@ async fn twenty_swaps_under_load_fail_no_request() {
         responses.len()
     );
     assert!(
-        versions.contains(vf.as_str()) && versions.contains(va.as_str()),
+        versions.contains(vf) && versions.contains(va),
         "{versions:?}"
     );
-    let m = server.engine_metrics();
+}
+
+/// Every refusal and rollback of the plan is in the swaps metric.
+fn assert_swaps_counted(m: &str) {
     for line in [
         r#"switchboard_classifier_swaps_total{op="swap",reason="rejected",result="rejected"} 3"#,
         r#"switchboard_classifier_swaps_total{op="swap",reason="invalid",result="rejected"} 2"#,
@@ -237,5 +251,4 @@ async fn twenty_swaps_under_load_fail_no_request() {
     ] {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
-    server.stop().await;
 }
