@@ -170,12 +170,12 @@ impl Engine {
                 ));
             }
         }
-        if let Some(c) = p.max_cost_usd {
-            if c.is_nan() || c < 0.0 {
-                return Err(invalid(
-                    "preferences.max_cost_usd",
-                    format!("must be ≥ 0, found {c}"),
-                ));
+        for (field, v) in [
+            ("preferences.max_cost_usd", p.max_cost_usd),
+            ("preferences.max_latency_ms", p.max_latency_ms),
+        ] {
+            if let Some(v) = v.filter(|v| v.is_nan() || *v < 0.0) {
+                return Err(invalid(field, format!("must be ≥ 0, found {v}")));
             }
         }
         for (field, list) in [

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::auth::{apply_caller, ApiKeys, Caller};
 use crate::backends::Upstreams;
 use crate::engine::{new_id, Engine, RouteOutcome, RouteRequest};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::proxy::{CompleteInput, Plan, Proxy, ProxyError, ProxyEvent};
 
 /// The events of one completion, in order; an `Err` is the last item.
@@ -17,6 +17,16 @@ pub type CompletionRx = mpsc::Receiver<Result<ProxyEvent, Error>>;
 
 /// Events a completion may queue before the client reads them; a slow client slows the relay.
 const COMPLETION_BUFFER: usize = 32;
+
+/// The error for a completion whose events stopped with neither `Done` nor an error: its task
+/// died (a panic). Both transports end the stream with it rather than a silent success.
+pub fn ended_without_answer() -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        "the completion ended without an answer or an error (its task failed; see the server log)",
+    )
+    .reason("completion_failed")
+}
 
 pub struct Gateway {
     engine: Arc<Engine>,

@@ -380,3 +380,104 @@ async fn five_hundred_streams_with_ten_percent_failures_lose_nothing() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_retry_after_values_fail_over_and_never_end_a_stream_silently() {
+    // Each upstream answers 429 with a Retry-After no parser should trust. The completion must
+    // fail over past all of them to the healthy backend, and end with Done, not a bare OK.
+    let m = Mock::start().await.unwrap();
+    let url = m.base_url();
+    let hostile = [
+        ("nan", "NaN", 0.95),
+        ("negative", "-5", 0.9),
+        ("huge", "1e300", 0.85),
+        ("date", "Wed, 21 Oct 2015 07:28:00 GMT", 0.8),
+    ];
+    let mut backends: Vec<_> = hostile
+        .iter()
+        .map(|(name, v, q)| backend(name, &format!("mock-429-{v}"), &url, *q))
+        .collect();
+    backends.push(backend("ok", "mock", &url, 0.5));
+    let mut cfg = config(backends);
+    cfg.server.max_attempts = 5;
+    let server = common::TestServer::start(cfg).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    for round in 0..2 {
+        let o = collect(&mut c, request("Tell me something nice.")).await;
+        assert!(o.error.is_none(), "round {round}: {:?}", o.error);
+        assert_eq!(o.text, mock::REPLY, "round {round}");
+        let d = o.done.expect("the stream ends with Done");
+        assert_eq!(d.backend, "ok", "round {round}");
+        // The first round calls every hostile backend. In the second, the one whose huge
+        // Retry-After was honoured (capped at 30 s) is cooling down; a past HTTP-date means
+        // "now", and NaN or a negative value is ignored.
+        let called: Vec<&str> = d
+            .attempts
+            .iter()
+            .filter(|a| a.error.contains("HTTP 429"))
+            .map(|a| a.backend.as_str())
+            .collect();
+        if round == 0 {
+            assert_eq!(
+                called,
+                ["nan", "negative", "huge", "date"],
+                "{:?}",
+                d.attempts
+            );
+        } else {
+            assert_eq!(called, ["nan", "negative", "date"], "{:?}", d.attempts);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_fault_comes_back_and_the_operators_fault_fails_over() {
+    let m = Mock::start().await.unwrap();
+    let url = m.base_url();
+    let server = common::TestServer::start(config(vec![
+        backend("picky", "mock-400", &url, 0.9),
+        backend("revoked", "mock-401", &url, 0.8),
+        backend("ok", "mock", &url, 0.5),
+    ]))
+    .await;
+    let mut c = RouterClient::new(server.channel.clone());
+    // An upstream 400 is the request's fault: INVALID_ARGUMENT with the upstream's reason, no
+    // failover to another backend, and no count against the backend's breaker, however often.
+    let before = m.counters.requests.load(Ordering::SeqCst);
+    for _ in 0..6 {
+        let o = collect(&mut c, request("Tell me something nice.")).await;
+        let e = o.error.expect("a rejected request is an error");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("picky") && e.message().contains("temperature"),
+            "{}",
+            e.message()
+        );
+        assert!(o.done.is_none());
+    }
+    assert_eq!(
+        m.counters.requests.load(Ordering::SeqCst) - before,
+        6,
+        "no failover"
+    );
+    let metrics = server.engine_metrics();
+    assert!(
+        !metrics.contains(r#"switchboard_breaker_transitions_total{backend="picky""#),
+        "{metrics}"
+    );
+    // An upstream 401 is the operator's: that backend is skipped and the next one serves.
+    let mut req = request("Tell me something nice.");
+    let prefs = req.route.as_mut().unwrap().preferences.as_mut().unwrap();
+    prefs.allow_backends = vec!["revoked".into(), "ok".into()];
+    let o = collect(&mut c, req).await;
+    assert!(o.error.is_none(), "{:?}", o.error);
+    let d = o.done.unwrap();
+    assert_eq!(d.backend, "ok");
+    assert!(
+        d.attempts[0].backend == "revoked" && d.attempts[0].error.contains("HTTP 401"),
+        "{:?}",
+        d.attempts
+    );
+    server.stop().await;
+}

@@ -203,3 +203,38 @@ fn syntax_error_is_reported() {
     let (path, _) = err("default_policy = ");
     assert_eq!(path, "<syntax>");
 }
+
+#[test]
+fn nan_infinity_and_zero_are_refused_with_their_path() {
+    // TOML has `nan` and `inf` literals; each used to pass a range check written as `x < 0`.
+    let cases = [
+        (format!("{BASE}min_quality = nan\n"), "policies.p.min_quality"),
+        (format!("{BASE}complexity_slope = inf\n"), "policies.p.complexity_slope"),
+        (
+            format!("{BASE}rules = [{{ when = {{ intent = \"code\" }}, backend = \"a\", boost = nan }}]\n"),
+            "policies.p.rules[0].boost",
+        ),
+        (
+            format!("{BASE}variants = [{{ name = \"x\", percent = nan }}, {{ name = \"y\", percent = 100 }}]\n"),
+            "policies.p.variants[0].percent",
+        ),
+        (format!("{BASE}\n[server]\nabstain_threshold = nan\n"), "server.abstain_threshold"),
+        (format!("{BASE}\n[server]\nmax_prompt_bytes = 0\n"), "server.max_prompt_bytes"),
+        (
+            format!("{BASE}\n[server]\nmax_prompt_bytes = 9223372036854775807\n"),
+            "server.max_prompt_bytes",
+        ),
+        (format!("{BASE}\n[admin]\ngate_margin = nan\n"), "admin.gate_margin"),
+        (format!("{BASE}\n[admin]\nmax_inline_bytes = 0\n"), "admin.max_inline_bytes"),
+        (format!("{BASE}\n[admin]\nwatch_interval_ms = 0\n"), "admin.watch_interval_ms"),
+        (
+            BASE.replace("latency_ms = 100", "latency_ms = 100\nfirst_token_timeout_ms = 0"),
+            "backends[0].first_token_timeout_ms",
+        ),
+    ];
+    for (text, want) in cases {
+        let (path, msg) = err(&text);
+        assert_eq!(path, want, "{msg}");
+        assert!(msg.contains("must be"), "{want}: {msg}");
+    }
+}

@@ -155,6 +155,26 @@ async fn errors_use_openai_bodies_and_statuses() {
         .unwrap();
     let e = error_of(r, 400).await;
     assert_eq!(e["param"], "header x-switchboard-trade-off");
+    // Not a number that parses to NaN or infinity either: refused, naming the header.
+    for v in ["NaN", "inf"] {
+        let r = s
+            .http
+            .post(s.url("/v1/chat/completions"))
+            .header("x-switchboard-max-latency-ms", v)
+            .json(&chat("auto", false))
+            .send()
+            .await
+            .unwrap();
+        let e = error_of(r, 400).await;
+        assert_eq!(
+            e["param"], "header x-switchboard-max-latency-ms",
+            "{v}: {e}"
+        );
+    }
+    let mut negative = chat("auto", false);
+    negative["switchboard"] = json!({"max_latency_ms": -1.0});
+    let e = error_of(s.post("/v1/chat/completions", negative).await, 400).await;
+    assert_eq!(e["param"], "switchboard.max_latency_ms", "{e}");
     let e = error_of(s.post("/v1/nothing", json!({})).await, 404).await;
     assert_eq!(e["code"], "unknown_url");
     // Every upstream down: 503 before the first byte, also when streaming.

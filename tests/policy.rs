@@ -201,3 +201,58 @@ fn empty_result_names_every_backends_reason() {
     let msg = err.to_string();
     assert!(msg.contains("b0: lacks capability vision"), "{msg}");
 }
+
+#[test]
+fn a_subnormal_trade_off_keeps_every_score_finite() {
+    // (1 - t) / t overflows to infinity for t near 1e-310; infinity × a zero cost is NaN, and a
+    // NaN score would sort first. The cost weight is capped instead.
+    let backend = |name: &str, price: f64| {
+        let mut quality = BTreeMap::new();
+        quality.insert("default".to_string(), 0.8);
+        Backend {
+            name: name.into(),
+            provider: "openai_compatible".into(),
+            base_url: "http://x/v1".into(),
+            api_key_env: None,
+            model: "m".into(),
+            input_price_per_mtok: price,
+            output_price_per_mtok: price,
+            context_window: 100_000,
+            capabilities: vec![],
+            quality,
+            domain_quality: BTreeMap::new(),
+            latency_ms: 10.0,
+            max_concurrency: 1,
+            tags: vec![],
+            first_token_timeout_ms: 1000,
+        }
+    };
+    let cfg = config(
+        vec![backend("free", 0.0), backend("paid", 5.0)],
+        policy_with(vec![]),
+    );
+    let p = prediction("code", 0.5);
+    let prefs = Preferences {
+        trade_off: Some(1e-310),
+        expected_output_tokens: 10,
+        ..Default::default()
+    };
+    let meta = HashMap::new();
+    let input = RouteInput {
+        prediction: &p,
+        prompt_tokens: 10,
+        prefs: &prefs,
+        metadata: &meta,
+        request_key: "",
+    };
+    let d = policy::rank(&cfg, "", &input, &|_| Health::default()).unwrap();
+    assert!(
+        d.ranked.iter().all(|r| r.score.is_finite()),
+        "{:?}",
+        d.ranked
+    );
+    assert_eq!(
+        d.ranked[0].name, "free",
+        "cost dominates at the smallest trade-off"
+    );
+}

@@ -1,6 +1,6 @@
 //! An OpenAI-compatible mock upstream for switchboard's tests and `bench proxy`: `/v1/chat/completions`,
 //! streaming (SSE) and not, with scripted behaviours chosen per request by the `model` field
-//! (`mock-500`, `mock-429`, `mock-hang`, `mock-slow`, `mock-die-3`, `mock-nousage`,
+//! (`mock-400`, `mock-401`, `mock-500`, `mock-429`, `mock-429-<Retry-After value>`, `mock-hang`, `mock-slow`, `mock-die-3`, `mock-nousage`,
 //! `mock-malformed`, `mock-flaky10` (every 10th request fails); anything else streams normally). It counts requests and open streams so
 //! tests can assert that a cancelled client closes the upstream connection.
 use std::net::SocketAddr;
@@ -121,6 +121,26 @@ async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Respon
             let mut r = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+            return r;
+        }
+        // The caller's fault, as OpenAI reports it.
+        "mock-400" => {
+            let e = json!({"error": {"message": "temperature: must be at most 2, found 9",
+                "type": "invalid_request_error", "param": "temperature", "code": null}});
+            return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+        }
+        // The operator's fault: a revoked provider key.
+        "mock-401" => {
+            let e = json!({"error": {"message": "Incorrect API key provided",
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+            return (StatusCode::UNAUTHORIZED, Json(e)).into_response();
+        }
+        // `mock-429-<value>`: 429 with `Retry-After: <value>` as given (hostile values too).
+        m if m.starts_with("mock-429-") => {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response();
+            if let Ok(v) = HeaderValue::from_str(&m["mock-429-".len()..]) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
             return r;
         }
         "mock-hang" => {

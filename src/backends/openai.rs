@@ -65,16 +65,32 @@ pub enum UpstreamError {
     MissingKey(String),
 }
 
+/// Whose fault a failed upstream call is, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request itself is bad (HTTP 400, 404, 413, 422): back to the caller with the
+    /// upstream's reason, no failover (another backend would refuse it too), no breaker count.
+    Caller,
+    /// The backend is misconfigured (HTTP 401/403, a missing key, other 4xx): skip it, fail
+    /// over, and count it against its breaker: it can serve nobody until an operator acts.
+    Operator,
+    /// The provider is failing (408, 429, 5xx, connect, timeouts, broken streams): fail over.
+    Provider,
+}
+
 impl UpstreamError {
-    /// Whether trying the next backend can help (before the first token).
-    pub fn retryable(&self) -> bool {
+    pub fn fault(&self) -> Fault {
         match self {
-            Self::Http { status, .. } => *status == 429 || *status >= 500,
+            Self::Http { status, .. } => match status {
+                400 | 404 | 413 | 422 => Fault::Caller,
+                408 | 429 | 500.. => Fault::Provider,
+                _ => Fault::Operator,
+            },
+            Self::MissingKey(_) => Fault::Operator,
             Self::Connect(_)
             | Self::FirstTokenTimeout(_)
             | Self::Stream(_)
-            | Self::Malformed(_)
-            | Self::MissingKey(_) => true,
+            | Self::Malformed(_) => Fault::Provider,
         }
     }
 
@@ -82,6 +98,10 @@ impl UpstreamError {
         match self {
             Self::Connect(_) => "connect",
             Self::Http { status, .. } if *status == 429 => "http_429",
+            Self::Http {
+                status: 401 | 403, ..
+            } => "http_auth",
+            Self::Http { .. } if self.fault() == Fault::Caller => "http_rejected",
             Self::Http { .. } => "http",
             Self::FirstTokenTimeout(_) => "first_token_timeout",
             Self::Stream(_) => "stream",
@@ -114,6 +134,26 @@ struct DeltaJson {
 struct UsageJson {
     prompt_tokens: u32,
     completion_tokens: u32,
+}
+
+/// The longest cooldown an upstream's `Retry-After` can put on a backend.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A `Retry-After` value: delay-seconds (fractions accepted) or an HTTP-date, capped at
+/// `MAX_RETRY_AFTER`. `None` for anything else, negative or not finite: the header comes from
+/// the upstream, and `Duration::from_secs_f64` panics on NaN.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Decodes one SSE `data:` payload into events (`[DONE]` gives none).
@@ -175,8 +215,7 @@ pub async fn open_stream(
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 30.0)));
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         let text = resp.text().await.unwrap_or_default();
         return Err(UpstreamError::Http {
             status: status.as_u16(),
@@ -200,6 +239,25 @@ pub async fn open_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_parsed_capped_or_ignored_never_a_panic() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_000);
+        let secs = |v: &str| parse_retry_after(v, now);
+        assert_eq!(secs("2"), Some(Duration::from_secs(2)));
+        assert_eq!(secs(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(secs("1e300"), Some(MAX_RETRY_AFTER));
+        for hostile in ["NaN", "-5", "inf", "-inf", "", "soon", "1e999999"] {
+            assert_eq!(secs(hostile), None, "{hostile:?}");
+        }
+        // `now` is 2015-10-21 07:20:00 GMT: 07:28 is capped, 07:20:10 is 10 s, a past date is now.
+        assert_eq!(secs("Wed, 21 Oct 2015 07:28:00 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            secs("Wed, 21 Oct 2015 07:20:10 GMT"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(secs("Tue, 20 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+    }
 
     #[test]
     fn decodes_deltas_finish_usage_and_done() {

@@ -3,16 +3,17 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::status::IntoStatus;
 use crate::auth::Caller;
 use crate::convert::{to_complete_input, to_event, to_response, to_route_request};
-use crate::gateway::Gateway;
+use crate::gateway::{ended_without_answer, CompletionRx, Gateway};
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
+use crate::proxy::ProxyEvent;
 
 pub struct RouterService {
     gateway: Arc<Gateway>,
@@ -68,11 +69,28 @@ impl Router for RouterService {
         let rx = span
             .in_scope(|| self.gateway.complete(input, caller.as_ref()))
             .map_err(IntoStatus::status)?;
-        let stream =
-            tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |item| match item {
-                Ok(e) => to_event(e).map(Ok),
-                Err(e) => Some(Err(e.status())),
-            });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(events(rx))))
     }
+}
+
+/// The completion's events as proto events. The stream always ends with `Done` or an error: if
+/// the events stop without either (the completion's task died), it ends with an INTERNAL status
+/// rather than a silent OK.
+fn events(rx: CompletionRx) -> impl Stream<Item = Result<pb::CompleteEvent, Status>> + Send {
+    futures_util::stream::unfold((rx, false), |(mut rx, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let item = match rx.recv().await {
+                Some(Ok(e @ ProxyEvent::Done(_))) => (to_event(e).map(Ok), true),
+                Some(Ok(e)) => (to_event(e).map(Ok), false),
+                Some(Err(e)) => (Some(Err(e.status())), true),
+                None => (Some(Err(ended_without_answer().status())), true),
+            };
+            if let (Some(out), last) = item {
+                return Some((out, (rx, last)));
+            }
+        }
+    })
 }

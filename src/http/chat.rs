@@ -16,17 +16,13 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::{wire, HttpState};
 use crate::auth::Caller;
-use crate::error::{Error, ErrorKind};
-use crate::gateway::CompletionRx as Rx;
+use crate::error::Error;
+use crate::gateway::{ended_without_answer, CompletionRx as Rx};
 use crate::proxy::{DoneInfo, ProxyEvent};
 
 /// The completion's events stopped without a last event: its task died.
 fn ended_early() -> ApiError {
-    let e = Error::new(
-        ErrorKind::Unavailable,
-        "the completion ended without an answer or an error",
-    );
-    ApiError::from(e.reason("no_backend_available"))
+    ApiError::from(ended_without_answer())
 }
 
 /// What is known when the first token arrives, for headers and every chunk.
@@ -189,7 +185,7 @@ fn usage(d: &DoneInfo) -> serde_json::Value {
     json!({
         "prompt_tokens": d.prompt_tokens,
         "completion_tokens": d.completion_tokens,
-        "total_tokens": d.prompt_tokens + d.completion_tokens,
+        "total_tokens": u64::from(d.prompt_tokens) + u64::from(d.completion_tokens),
     })
 }
 

@@ -159,9 +159,10 @@ fn header_prefs(h: &HeaderMap) -> Result<RoutingPrefs, ApiError> {
         };
         v.to_str()
             .ok()
-            .and_then(|s| s.trim().parse().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|x| x.is_finite())
             .map(Some)
-            .ok_or_else(|| ApiError::invalid(format!("header {name}"), "must be a number"))
+            .ok_or_else(|| ApiError::invalid(format!("header {name}"), "must be a finite number"))
     }
     let s = |name: &str| {
         h.get(name)

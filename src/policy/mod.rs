@@ -110,11 +110,13 @@ fn cost_term(cost: f64) -> f64 {
     0.25 * (1.0 + cost * 1e6).log10()
 }
 
+/// The cost weight for trade-off `t`; capped so a subnormal `t` cannot make it infinite (an
+/// infinite weight times a zero cost is NaN, which would sort first).
 fn lambda(t: f64) -> f64 {
     if t <= 0.0 {
         1e9
     } else {
-        (1.0 - t) / t
+        ((1.0 - t) / t).min(1e9)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, UpstreamError};
+use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, Fault, UpstreamError};
 use crate::backends::{Slot, Upstreams};
 use crate::config::Backend;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
@@ -92,6 +92,13 @@ pub enum ProxyError {
     AllFailed(Vec<AttemptInfo>),
     #[error("no backend can take the request: {}", .0.iter().map(|(b, s)| format!("{b}: {s}")).collect::<Vec<_>>().join("; "))]
     NoneAvailable(Vec<(String, String)>),
+    /// The upstream refused the request itself (its fault classification is the caller's).
+    #[error("backend {backend} rejected the request (HTTP {status}): {message}")]
+    Rejected {
+        backend: String,
+        status: u16,
+        message: String,
+    },
     #[error("backend {backend} failed after {delivered_chunks} chunks ({delivered_chars} characters) reached the client: {error}")]
     MidStream {
         backend: String,
@@ -110,6 +117,14 @@ impl From<ProxyError> for Error {
             }
             ProxyError::AllFailed(_) | ProxyError::NoneAvailable(_) => {
                 Error::new(ErrorKind::Unavailable, e.to_string()).reason("no_backend_available")
+            }
+            ProxyError::Rejected { status, .. } => {
+                let kind = match status {
+                    404 => ErrorKind::NotFound,
+                    413 => ErrorKind::TooLarge,
+                    _ => ErrorKind::InvalidArgument,
+                };
+                Error::new(kind, e.to_string()).reason("upstream_rejected")
             }
             ProxyError::MidStream { .. } => {
                 Error::new(ErrorKind::UpstreamFailed, e.to_string()).reason("upstream_failed")
@@ -245,6 +260,9 @@ impl Proxy {
         let (label, error) = match ended {
             Ended::Served { .. } | Ended::ClientGone => ("ok", None),
             Ended::FailedMidStream { error, .. } => ("mid_stream_failure", Some(error)),
+            Ended::FailedBeforeFirstToken(e @ ProxyError::Rejected { .. }) => {
+                ("upstream_rejected", Some(e))
+            }
             Ended::FailedBeforeFirstToken(e) => ("unavailable", Some(e)),
         };
         self.count(label);
@@ -326,13 +344,10 @@ impl Proxy {
                 tx,
             };
             match first {
-                FirstOutcome::Failed(e) => {
-                    let retryable = e.retryable();
-                    attempts.push(self.failed(name, slot, e, t0));
-                    if !retryable {
-                        break;
-                    }
+                FirstOutcome::Failed(e) if e.fault() == Fault::Caller => {
+                    return Ended::FailedBeforeFirstToken(self.rejected(name, slot, e));
                 }
+                FirstOutcome::Failed(e) => attempts.push(self.failed(name, slot, e, t0)),
                 FirstOutcome::Empty(events, ttft) => {
                     self.upstreams.finish(slot, true, Some(ttft), None);
                     (at.ttft, at.attempts) = (ttft, attempts);
@@ -376,6 +391,27 @@ impl Proxy {
             backend: name.to_string(),
             error: e.to_string(),
             elapsed_us: t0.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// The upstream refused the request itself: the backend is healthy (it answered), and the
+    /// caller gets its reason.
+    fn rejected(&self, name: &str, slot: Slot, e: UpstreamError) -> ProxyError {
+        self.engine
+            .metrics
+            .proxy_attempts
+            .with_label_values(&[name, e.kind()])
+            .inc();
+        tracing::info!(backend = %name, error = %e, "upstream rejected the request");
+        self.upstreams.finish(slot, true, None, None);
+        let (status, message) = match e {
+            UpstreamError::Http { status, body, .. } => (status, body),
+            other => (0, other.to_string()),
+        };
+        ProxyError::Rejected {
+            backend: name.to_string(),
+            status,
+            message,
         }
     }
 

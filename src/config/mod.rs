@@ -1,6 +1,8 @@
 //! The TOML configuration: server settings, encoder, backend catalog and routing policies.
 //! Parsed strictly (unknown keys are errors) and validated at load; every error names the
 //! TOML path of the offending key. Secrets are referenced by environment-variable name only.
+mod numbers;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use serde::Deserialize;
 use crate::embed::EncoderConfig;
 
 /// The bundled example catalog, used when no config file is given.
-pub const BUNDLED_CONFIG: &str = include_str!("../config/switchboard.toml");
+pub const BUNDLED_CONFIG: &str = include_str!("../../config/switchboard.toml");
 const BUNDLED_NAME: &str = "<bundled config/switchboard.toml>";
 
 /// A configuration error, located by TOML path.
@@ -291,6 +293,7 @@ impl Config {
     }
 
     fn check(&self, intents: &[String], domains: &[String]) -> Result<(), (String, String)> {
+        numbers::check(self)?;
         let mut names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             if !names.insert(b.name.as_str()) {
