@@ -33,18 +33,28 @@ pub struct Gateway {
     upstreams: Arc<Upstreams>,
     proxy: Proxy,
     keys: Option<Arc<ApiKeys>>,
+    /// Set when the server's shutdown grace has passed: open streams end with an error.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
     pub fn new(engine: Arc<Engine>, upstreams: Arc<Upstreams>, keys: Option<Arc<ApiKeys>>) -> Self {
         let max_attempts = engine.config.server.max_attempts;
-        let proxy = Proxy::new(engine.clone(), upstreams.clone(), max_attempts);
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let proxy = Proxy::new(engine.clone(), upstreams.clone(), max_attempts, closed);
         Self {
             engine,
             upstreams,
             proxy,
             keys,
+            closing,
         }
+    }
+
+    /// Ends every completion still streaming with an error saying the server is shutting down
+    /// (after the shutdown grace), so their connections can close.
+    pub fn close_streams(&self) {
+        let _ = self.closing.send(true);
     }
 
     /// The engine (config, metrics, live model) for read-only endpoints.

@@ -53,6 +53,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("refusing to serve {addr} without client API keys: anyone who reaches it could spend the provider keys; set server.api_keys_file, or server.allow_unauthenticated = true (--allow-unauthenticated) if something in front authenticates")]
+    Unauthenticated { addr: SocketAddr },
     #[error("the bound address: {0}")]
     LocalAddr(std::io::Error),
     #[error("admin.state_dir: {what} {}: {source}", path.display())]
@@ -210,8 +212,24 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// Refuses a non-loopback Router or HTTP address with no API keys, unless allowed.
+fn check_exposure(cfg: &ServeConfig) -> Result<(), ServeError> {
+    let s = &cfg.config.server;
+    if s.api_keys_file.is_some() || s.allow_unauthenticated {
+        return Ok(());
+    }
+    match [cfg.grpc_addr, cfg.http_addr]
+        .into_iter()
+        .find(|a| !a.ip().is_loopback())
+    {
+        Some(addr) => Err(ServeError::Unauthenticated { addr }),
+        None => Ok(()),
+    }
+}
+
 /// Loads everything and binds every address.
 pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
+    check_exposure(&cfg)?;
     let engine = load_engine(cfg.config).await?;
     let s = &engine.config.server;
     let breaker = BreakerConfig {
@@ -248,7 +266,9 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     })
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+/// Serves until `shutdown` resolves. Then readiness and health go NOT_SERVING at once, the
+/// listeners stop accepting, and requests in flight get `server.shutdown_grace_ms` to finish;
+/// streams still open after that end with an error, and what remains is cancelled.
 /// Health reports NOT_SERVING until a warm-up batch has gone through the encoder.
 pub async fn run(
     bound: Bound,
@@ -259,10 +279,14 @@ pub async fn run(
     let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
     let (health, router) = crate::grpc::router(bound.gateway.clone(), max).await?;
     let ready = Arc::new(AtomicBool::new(false));
-    let warm = tokio::spawn(warm_up(engine.clone(), health, ready.clone()));
+    let warm = tokio::spawn(warm_up(engine.clone(), health.clone(), ready.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let not_ready = ready.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Load balancers see this before any listener closes.
+        not_ready.store(false, Ordering::Release);
+        health.not_serving().await;
         let _ = stop_tx.send(true);
     });
     let http_app = crate::http::router(crate::http::HttpState {
@@ -279,18 +303,80 @@ pub async fn run(
         None => (None, None),
     };
     tracing::info!(%grpc_addr, %http_addr, "listening (gRPC, HTTP)");
-    let result = crate::grpc::serve(router, bound.grpc, stopped(stop_rx)).await;
+    let grpc = tokio::spawn(crate::grpc::serve(
+        router,
+        bound.grpc,
+        stopped(stop_rx.clone()),
+    ));
+    let transports = Transports { grpc, http, admin };
+    let result = transports.drain(stop_rx, &bound.gateway, &engine).await;
     warm.abort();
     if let Some(w) = watcher {
         w.abort();
     }
-    let http = http.await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
     tracing::info!("server stopped");
-    result?;
-    http?.map_err(ServeError::Http)
+    result
+}
+
+/// The running servers' tasks.
+struct Transports {
+    grpc: Task<Result<(), tonic::transport::Error>>,
+    http: Task<std::io::Result<()>>,
+    admin: Option<Task<Result<(), tonic::transport::Error>>>,
+}
+
+/// How long streams get to end after the gateway tells them the server is closing.
+const CLOSE_STREAMS_GRACE: Duration = Duration::from_secs(2);
+
+impl Transports {
+    /// Waits for the transports to end; once shutdown is asked for, at most the grace period,
+    /// then the gateway ends open streams, and whatever is still running is cancelled.
+    async fn drain(
+        mut self,
+        stop: StopRx,
+        gateway: &Gateway,
+        engine: &Engine,
+    ) -> Result<(), ServeError> {
+        let grace = Duration::from_millis(engine.config.server.shutdown_grace_ms);
+        tokio::select! {
+            r = &mut self.grpc => return self.finish(Some(r)).await,
+            _ = stopped(stop) => {}
+        }
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown requested; draining in-flight requests"
+        );
+        if let Ok(r) = tokio::time::timeout(grace, &mut self.grpc).await {
+            return self.finish(Some(r)).await;
+        }
+        tracing::warn!("shutdown grace passed; ending the streams still open");
+        gateway.close_streams();
+        match tokio::time::timeout(CLOSE_STREAMS_GRACE, &mut self.grpc).await {
+            Ok(r) => self.finish(Some(r)).await,
+            Err(_) => {
+                self.grpc.abort();
+                self.finish(None).await
+            }
+        }
+    }
+
+    /// Collects the results once the gRPC server is done (or was cancelled: `None`).
+    async fn finish(
+        self,
+        grpc: Option<Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>>,
+    ) -> Result<(), ServeError> {
+        let http = match tokio::time::timeout(CLOSE_STREAMS_GRACE, self.http).await {
+            Ok(Ok(r)) => r.map_err(ServeError::Http),
+            _ => Ok(()),
+        };
+        if let Some(a) = self.admin {
+            let _ = tokio::time::timeout(CLOSE_STREAMS_GRACE, a).await;
+        }
+        if let Some(Ok(r)) = grpc {
+            r?;
+        }
+        http
+    }
 }
 
 type StopRx = tokio::sync::watch::Receiver<bool>;

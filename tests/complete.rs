@@ -481,3 +481,59 @@ async fn the_callers_fault_comes_back_and_the_operators_fault_fails_over() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_endless_upstream_ends_the_stream_and_frees_its_slot() {
+    // After the first token: an upstream that goes quiet is cut at its idle timeout, and one
+    // that sends a line without end is cut at the SSE line bound, not buffered without limit.
+    let m = Mock::start().await.unwrap();
+    let url = m.base_url();
+    let mut stall = backend("stall", "mock-stall", &url, 0.5);
+    stall.idle_timeout_ms = 300;
+    let mut endless = backend("endless", "mock-endless", &url, 0.5);
+    endless.max_concurrency = 1;
+    let mut cfg = config(vec![stall, endless]);
+    cfg.server.max_sse_line_bytes = 64 * 1024;
+    let server = common::TestServer::start(cfg).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    for (name, why) in [
+        ("stall", "idle_timeout_ms"),
+        ("endless", "max_sse_line_bytes"),
+    ] {
+        let t = Instant::now();
+        let o = tokio::time::timeout(Duration::from_secs(10), collect(&mut c, pinned(name)))
+            .await
+            .expect("the stream ends by itself");
+        let e = o.error.expect("a cut stream ends with an error");
+        assert_eq!(e.code(), Code::Unavailable, "{name}: {e:?}");
+        assert!(
+            e.message().contains(name) && e.message().contains(why),
+            "{name}: {}",
+            e.message()
+        );
+        assert_eq!(o.text, mock::deltas()[0], "{name}: exactly the first delta");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+    }
+    // The slot came back: a second call to the one-slot backend is made, not skipped as full.
+    let o = collect(&mut c, pinned("endless")).await;
+    let e = o.error.unwrap();
+    assert!(
+        e.message().contains("max_sse_line_bytes"),
+        "{}",
+        e.message()
+    );
+    // And the upstream connections were closed.
+    let t = Instant::now();
+    while m.counters.open_streams.load(Ordering::SeqCst) > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "upstream streams left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

@@ -171,6 +171,20 @@ async fn errors_use_openai_bodies_and_statuses() {
             "{v}: {e}"
         );
     }
+    // A POST that does not say it is JSON (what a web page's form or text/plain fetch sends
+    // without a CORS preflight) is refused before anything runs.
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = s
+            .http
+            .post(s.url("/v1/chat/completions"))
+            .header("content-type", ct)
+            .body(chat("auto", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        let e = error_of(r, 415).await;
+        assert_eq!(e["param"], "header content-type", "{ct}: {e}");
+    }
     let mut negative = chat("auto", false);
     negative["switchboard"] = json!({"max_latency_ms": -1.0});
     let e = error_of(s.post("/v1/chat/completions", negative).await, 400).await;

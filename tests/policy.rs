@@ -60,7 +60,7 @@ prop_compose! {
             name: format!("b{i}"), provider: "openai_compatible".into(), base_url: "http://127.0.0.1:1/v1".into(), api_key_env: None,
             model: format!("m{i}"), input_price_per_mtok: inp, output_price_per_mtok: out, context_window: ctx,
             capabilities: caps.iter().map(|s| s.to_string()).collect(), quality, domain_quality: BTreeMap::new(), latency_ms: lat,
-            max_concurrency: 8, tags: vec![], first_token_timeout_ms: 1000,
+            max_concurrency: 8, tags: vec![], first_token_timeout_ms: 1000, idle_timeout_ms: 30_000, total_timeout_ms: 600_000,
         }, healthy)
     }
 }
@@ -181,6 +181,8 @@ fn empty_result_names_every_backends_reason() {
         max_concurrency: 1,
         tags: vec![],
         first_token_timeout_ms: 1000,
+        idle_timeout_ms: 30_000,
+        total_timeout_ms: 600_000,
     };
     let cfg = config(vec![b], policy_with(vec![]));
     let p = prediction("code", 0.5);
@@ -225,6 +227,8 @@ fn a_subnormal_trade_off_keeps_every_score_finite() {
             max_concurrency: 1,
             tags: vec![],
             first_token_timeout_ms: 1000,
+            idle_timeout_ms: 30_000,
+            total_timeout_ms: 600_000,
         }
     };
     let cfg = config(

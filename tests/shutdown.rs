@@ -69,3 +69,120 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_stalled_stream_after_the_grace_and_exits_zero() {
+    // A stream whose upstream went quiet must not keep the process alive past its grace: it
+    // ends with UNAVAILABLE saying the server is shutting down, and the process exits 0.
+    use switchboard::proto::v1::complete_event::Event;
+    use switchboard::proto::v1::CompleteRequest;
+    let mock = switchboard_mock::Mock::start().await.unwrap();
+    let dir = common::scratch_dir("grace");
+    let config = dir.join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"default_policy = "p"
+
+[server]
+shutdown_grace_ms = 500
+
+[[backends]]
+name = "stall"
+provider = "openai_compatible"
+base_url = "{}"
+model = "mock-stall"
+input_price_per_mtok = 1.0
+output_price_per_mtok = 1.0
+context_window = 100000
+latency_ms = 100
+quality = {{ default = 0.5 }}
+
+[policies.p]
+default_backend = "stall"
+"#,
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("SWITCHBOARD_CONFIG", config.to_str().unwrap()),
+        ("SWITCHBOARD_ADMIN_TOKEN", ""),
+    ];
+    let (mut child, addrs) = common::spawn_serve(&dir, &env);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs["grpc"]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    common::wait_serving(channel.clone()).await;
+    let mut c = RouterClient::new(channel);
+    let req = CompleteRequest {
+        route: Some(RouteDecisionRequest {
+            prompt: "hello".into(),
+            ..Default::default()
+        }),
+        pinned_backend: "stall".into(),
+        ..Default::default()
+    };
+    let mut stream = c.complete(req).await.unwrap().into_inner();
+    // Read up to the first delta: the upstream is now stalled.
+    loop {
+        let e = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("a delta before the stall");
+        if matches!(e.event, Some(Event::Delta(_))) {
+            break;
+        }
+    }
+    let t = std::time::Instant::now();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stalled stream ends after the grace");
+    let e = end.expect_err("it ends with an error, not OK");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("shutting down"), "{}", e.message());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn an_open_address_without_api_keys_is_refused_at_start() {
+    // Binding beyond loopback with no client keys would let anyone spend the provider keys:
+    // the process refuses before it listens, and says how to allow it.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SWITCHBOARD_ALLOW_UNAUTHENTICATED")
+        .env("SWITCHBOARD_ADMIN_TOKEN", "")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0") && err.contains("server.allow_unauthenticated"),
+        "{err}"
+    );
+}

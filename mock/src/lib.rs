@@ -1,7 +1,7 @@
 //! An OpenAI-compatible mock upstream for switchboard's tests and `bench proxy`: `/v1/chat/completions`,
 //! streaming (SSE) and not, with scripted behaviours chosen per request by the `model` field
 //! (`mock-400`, `mock-401`, `mock-500`, `mock-429`, `mock-429-<Retry-After value>`, `mock-hang`, `mock-slow`, `mock-die-3`, `mock-nousage`,
-//! `mock-malformed`, `mock-flaky10` (every 10th request fails); anything else streams normally). It counts requests and open streams so
+//! `mock-malformed`, `mock-stall`, `mock-endless`, `mock-flaky10` (every 10th request fails); anything else streams normally). It counts requests and open streams so
 //! tests can assert that a cancelled client closes the upstream connection.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +162,8 @@ async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Respon
         die_after: model.strip_prefix("mock-die-").and_then(|n| n.parse().ok()),
         slow: model == "mock-slow",
         malformed: model == "mock-malformed",
+        stall: model == "mock-stall",
+        endless: model == "mock-endless",
         model,
     };
     c.open_streams.fetch_add(1, Ordering::SeqCst);
@@ -180,6 +182,10 @@ struct StreamPlan {
     include_usage: bool,
     /// Break the connection before this delta.
     die_after: Option<usize>,
+    /// One delta, then nothing, with the connection open.
+    stall: bool,
+    /// One delta, then a line that never ends (no newline), until the client goes.
+    endless: bool,
     /// 100 ms between deltas.
     slow: bool,
     /// A chunk that is not JSON after the role chunk.
@@ -200,6 +206,20 @@ async fn produce(tx: ChunkTx, plan: StreamPlan, counters: Arc<Counters>) {
         return;
     }
     for (i, d) in deltas().iter().enumerate() {
+        if i == 1 && plan.stall {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        if i == 1 && plan.endless {
+            let block = Bytes::from(vec![b'x'; 16 * 1024]);
+            let mut line = Ok(Bytes::from(
+                "data: {\"choices\":[{\"delta\":{\"content\":\"",
+            ));
+            while tx.send(line).await.is_ok() {
+                line = Ok(block.clone());
+            }
+            return;
+        }
         if plan.die_after == Some(i) {
             // hyper drops what is still in its write buffer when the body fails: give the
             // chunks already produced time to reach the socket, so exactly `i` arrive.

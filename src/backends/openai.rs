@@ -185,12 +185,78 @@ pub fn decode(data: &str) -> Result<Vec<ChatEvent>, UpstreamError> {
     Ok(out)
 }
 
+/// At most this much of an error response's body is read (its start names the reason).
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// The start of an error response's body, read no further than `ERROR_BODY_BYTES`.
+async fn error_excerpt(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c[..c.len().min(ERROR_BODY_BYTES - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Why an upstream body was cut off before SSE parsing.
+#[derive(Debug)]
+enum BodyError {
+    Transport(String),
+    LineTooLong(usize),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(e) => write!(f, "{e}"),
+            Self::LineTooLong(max) => write!(
+                f,
+                "an SSE line longer than {max} bytes (server.max_sse_line_bytes)"
+            ),
+        }
+    }
+}
+
+/// The body, ended with an error once a line (the bytes since the last newline) is longer than
+/// `max`: the SSE parser buffers a line whole, so an endless one would grow without bound.
+fn bounded_lines<S, B>(body: S, max: usize) -> impl Stream<Item = Result<B, BodyError>>
+where
+    S: Stream<Item = Result<B, reqwest::Error>>,
+    B: AsRef<[u8]>,
+{
+    body.scan((0usize, false), move |(open, cut), item| {
+        if *cut {
+            return futures_util::future::ready(None);
+        }
+        let out = match item {
+            Err(e) => Err(BodyError::Transport(e.to_string())),
+            Ok(chunk) => {
+                let bytes = chunk.as_ref();
+                *open = match bytes.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => bytes.len() - i - 1,
+                    None => *open + bytes.len(),
+                };
+                if *open > max {
+                    *cut = true;
+                    Err(BodyError::LineTooLong(max))
+                } else {
+                    Ok(chunk)
+                }
+            }
+        };
+        futures_util::future::ready(Some(out))
+    })
+}
+
 /// Opens a streaming completion on `b`. Errors before the response headers (connect, HTTP
 /// status) come back here; later ones arrive as stream items.
 pub async fn open_stream(
     http: &reqwest::Client,
     b: &Backend,
     req: &ChatRequest,
+    max_line: usize,
 ) -> Result<
     impl Stream<Item = Result<ChatEvent, UpstreamError>> + Send + 'static + use<>,
     UpstreamError,
@@ -216,14 +282,15 @@ pub async fn open_stream(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let text = error_excerpt(resp).await;
         return Err(UpstreamError::Http {
             status: status.as_u16(),
             body: text.chars().take(200).collect(),
             retry_after,
         });
     }
-    let events = resp.bytes_stream().eventsource().flat_map(|item| {
+    let body = bounded_lines(resp.bytes_stream(), max_line);
+    let events = body.eventsource().flat_map(|item| {
         let decoded: Vec<Result<ChatEvent, UpstreamError>> = match item {
             Ok(ev) => match decode(&ev.data) {
                 Ok(v) => v.into_iter().map(Ok).collect(),

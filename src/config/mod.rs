@@ -46,6 +46,16 @@ pub struct ServerConfig {
     pub breaker_cooldown_ms: u64,
     /// TOML file of client API keys (sha256 hashes, tenants, allowed backends). Unset = no auth.
     pub api_keys_file: Option<PathBuf>,
+    /// Longest SSE line accepted from an upstream; a longer one ends the stream with an error.
+    pub max_sse_line_bytes: usize,
+    /// Longest completion relayed from an upstream, in bytes of text.
+    pub max_completion_bytes: usize,
+    /// Serve on a non-loopback address without client API keys (off: refuse to start, since
+    /// anyone who can reach the port could spend the operator's provider keys).
+    pub allow_unauthenticated: bool,
+    /// After SIGTERM, how long requests in flight get to finish before open streams are ended
+    /// (keep it below the orchestrator's kill grace, e.g. Kubernetes' 30 s default).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +73,10 @@ impl Default for ServerConfig {
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
             api_keys_file: None,
+            max_sse_line_bytes: 1 << 20,
+            max_completion_bytes: 8 << 20,
+            shutdown_grace_ms: 25_000,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -152,6 +166,20 @@ pub struct Backend {
     /// Fail over when no token arrives within this time.
     #[serde(default = "default_ttft_timeout")]
     pub first_token_timeout_ms: u64,
+    /// After the first token: end the stream with an error when nothing arrives for this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// The whole call, first token included, may take at most this long.
+    #[serde(default = "default_total_timeout")]
+    pub total_timeout_ms: u64,
+}
+
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+
+fn default_total_timeout() -> u64 {
+    600_000
 }
 
 fn default_concurrency() -> u32 {

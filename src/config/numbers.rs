@@ -47,6 +47,15 @@ fn server(s: &ServerConfig) -> Result<(), Bad> {
         "server.breaker_cooldown_ms".into(),
         s.breaker_cooldown_ms,
         86_400_000,
+    )?;
+    let max_line = s.max_sse_line_bytes as u64;
+    positive("server.max_sse_line_bytes".into(), max_line, MAX_BYTES)?;
+    let max_text = s.max_completion_bytes as u64;
+    positive("server.max_completion_bytes".into(), max_text, MAX_BYTES)?;
+    positive(
+        "server.shutdown_grace_ms".into(),
+        s.shutdown_grace_ms,
+        3_600_000,
     )
 }
 
@@ -92,6 +101,8 @@ pub(super) fn check(c: &Config) -> Result<(), Bad> {
             b.first_token_timeout_ms,
             3_600_000,
         )?;
+        positive(p("idle_timeout_ms"), b.idle_timeout_ms, 3_600_000)?;
+        positive(p("total_timeout_ms"), b.total_timeout_ms, 86_400_000)?;
         positive(p("context_window"), b.context_window.into(), 1 << 30)?;
     }
     for (name, pol) in &c.policies {

@@ -21,6 +21,7 @@ use router::RouterService;
 use status::IntoStatus;
 
 /// The health reporter of a Router server, set SERVING once the encoder is warm.
+#[derive(Clone)]
 pub struct Health(tonic_health::server::HealthReporter);
 
 impl Health {

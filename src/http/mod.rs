@@ -65,14 +65,15 @@ async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let resp = match s.gateway.authenticate(h) {
-            Ok(caller) => {
+        let resp = match (s.gateway.authenticate(h), json_body(&req)) {
+            (Err(e), _) => error::ApiError::from(e).into_response(),
+            (Ok(_), Err(e)) => e.into_response(),
+            (Ok(caller), Ok(())) => {
                 if let Some(c) = caller {
                     req.extensions_mut().insert(c);
                 }
                 next.run(req).await
             }
-            Err(e) => error::ApiError::from(e).into_response(),
         };
         let status = resp.status();
         tracing::Span::current().record("status", status.as_u16());
@@ -87,6 +88,33 @@ async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Resp
     }
     .instrument(span)
     .await
+}
+
+/// A POST must say its body is JSON. A browser sends a cross-site form or `text/plain` POST
+/// without asking first (no CORS preflight); requiring JSON stops a web page from making the
+/// operator's browser spend the operator's provider keys through a local switchboard.
+fn json_body(req: &Request) -> Result<(), error::ApiError> {
+    if req.method() != axum::http::Method::POST {
+        return Ok(());
+    }
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    let e = error::ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request_error",
+        format!("header content-type: must be application/json, found {ct:?}"),
+    );
+    Err(error::ApiError {
+        param: Some("header content-type".into()),
+        ..e
+    })
 }
 
 async fn not_found() -> Response {

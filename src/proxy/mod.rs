@@ -99,6 +99,12 @@ pub enum ProxyError {
         status: u16,
         message: String,
     },
+    /// The server's shutdown grace passed while this stream was open.
+    #[error("the server is shutting down; {delivered_chars} characters of backend {backend}'s answer reached the client")]
+    ShuttingDown {
+        backend: String,
+        delivered_chars: usize,
+    },
     #[error("backend {backend} failed after {delivered_chunks} chunks ({delivered_chars} characters) reached the client: {error}")]
     MidStream {
         backend: String,
@@ -125,6 +131,9 @@ impl From<ProxyError> for Error {
                     _ => ErrorKind::InvalidArgument,
                 };
                 Error::new(kind, e.to_string()).reason("upstream_rejected")
+            }
+            ProxyError::ShuttingDown { .. } => {
+                Error::new(ErrorKind::Unavailable, e.to_string()).reason("shutting_down")
             }
             ProxyError::MidStream { .. } => {
                 Error::new(ErrorKind::UpstreamFailed, e.to_string()).reason("upstream_failed")
@@ -160,6 +169,8 @@ pub struct Proxy {
     engine: Arc<Engine>,
     upstreams: Arc<Upstreams>,
     max_attempts: usize,
+    /// Becomes true when the server's shutdown grace has passed.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 fn chat_request(input: &CompleteInput) -> ChatRequest {
@@ -219,6 +230,8 @@ struct Attempt<'a> {
     input: &'a CompleteInput,
     backend: &'a Backend,
     started: Instant,
+    /// When this backend's call must be over (`total_timeout_ms` from its start).
+    deadline: Instant,
     ttft: Duration,
     /// The failed attempts before this one.
     attempts: Vec<AttemptInfo>,
@@ -226,11 +239,17 @@ struct Attempt<'a> {
 }
 
 impl Proxy {
-    pub fn new(engine: Arc<Engine>, upstreams: Arc<Upstreams>, max_attempts: usize) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        upstreams: Arc<Upstreams>,
+        max_attempts: usize,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             engine,
             upstreams,
             max_attempts: max_attempts.max(1),
+            closing,
         }
     }
 
@@ -289,7 +308,8 @@ impl Proxy {
     async fn first(&self, b: &Backend, req: &ChatRequest, t0: Instant) -> FirstOutcome<Upstream> {
         let timeout = Duration::from_millis(b.first_token_timeout_ms);
         tokio::time::timeout(timeout, async {
-            match openai::open_stream(&self.upstreams.http, b, req).await {
+            let max_line = self.engine.config.server.max_sse_line_bytes;
+            match openai::open_stream(&self.upstreams.http, b, req, max_line).await {
                 Ok(s) => first_token(Box::pin(s) as Upstream, t0).await,
                 Err(e) => FirstOutcome::Failed(e),
             }
@@ -339,6 +359,7 @@ impl Proxy {
                 input,
                 backend: b,
                 started,
+                deadline: t0 + Duration::from_millis(b.total_timeout_ms),
                 ttft: Duration::ZERO,
                 attempts: Vec::new(),
                 tx,

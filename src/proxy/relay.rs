@@ -1,7 +1,9 @@
 //! After the first token: forward the rest of the stream, then account usage and cost and send
 //! `Done`. A failure here ends the stream with an error; it never fails over (the client has
 //! part of one backend's answer).
-use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
 
 use super::{Attempt, DoneInfo, Ended, Proxy, ProxyError, ProxyEvent};
 use crate::backends::openai::{ChatEvent, UpstreamError};
@@ -32,37 +34,66 @@ impl Proxy {
             return Ended::ClientGone; // dropping `stream` closes the upstream request
         }
         let mut tail = Vec::new();
+        let idle = Duration::from_millis(b.idle_timeout_ms);
+        let max_text = self.engine.config.server.max_completion_bytes;
+        let mut closing = self.closing.clone();
         loop {
             // Watch the client too: a cancelled client drops the upstream at once, not at
-            // the upstream's next chunk.
+            // the upstream's next chunk. Every wait is bounded by the idle and total timeouts.
+            let until = (Instant::now() + idle).min(at.deadline);
             let item = tokio::select! {
                 biased;
                 _ = tx.closed() => return Ended::ClientGone,
-                item = stream.next() => item,
+                _ = closing.wait_for(|c| *c).map(|_| ()) => {
+                    self.upstreams.finish(slot, true, Some(at.ttft), None);
+                    let backend = b.name.clone();
+                    let error = ProxyError::ShuttingDown {
+                        backend: backend.clone(),
+                        delivered_chars: text.chars().count(),
+                    };
+                    return Ended::FailedMidStream { backend, error };
+                }
+                item = tokio::time::timeout_at(until.into(), stream.next()) => item,
             };
-            let Some(item) = item else { break };
-            match item {
-                Ok(ChatEvent::Delta(t)) => {
+            let failure = match item {
+                Err(_) if until == at.deadline => Some(format!(
+                    "the call passed its total time of {} ms (total_timeout_ms)",
+                    b.total_timeout_ms
+                )),
+                Err(_) => Some(format!(
+                    "no data for {} ms (idle_timeout_ms)",
+                    b.idle_timeout_ms
+                )),
+                Ok(None) => break,
+                Ok(Some(Ok(ChatEvent::Delta(t)))) if text.len() + t.len() > max_text => Some(
+                    format!("the completion passed {max_text} bytes (server.max_completion_bytes)"),
+                ),
+                Ok(Some(Ok(ChatEvent::Delta(t)))) => {
                     text.push_str(&t);
                     chunks += 1;
                     if tx.send(Ok(ProxyEvent::Delta(t))).await.is_err() {
                         return Ended::ClientGone;
                     }
+                    None
                 }
-                Ok(other) => tail.push(other),
-                Err(e) => {
-                    self.upstreams.finish(slot, false, Some(at.ttft), None);
-                    let error = ProxyError::MidStream {
-                        backend: b.name.clone(),
-                        delivered_chunks: chunks,
-                        delivered_chars: text.chars().count(),
-                        error: e.to_string(),
-                    };
-                    return Ended::FailedMidStream {
-                        backend: b.name.clone(),
-                        error,
-                    };
+                Ok(Some(Ok(other))) => {
+                    tail.push(other);
+                    None
                 }
+                Ok(Some(Err(e))) => Some(e.to_string()),
+            };
+            if let Some(error) = failure {
+                self.upstreams.finish(slot, false, Some(at.ttft), None);
+                let error = ProxyError::MidStream {
+                    backend: b.name.clone(),
+                    delivered_chunks: chunks,
+                    delivered_chars: text.chars().count(),
+                    error,
+                };
+                return Ended::FailedMidStream {
+                    backend: b.name.clone(),
+                    error,
+                };
             }
         }
         self.upstreams.finish(slot, true, Some(at.ttft), None);

@@ -201,6 +201,8 @@ pub fn mock_backend(name: &str, model: &str, base_url: &str, quality: f64) -> Ba
         max_concurrency: 1000,
         tags: vec![],
         first_token_timeout_ms: 2_000,
+        idle_timeout_ms: 30_000,
+        total_timeout_ms: 600_000,
     }
 }
 

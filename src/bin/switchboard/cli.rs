@@ -45,6 +45,10 @@ pub enum Command {
         /// Check the config (and load the classifier it names), then exit.
         #[arg(long)]
         validate_config: bool,
+        /// Serve a non-loopback address without client API keys (`server.allow_unauthenticated`):
+        /// only when something in front of switchboard authenticates callers.
+        #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED")]
+        allow_unauthenticated: bool,
         #[command(flatten)]
         encoder: EncoderArgs,
     },

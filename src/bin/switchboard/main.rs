@@ -61,10 +61,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             admin_addr,
             config,
             validate_config,
+            allow_unauthenticated,
             encoder,
         } => {
             let addrs = (grpc_addr, http_addr, admin_addr);
-            serve(addrs, config, validate_config, &encoder).await
+            let mut cfg = Config::read(config.as_deref())?;
+            cfg.encoder = encoder.apply(cfg.encoder);
+            cfg.server.allow_unauthenticated |= allow_unauthenticated;
+            serve(addrs, cfg, validate_config).await
         }
         Command::Route {
             prompt,
@@ -165,12 +169,9 @@ async fn eval(
 
 async fn serve(
     (grpc_addr, http_addr, admin_addr): (SocketAddr, SocketAddr, SocketAddr),
-    config: Option<PathBuf>,
+    cfg: Config,
     validate: bool,
-    encoder: &EncoderArgs,
 ) -> anyhow::Result<()> {
-    let mut cfg = Config::read(config.as_deref())?;
-    cfg.encoder = encoder.apply(cfg.encoder);
     if validate {
         let engine = server::load_engine(cfg).await?;
         println!(
@@ -281,5 +282,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    tracing::info!("shutdown requested; draining in-flight requests");
+    tracing::info!("shutdown signal received");
 }
