@@ -155,40 +155,7 @@ async fn errors_use_openai_bodies_and_statuses() {
         .unwrap();
     let e = error_of(r, 400).await;
     assert_eq!(e["param"], "header x-switchboard-trade-off");
-    // Not a number that parses to NaN or infinity either: refused, naming the header.
-    for v in ["NaN", "inf"] {
-        let r = s
-            .http
-            .post(s.url("/v1/chat/completions"))
-            .header("x-switchboard-max-latency-ms", v)
-            .json(&chat("auto", false))
-            .send()
-            .await
-            .unwrap();
-        let e = error_of(r, 400).await;
-        assert_eq!(
-            e["param"], "header x-switchboard-max-latency-ms",
-            "{v}: {e}"
-        );
-    }
-    // A POST that does not say it is JSON (what a web page's form or text/plain fetch sends
-    // without a CORS preflight) is refused before anything runs.
-    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
-        let r = s
-            .http
-            .post(s.url("/v1/chat/completions"))
-            .header("content-type", ct)
-            .body(chat("auto", false).to_string())
-            .send()
-            .await
-            .unwrap();
-        let e = error_of(r, 415).await;
-        assert_eq!(e["param"], "header content-type", "{ct}: {e}");
-    }
-    let mut negative = chat("auto", false);
-    negative["switchboard"] = json!({"max_latency_ms": -1.0});
-    let e = error_of(s.post("/v1/chat/completions", negative).await, 400).await;
-    assert_eq!(e["param"], "switchboard.max_latency_ms", "{e}");
+    hostile_numbers_and_content_types_are_refused(&s).await;
     let e = error_of(s.post("/v1/nothing", json!({})).await, 404).await;
     assert_eq!(e["code"], "unknown_url");
     // Every upstream down: 503 before the first byte, also when streaming.
@@ -349,4 +316,43 @@ async fn outcome_feedback_names_the_completion_that_served() {
     assert_eq!(v["backend"], "fast");
     assert_eq!(v["ok"], true);
     s.server.stop().await;
+}
+
+/// NaN or infinite header numbers, a negative budget, and POSTs that are not JSON: refused
+/// before anything runs, each naming what was wrong.
+async fn hostile_numbers_and_content_types_are_refused(s: &Setup) {
+    // Not a number that parses to NaN or infinity either: refused, naming the header.
+    for v in ["NaN", "inf"] {
+        let r = s
+            .http
+            .post(s.url("/v1/chat/completions"))
+            .header("x-switchboard-max-latency-ms", v)
+            .json(&chat("auto", false))
+            .send()
+            .await
+            .unwrap();
+        let e = error_of(r, 400).await;
+        assert_eq!(
+            e["param"], "header x-switchboard-max-latency-ms",
+            "{v}: {e}"
+        );
+    }
+    // A POST that does not say it is JSON (what a web page's form or text/plain fetch sends
+    // without a CORS preflight) is refused before anything runs.
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = s
+            .http
+            .post(s.url("/v1/chat/completions"))
+            .header("content-type", ct)
+            .body(chat("auto", false).to_string())
+            .send()
+            .await
+            .unwrap();
+        let e = error_of(r, 415).await;
+        assert_eq!(e["param"], "header content-type", "{ct}: {e}");
+    }
+    let mut negative = chat("auto", false);
+    negative["switchboard"] = json!({"max_latency_ms": -1.0});
+    let e = error_of(s.post("/v1/chat/completions", negative).await, 400).await;
+    assert_eq!(e["param"], "switchboard.max_latency_ms", "{e}");
 }

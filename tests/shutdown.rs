@@ -78,33 +78,7 @@ async fn sigterm_ends_a_stalled_stream_after_the_grace_and_exits_zero() {
     use switchboard::proto::v1::CompleteRequest;
     let mock = switchboard_mock::Mock::start().await.unwrap();
     let dir = common::scratch_dir("grace");
-    let config = dir.join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"default_policy = "p"
-
-[server]
-shutdown_grace_ms = 500
-
-[[backends]]
-name = "stall"
-provider = "openai_compatible"
-base_url = "{}"
-model = "mock-stall"
-input_price_per_mtok = 1.0
-output_price_per_mtok = 1.0
-context_window = 100000
-latency_ms = 100
-quality = {{ default = 0.5 }}
-
-[policies.p]
-default_backend = "stall"
-"#,
-            mock.base_url()
-        ),
-    )
-    .unwrap();
+    let config = stalled_catalog(&dir, &mock.base_url());
     let env = [
         ("SWITCHBOARD_CONFIG", config.to_str().unwrap()),
         ("SWITCHBOARD_ADMIN_TOKEN", ""),
@@ -185,4 +159,37 @@ fn an_open_address_without_api_keys_is_refused_at_start() {
         err.contains("0.0.0.0") && err.contains("server.allow_unauthenticated"),
         "{err}"
     );
+}
+
+/// A catalog with one backend whose upstream stalls after its first delta, and a 500 ms
+/// shutdown grace; returns the file's path.
+fn stalled_catalog(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let config = dir.join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"default_policy = "p"
+
+[server]
+shutdown_grace_ms = 500
+
+[[backends]]
+name = "stall"
+provider = "openai_compatible"
+base_url = "{}"
+model = "mock-stall"
+input_price_per_mtok = 1.0
+output_price_per_mtok = 1.0
+context_window = 100000
+latency_ms = 100
+quality = {{ default = 0.5 }}
+
+[policies.p]
+default_backend = "stall"
+"#,
+            base_url
+        ),
+    )
+    .unwrap();
+    config
 }

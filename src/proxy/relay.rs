@@ -8,6 +8,31 @@ use futures_util::{FutureExt, StreamExt};
 use super::{Attempt, DoneInfo, Ended, Proxy, ProxyError, ProxyEvent};
 use crate::backends::openai::{ChatEvent, UpstreamError};
 use crate::backends::Slot;
+use crate::config::Backend;
+
+/// Why a wait for the next chunk ended: the call's total time, or the idle time.
+fn timed_out(b: &Backend, total: bool) -> String {
+    if total {
+        format!(
+            "the call passed its total time of {} ms (total_timeout_ms)",
+            b.total_timeout_ms
+        )
+    } else {
+        format!("no data for {} ms (idle_timeout_ms)", b.idle_timeout_ms)
+    }
+}
+
+/// The end of a stream cut by the server's shutdown, after `text` reached the client.
+fn shutting_down(b: &Backend, text: &str) -> Ended {
+    let error = ProxyError::ShuttingDown {
+        backend: b.name.clone(),
+        delivered_chars: text.chars().count(),
+    };
+    Ended::FailedMidStream {
+        backend: b.name.clone(),
+        error,
+    }
+}
 
 impl Proxy {
     /// Forwards the rest of a stream whose first token is in hand.
@@ -46,24 +71,12 @@ impl Proxy {
                 _ = tx.closed() => return Ended::ClientGone,
                 _ = closing.wait_for(|c| *c).map(|_| ()) => {
                     self.upstreams.finish(slot, true, Some(at.ttft), None);
-                    let backend = b.name.clone();
-                    let error = ProxyError::ShuttingDown {
-                        backend: backend.clone(),
-                        delivered_chars: text.chars().count(),
-                    };
-                    return Ended::FailedMidStream { backend, error };
+                    return shutting_down(b, &text);
                 }
                 item = tokio::time::timeout_at(until.into(), stream.next()) => item,
             };
             let failure = match item {
-                Err(_) if until == at.deadline => Some(format!(
-                    "the call passed its total time of {} ms (total_timeout_ms)",
-                    b.total_timeout_ms
-                )),
-                Err(_) => Some(format!(
-                    "no data for {} ms (idle_timeout_ms)",
-                    b.idle_timeout_ms
-                )),
+                Err(_) => Some(timed_out(b, until == at.deadline)),
                 Ok(None) => break,
                 Ok(Some(Ok(ChatEvent::Delta(t)))) if text.len() + t.len() > max_text => Some(
                     format!("the completion passed {max_text} bytes (server.max_completion_bytes)"),
