@@ -163,43 +163,14 @@ fn ab_assignment_is_sticky_and_splits_within_3_percent() {
 
 #[test]
 fn empty_result_names_every_backends_reason() {
-    let mut quality = BTreeMap::new();
-    quality.insert("default".to_string(), 0.8);
-    let b = Backend {
-        name: "b0".into(),
-        provider: "openai_compatible".into(),
-        base_url: "http://x/v1".into(),
-        api_key_env: None,
-        model: "m".into(),
-        input_price_per_mtok: 1.0,
-        output_price_per_mtok: 1.0,
-        context_window: 100,
-        capabilities: vec![],
-        quality,
-        domain_quality: BTreeMap::new(),
-        latency_ms: 10.0,
-        max_concurrency: 1,
-        tags: vec![],
-        first_token_timeout_ms: 1000,
-        idle_timeout_ms: 30_000,
-        total_timeout_ms: 600_000,
-    };
+    let b = plain_backend("b0", 1.0, 100);
     let cfg = config(vec![b], policy_with(vec![]));
-    let p = prediction("code", 0.5);
     let prefs = Preferences {
         required_capabilities: vec!["vision".into()],
         expected_output_tokens: 10,
         ..Default::default()
     };
-    let meta = HashMap::new();
-    let input = RouteInput {
-        prediction: &p,
-        prompt_tokens: 10,
-        prefs: &prefs,
-        metadata: &meta,
-        request_key: "",
-    };
-    let err = policy::rank(&cfg, "", &input, &|_| Health::default()).unwrap_err();
+    let err = rank_code_prompt(&cfg, &prefs).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("b0: lacks capability vision"), "{msg}");
 }
@@ -208,48 +179,19 @@ fn empty_result_names_every_backends_reason() {
 fn a_subnormal_trade_off_keeps_every_score_finite() {
     // (1 - t) / t overflows to infinity for t near 1e-310; infinity × a zero cost is NaN, and a
     // NaN score would sort first. The cost weight is capped instead.
-    let backend = |name: &str, price: f64| {
-        let mut quality = BTreeMap::new();
-        quality.insert("default".to_string(), 0.8);
-        Backend {
-            name: name.into(),
-            provider: "openai_compatible".into(),
-            base_url: "http://x/v1".into(),
-            api_key_env: None,
-            model: "m".into(),
-            input_price_per_mtok: price,
-            output_price_per_mtok: price,
-            context_window: 100_000,
-            capabilities: vec![],
-            quality,
-            domain_quality: BTreeMap::new(),
-            latency_ms: 10.0,
-            max_concurrency: 1,
-            tags: vec![],
-            first_token_timeout_ms: 1000,
-            idle_timeout_ms: 30_000,
-            total_timeout_ms: 600_000,
-        }
-    };
     let cfg = config(
-        vec![backend("free", 0.0), backend("paid", 5.0)],
+        vec![
+            plain_backend("free", 0.0, 100_000),
+            plain_backend("paid", 5.0, 100_000),
+        ],
         policy_with(vec![]),
     );
-    let p = prediction("code", 0.5);
     let prefs = Preferences {
         trade_off: Some(1e-310),
         expected_output_tokens: 10,
         ..Default::default()
     };
-    let meta = HashMap::new();
-    let input = RouteInput {
-        prediction: &p,
-        prompt_tokens: 10,
-        prefs: &prefs,
-        metadata: &meta,
-        request_key: "",
-    };
-    let d = policy::rank(&cfg, "", &input, &|_| Health::default()).unwrap();
+    let d = rank_code_prompt(&cfg, &prefs).unwrap();
     assert!(
         d.ranked.iter().all(|r| r.score.is_finite()),
         "{:?}",
@@ -259,4 +201,43 @@ fn a_subnormal_trade_off_keeps_every_score_finite() {
         d.ranked[0].name, "free",
         "cost dominates at the smallest trade-off"
     );
+}
+
+/// A backend of quality 0.8 for every intent, at `price` USD per million tokens either way.
+fn plain_backend(name: &str, price: f64, context_window: u32) -> Backend {
+    let mut quality = BTreeMap::new();
+    quality.insert("default".to_string(), 0.8);
+    Backend {
+        name: name.into(),
+        provider: "openai_compatible".into(),
+        base_url: "http://x/v1".into(),
+        api_key_env: None,
+        model: "m".into(),
+        input_price_per_mtok: price,
+        output_price_per_mtok: price,
+        context_window,
+        capabilities: vec![],
+        quality,
+        domain_quality: BTreeMap::new(),
+        latency_ms: 10.0,
+        max_concurrency: 1,
+        tags: vec![],
+        first_token_timeout_ms: 1000,
+        idle_timeout_ms: 30_000,
+        total_timeout_ms: 600_000,
+    }
+}
+
+/// Ranks a 10-token code prompt of complexity 0.5 under `prefs`, every backend healthy.
+fn rank_code_prompt(cfg: &Config, prefs: &Preferences) -> Result<policy::Decision, PolicyError> {
+    let p = prediction("code", 0.5);
+    let meta = HashMap::new();
+    let input = RouteInput {
+        prediction: &p,
+        prompt_tokens: 10,
+        prefs,
+        metadata: &meta,
+        request_key: "",
+    };
+    policy::rank(cfg, "", &input, &|_| Health::default())
 }

@@ -50,12 +50,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // Once one answer is back every request has been sent; now ask the server to stop.
     let first = set.join_next().await.unwrap().unwrap();
     assert!(first.is_ok(), "{first:?}");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     let mut ok = 1;
     while let Some(r) = set.join_next().await {
         let r = r.unwrap();
@@ -112,12 +107,7 @@ async fn sigterm_ends_a_stalled_stream_after_the_grace_and_exits_zero() {
         }
     }
     let t = std::time::Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     let end = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
         .await
         .expect("the stalled stream ends after the grace");
@@ -192,4 +182,14 @@ default_backend = "stall"
     )
     .unwrap();
     config
+}
+
+/// Sends SIGTERM to the server process.
+fn sigterm(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
 }
