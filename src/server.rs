@@ -55,6 +55,8 @@ pub enum ServeError {
     },
     #[error("refusing to serve {addr} without client API keys: anyone who reaches it could spend the provider keys; set server.api_keys_file, or server.allow_unauthenticated = true (--allow-unauthenticated) if something in front authenticates")]
     Unauthenticated { addr: SocketAddr },
+    #[error("the admin token is shorter than {} characters: make a longer one (e.g. openssl rand -hex 16)", crate::grpc::admin::MIN_TOKEN_LEN)]
+    AdminToken,
     #[error("the bound address: {0}")]
     LocalAddr(std::io::Error),
     #[error("admin.state_dir: {what} {}: {source}", path.display())]
@@ -167,6 +169,8 @@ fn admin_parts(
         feedback,
         decisions: engine.decisions.clone(),
         retrainer,
+        artifact_root: engine.config.admin.artifact_root.clone(),
+        retraining: Default::default(),
     };
     Ok(AdminParts {
         listener,
@@ -230,6 +234,11 @@ fn check_exposure(cfg: &ServeConfig) -> Result<(), ServeError> {
 /// Loads everything and binds every address.
 pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     check_exposure(&cfg)?;
+    if let Some(t) = cfg.admin_token.as_deref().map(str::trim) {
+        if !t.is_empty() && t.len() < crate::grpc::admin::MIN_TOKEN_LEN {
+            return Err(ServeError::AdminToken);
+        }
+    }
     let engine = load_engine(cfg.config).await?;
     let s = &engine.config.server;
     let breaker = BreakerConfig {
@@ -248,7 +257,7 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     };
     let gateway = Arc::new(Gateway::new(engine.clone(), upstreams, keys));
     let admin = match (cfg.admin_addr, cfg.admin_token) {
-        (Some(addr), Some(token)) if !token.is_empty() => {
+        (Some(addr), Some(token)) if !token.trim().is_empty() => {
             Some(admin_parts(&engine, listen(addr).await?, token)?)
         }
         (Some(addr), _) => {

@@ -110,6 +110,9 @@ pub struct AdminConfig {
     /// New head folders appearing here are swapped in through the validated path.
     pub watch_dir: Option<PathBuf>,
     pub watch_interval_ms: u64,
+    /// Paths a client names (SwapClassifier's folder, Retrain's data) must lie under this
+    /// folder once symlinks are resolved. Default: the server's working directory.
+    pub artifact_root: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -131,6 +134,7 @@ impl Default for AdminConfig {
             feedback_weight: 5.0,
             watch_dir: None,
             watch_interval_ms: 2000,
+            artifact_root: PathBuf::from("."),
         }
     }
 }

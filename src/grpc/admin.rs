@@ -1,6 +1,7 @@
 //! `switchboard.v1.Admin`: the live classifier, validated hot swaps and rollbacks, durable
 //! feedback, and retraining, over the registry (`live`), the records and the retrainer
 //! (`train::retrain`). Served on its own address behind an admin bearer token.
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -17,11 +18,16 @@ use crate::proto::v1::admin_server::Admin;
 use crate::records::{now_ms, DecisionLog, FeedbackLog, FeedbackRecord};
 use crate::train::retrain::{RetrainParams, Retrainer};
 
-/// An interceptor admitting only `authorization: Bearer <token>` (compared by sha256).
+/// Shortest admin token accepted: shorter ones are guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// An interceptor admitting only `authorization: Bearer <token>`. Both sides are trimmed (a
+/// token read from a file or an env var often ends in a newline) and compared as sha256
+/// digests in constant time.
 pub fn token_interceptor(
     token: &str,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    let want: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let want: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
     move |req: Request<()>| {
         let header = req
             .metadata()
@@ -30,11 +36,29 @@ pub fn token_interceptor(
         let got = crate::auth::bearer(header).ok_or_else(|| {
             Status::unauthenticated("admin: missing `authorization: Bearer <admin token>`")
         })?;
-        let got: [u8; 32] = Sha256::digest(got.as_bytes()).into();
-        if got != want {
+        let got: [u8; 32] = Sha256::digest(got.trim().as_bytes()).into();
+        let diff = got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
             return Err(Status::unauthenticated("admin: wrong admin token"));
         }
         Ok(req)
+    }
+}
+
+/// A path from a client, canonicalised (symlinks resolved) and refused unless it lies under
+/// `admin.artifact_root`. A path that does not exist gets the same answer as one outside the
+/// root, so the reply says nothing about the server's files.
+fn under_root(field: &str, path: &str, root: &Path) -> Result<PathBuf, Status> {
+    let refused = || {
+        let m = format!("{path:?} is not an existing path under admin.artifact_root");
+        Error::field(ErrorKind::InvalidArgument, field, m).status()
+    };
+    let root = root.canonicalize().map_err(|_| refused())?;
+    let p = Path::new(path).canonicalize().map_err(|_| refused())?;
+    if p.starts_with(&root) {
+        Ok(p)
+    } else {
+        Err(refused())
     }
 }
 
@@ -44,6 +68,32 @@ pub struct AdminService {
     pub feedback: Arc<FeedbackLog>,
     pub decisions: Option<Arc<DecisionLog>>,
     pub retrainer: Arc<Retrainer>,
+    /// Client-given paths (swap folders, retrain data) must lie under this folder.
+    pub artifact_root: PathBuf,
+    /// One retrain at a time: the running one's description while it runs.
+    pub retraining: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
+/// died).
+struct RetrainSlot(Arc<std::sync::Mutex<Option<String>>>);
+
+impl RetrainSlot {
+    /// Takes the slot with `what` as its description, or names the retrain holding it.
+    fn take(slot: &Arc<std::sync::Mutex<Option<String>>>, what: String) -> Result<Self, String> {
+        let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = g.as_ref() {
+            return Err(running.clone());
+        }
+        *g = Some(what);
+        Ok(Self(slot.clone()))
+    }
+}
+
+impl Drop for RetrainSlot {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn to_pb(r: SwapReport) -> pb::SwapClassifierResponse {
@@ -153,7 +203,9 @@ impl Admin for AdminService {
         use pb::swap_classifier_request::Source as S;
         let r = request.into_inner();
         let src = match r.source {
-            Some(S::Path(p)) if !p.is_empty() => Source::Path(p.into()),
+            Some(S::Path(p)) if !p.is_empty() => {
+                Source::Path(under_root("path", &p, &self.artifact_root)?)
+            }
             Some(S::InlineHeads(b)) => Source::Inline(b),
             _ => {
                 let e = Error::field(
@@ -223,7 +275,10 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::RetrainStream>, Status> {
         use tokio_stream::StreamExt;
         let r = request.into_inner();
-        let data = (!r.data_path.is_empty()).then(|| std::path::PathBuf::from(&r.data_path));
+        let data = match r.data_path.as_str() {
+            "" => None,
+            p => Some(under_root("data_path", p, &self.artifact_root)?),
+        };
         if let Some(d) = data.as_ref().filter(|d| !d.is_file()) {
             let e = Error::field(
                 ErrorKind::InvalidArgument,
@@ -244,7 +299,22 @@ impl Admin for AdminService {
             },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(self.retrainer.clone().run(params, tx));
+        let what = format!(
+            "started {} on data_path {:?}",
+            crate::live::rfc3339(now_ms()),
+            r.data_path
+        );
+        let slot = RetrainSlot::take(&self.retraining, what).map_err(|running| {
+            let m = format!("retrain: another retrain is running ({running}); one runs at a time");
+            Error::new(ErrorKind::FailedPrecondition, m).status()
+        })?;
+        let retrainer = self.retrainer.clone();
+        // The slot is held until the retrain ends; it stops at its next progress message
+        // once the caller has gone.
+        tokio::spawn(async move {
+            retrainer.run(params, tx).await;
+            drop(slot);
+        });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| match item {
             Ok(p) => Ok(pb::RetrainProgress {
                 epoch: p.epoch,
@@ -259,5 +329,30 @@ impl Admin for AdminService {
             Err(e) => Err(e.status()),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(
+        check: &mut impl FnMut(Request<()>) -> Result<Request<()>, Status>,
+        token: &str,
+    ) -> bool {
+        let mut r = Request::new(());
+        let v = format!("Bearer {token}").parse();
+        r.metadata_mut().insert("authorization", v.unwrap());
+        check(r).is_ok()
+    }
+
+    #[test]
+    fn the_admin_token_is_trimmed_on_both_sides() {
+        // A token read from a file or an env var often ends in a newline.
+        let mut check = token_interceptor("abcdefghijklmnop\n");
+        assert!(call(&mut check, "abcdefghijklmnop"));
+        assert!(call(&mut check, " abcdefghijklmnop "));
+        assert!(!call(&mut check, "abcdefghijklmnoq"));
+        assert!(!call(&mut check, ""));
     }
 }

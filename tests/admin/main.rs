@@ -307,3 +307,70 @@ async fn a_folder_dropped_into_the_watch_dir_is_validated_and_swapped_in() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_paths_stay_under_the_artifact_root_and_retrains_run_one_at_a_time() {
+    let server = common::TestServer::start(config()).await;
+    let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
+    // Outside the root (the tests' working directory, the repository), existing or not: the
+    // same refusal, so the reply does not tell which.
+    let mut replies = Vec::new();
+    for outside in ["/etc", "/nonexistent/heads"] {
+        let e = a
+            .swap_classifier(swap_req(Path::new(outside)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("admin.artifact_root"),
+            "{}",
+            e.message()
+        );
+        replies.push(e.message().replace(outside, "<path>"));
+    }
+    assert_eq!(replies[0], replies[1]);
+    // A link inside the root that points outside is resolved first, and refused.
+    let dir = common::scratch_dir("links");
+    std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
+    let e = a
+        .swap_classifier(swap_req(&dir.join("out")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // One retrain at a time: a second, while the first runs, is refused naming the first.
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train_slice.jsonl");
+    let req = pb::RetrainRequest {
+        data_path: data.display().to_string(),
+        seed: 7,
+        max_epochs: 30,
+        ..Default::default()
+    };
+    let mut first = a.retrain(req.clone()).await.unwrap().into_inner();
+    let e = a.retrain(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("another retrain is running") && e.message().contains("train_slice"),
+        "{}",
+        e.message()
+    );
+    while first.message().await.unwrap().is_some() {}
+    // Once it has ended, the next one may run.
+    let mut second = a.retrain(req).await.unwrap().into_inner();
+    while second.message().await.unwrap().is_some() {}
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_admin_token_is_refused_at_start() {
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let r = switchboard::server::bind(switchboard::server::ServeConfig {
+        grpc_addr: any,
+        http_addr: any,
+        config: config(),
+        admin_addr: Some(any),
+        admin_token: Some("short\n".into()),
+    })
+    .await;
+    let e = r.err().expect("a short token is refused").to_string();
+    assert!(e.contains("admin token") && e.contains("16"), "{e}");
+}

@@ -117,6 +117,8 @@ async fn bench_swap(concurrency: usize, secs: f64, encoder: &EncoderArgs) -> any
     let mut cfg = bench_config(None, encoder)?;
     let state = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
     cfg.admin.state_dir = state.clone();
+    // The variants the benchmark swaps in are written under the temp dir.
+    cfg.admin.artifact_root = std::env::temp_dir();
     let (base, enc_dir) = (
         cfg.server.classifier_dir.clone(),
         cfg.encoder.model_dir.clone(),
