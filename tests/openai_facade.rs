@@ -143,7 +143,17 @@ async fn errors_use_openai_bodies_and_statuses() {
     assert_eq!(e["param"], "messages");
     let huge =
         json!({"model": "auto", "messages": [{"role": "user", "content": "y".repeat(200_000)}]});
-    let e = error_of(s.post("/v1/chat/completions", huge).await, 413).await;
+    // The server answers 413 before reading the whole body and closes that connection; it
+    // must not go back into the client's pool, or the next request can hit a broken pipe.
+    let r = s
+        .http
+        .post(s.url("/v1/chat/completions"))
+        .header("connection", "close")
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    let e = error_of(r, 413).await;
     assert_eq!(e["code"], "request_too_large");
     let r = s
         .http
@@ -344,6 +354,7 @@ async fn hostile_numbers_and_content_types_are_refused(s: &Setup) {
             .http
             .post(s.url("/v1/chat/completions"))
             .header("content-type", ct)
+            .header("connection", "close")
             .body(chat("auto", false).to_string())
             .send()
             .await
