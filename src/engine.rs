@@ -336,6 +336,16 @@ impl Engine {
         })
     }
 
+    /// Tokens of the whole conversation (or the bare prompt), for context-window checks.
+    pub fn conversation_tokens(&self, req: &RouteRequest) -> u32 {
+        let tok = self.embedder.tokenizer();
+        if req.messages.is_empty() {
+            return tok.count_tokens(&req.prompt) as u32;
+        }
+        let all: Vec<&str> = req.messages.iter().map(|(_, c)| c.as_str()).collect();
+        tok.count_tokens(&all.join("\n")) as u32
+    }
+
     /// Routes one request.
     pub async fn route(
         &self,
@@ -352,8 +362,7 @@ impl Engine {
         let prompt_tokens = if req.messages.len() <= 1 {
             text_tokens
         } else {
-            let all: Vec<&str> = req.messages.iter().map(|(_, c)| c.as_str()).collect();
-            self.embedder.tokenizer().count_tokens(&all.join("\n")) as u32
+            self.conversation_tokens(req)
         };
         let input = RouteInput {
             prediction: &prediction,

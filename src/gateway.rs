@@ -10,7 +10,7 @@ use crate::auth::{apply_caller, ApiKeys, Caller};
 use crate::backends::Upstreams;
 use crate::engine::{new_id, Engine, RouteOutcome, RouteRequest};
 use crate::error::{Error, ErrorKind};
-use crate::proxy::{CompleteInput, Plan, Proxy, ProxyError, ProxyEvent};
+use crate::proxy::{pinned_misfit, CompleteInput, Plan, Proxy, ProxyError, ProxyEvent};
 
 /// The events of one completion, in order; an `Err` is the last item.
 pub type CompletionRx = mpsc::Receiver<Result<ProxyEvent, Error>>;
@@ -96,6 +96,7 @@ impl Gateway {
     ) -> Result<CompletionRx, Error> {
         apply_caller(&mut input.route, input.pinned.as_deref(), caller)
             .map_err(|e| self.fail(e))?;
+        self.check_params(&mut input).map_err(|e| self.fail(e))?;
         let (tx, rx) = mpsc::channel(COMPLETION_BUFFER);
         let this = self.clone();
         tokio::spawn(
@@ -121,6 +122,7 @@ impl Gateway {
                 });
             }
             self.engine.validate(&input.route)?;
+            self.check_pinned(name, input)?;
             return Ok(Plan {
                 decision_id: new_id(),
                 outcome: None,
@@ -137,6 +139,46 @@ impl Gateway {
             candidates: o.decision.ranked.iter().map(|r| r.name.clone()).collect(),
             outcome: Some(o),
         })
+    }
+
+    /// Generation parameters in range; `max_tokens` also bounds the context-window check and
+    /// the cost estimate's output length.
+    fn check_params(&self, input: &mut CompleteInput) -> Result<(), ProxyError> {
+        let largest = self
+            .engine
+            .config
+            .backends
+            .iter()
+            .map(|b| b.context_window)
+            .max();
+        let invalid = |(field, message)| ProxyError::InvalidArgument { field, message };
+        input
+            .params
+            .validate(largest.unwrap_or(0))
+            .map_err(invalid)?;
+        let prefs = &mut input.route.prefs;
+        prefs.max_output_tokens = input.params.max_tokens;
+        if let Some(m) = input.params.max_tokens {
+            prefs.expected_output_tokens = prefs.expected_output_tokens.min(m);
+        }
+        Ok(())
+    }
+
+    /// A pinned backend gets the capability and context-window checks ranking applies.
+    fn check_pinned(&self, name: &str, input: &CompleteInput) -> Result<(), ProxyError> {
+        let cfg = &self.engine.config;
+        let Some(b) = cfg.backends.iter().find(|b| b.name == name) else {
+            return Ok(());
+        };
+        let prefs = &input.route.prefs;
+        let output = prefs
+            .expected_output_tokens
+            .max(prefs.max_output_tokens.unwrap_or(0));
+        let tokens = self.engine.conversation_tokens(&input.route);
+        match pinned_misfit(b, &prefs.required_capabilities, tokens, output) {
+            Some((field, message)) => Err(ProxyError::InvalidArgument { field, message }),
+            None => Ok(()),
+        }
     }
 
     /// Counts an error by its kind and hands it on.

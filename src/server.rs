@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// The Admin service's address and bearer token; served only when both are set.
     pub admin_addr: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    /// Serve `/metrics` here instead of on the HTTP address.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Errors while starting or running the server.
@@ -184,6 +186,7 @@ fn admin_parts(
 pub struct Bound {
     grpc: TcpListener,
     http: TcpListener,
+    metrics: Option<TcpListener>,
     pub engine: Arc<Engine>,
     pub gateway: Arc<Gateway>,
     admin: Option<AdminParts>,
@@ -196,6 +199,11 @@ impl Bound {
 
     pub fn http_addr(&self) -> Result<SocketAddr, ServeError> {
         local_addr(&self.http)
+    }
+
+    /// `/metrics`' own address, when it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The Admin service's address, when it is served.
@@ -269,6 +277,10 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     Ok(Bound {
         grpc: listen(cfg.grpc_addr).await?,
         http: listen(cfg.http_addr).await?,
+        metrics: match cfg.metrics_addr {
+            Some(a) => Some(listen(a).await?),
+            None => None,
+        },
         engine,
         gateway,
         admin,
@@ -286,7 +298,8 @@ pub async fn run(
     let (grpc_addr, http_addr) = (bound.grpc_addr()?, bound.http_addr()?);
     let engine = bound.engine.clone();
     let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
-    let (health, router) = crate::grpc::router(bound.gateway.clone(), max).await?;
+    let (health, router) =
+        crate::grpc::router(bound.gateway.clone(), max, &engine.config.transport).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let warm = tokio::spawn(warm_up(engine.clone(), health.clone(), ready.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -298,13 +311,22 @@ pub async fn run(
         health.not_serving().await;
         let _ = stop_tx.send(true);
     });
-    let http_app = crate::http::router(crate::http::HttpState {
+    let state = crate::http::HttpState {
         gateway: bound.gateway.clone(),
         ready,
-    });
+    };
+    let limits = engine.config.transport.clone();
+    let metrics_apart = bound.metrics.is_some();
+    if let Some(l) = bound.metrics {
+        let app = crate::http::metrics_router(state.clone());
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(crate::http::serve(app, l, limits.clone(), stop));
+    }
+    let http_app = crate::http::router(state, !metrics_apart);
     let http = tokio::spawn(crate::http::serve(
         http_app,
         bound.http,
+        limits,
         stopped(stop_rx.clone()),
     ));
     let (admin, watcher) = match bound.admin {
@@ -411,7 +433,7 @@ fn spawn_admin(a: AdminParts, engine: &Engine, stop: StopRx) -> AdminTasks {
     });
     // Room above the inline limit, so an oversized upload gets our message naming the limit.
     let max = cfg.max_inline_bytes * 2 + (1 << 20);
-    let router = crate::grpc::admin(a.service, &a.token, max);
+    let router = crate::grpc::admin(a.service, &a.token, max, &engine.config.transport);
     let server = tokio::spawn(crate::grpc::serve(router, a.listener, stopped(stop)));
     (Some(server), watcher)
 }

@@ -231,6 +231,22 @@ fn nan_infinity_and_zero_are_refused_with_their_path() {
             BASE.replace("latency_ms = 100", "latency_ms = 100\nfirst_token_timeout_ms = 0"),
             "backends[0].first_token_timeout_ms",
         ),
+        (
+            BASE.replace("latency_ms = 100", "latency_ms = 100\nconnect_timeout_ms = 0"),
+            "backends[0].connect_timeout_ms",
+        ),
+        (
+            format!("{BASE}\n[transport]\nhttp_max_connections = 0\n"),
+            "transport.http_max_connections",
+        ),
+        (
+            format!("{BASE}\n[transport]\nhttp_header_read_timeout_ms = 0\n"),
+            "transport.http_header_read_timeout_ms",
+        ),
+        (
+            format!("{BASE}\n[transport]\ngrpc_default_timeout_ms = 0\n"),
+            "transport.grpc_default_timeout_ms",
+        ),
     ];
     for (text, want) in cases {
         let (path, msg) = err(&text);

@@ -22,13 +22,14 @@ struct BackendState {
     /// Exponential moving average of time to first token, ms.
     ttft_ms: Mutex<Option<f64>>,
     cooldown_until: Mutex<Option<Instant>>,
+    /// Its own pool, so its connect timeout is its own.
+    http: reqwest::Client,
 }
 
 /// Breakers, concurrency slots and latency measurements of every catalog backend.
 pub struct Upstreams {
     states: HashMap<String, BackendState>,
     metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
 }
 
 /// Why a backend was skipped without a call.
@@ -84,30 +85,29 @@ impl Upstreams {
         breaker: BreakerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        let states = cfg
-            .backends
-            .iter()
-            .map(|b| {
-                let s = BackendState {
-                    breaker: Mutex::new(Breaker::new(breaker)),
-                    slots: Arc::new(Semaphore::new(b.max_concurrency.max(1) as usize)),
-                    max_concurrency: b.max_concurrency.max(1),
-                    ttft_ms: Mutex::new(None),
-                    cooldown_until: Mutex::new(None),
-                };
-                (b.name.clone(), s)
-            })
-            .collect();
-        Ok(Self {
-            states,
-            metrics,
-            http,
-        })
+        let mut states = HashMap::new();
+        for b in &cfg.backends {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1024)
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_millis(b.connect_timeout_ms))
+                .build()?;
+            let s = BackendState {
+                breaker: Mutex::new(Breaker::new(breaker)),
+                slots: Arc::new(Semaphore::new(b.max_concurrency.max(1) as usize)),
+                max_concurrency: b.max_concurrency.max(1),
+                ttft_ms: Mutex::new(None),
+                cooldown_until: Mutex::new(None),
+                http,
+            };
+            states.insert(b.name.clone(), s);
+        }
+        Ok(Self { states, metrics })
+    }
+
+    /// The HTTP client for `name` (its own connect timeout and pool).
+    pub fn client(&self, name: &str) -> Option<&reqwest::Client> {
+        self.states.get(name).map(|s| &s.http)
     }
 
     /// Health and measured latency for ranking a RouteDecision: an open breaker or a
@@ -141,7 +141,10 @@ impl Upstreams {
     pub fn latency_only(&self, name: &str) -> Health {
         Health {
             healthy: true,
-            latency_ms: self.health(name).latency_ms,
+            latency_ms: self
+                .states
+                .get(name)
+                .and_then(|s| *s.ttft_ms.lock().unwrap_or_else(|p| p.into_inner())),
         }
     }
 

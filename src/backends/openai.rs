@@ -94,6 +94,26 @@ impl UpstreamError {
         }
     }
 
+    /// What the client is told: which failure, without internal URLs, key variable names,
+    /// upstream bodies or echoed data (the full error goes to the log). A caller fault keeps
+    /// the upstream's own message, since it says what to fix.
+    pub fn public(&self) -> String {
+        match self {
+            Self::Connect(_) => "could not connect".into(),
+            Self::Http { status, body, .. } if self.fault() == Fault::Caller => {
+                format!("HTTP {status}: {}", upstream_message(body))
+            }
+            Self::Http { status, .. } => format!("HTTP {status}"),
+            Self::FirstTokenTimeout(d) => format!(
+                "no first token within {} ms (first_token_timeout_ms)",
+                d.as_millis()
+            ),
+            Self::Stream(e) => format!("stream: {e}"),
+            Self::Malformed(_) => "malformed SSE data".into(),
+            Self::MissingKey(_) => "no API key configured for it".into(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
@@ -189,6 +209,21 @@ pub fn decode(data: &str) -> Result<Vec<ChatEvent>, UpstreamError> {
 const ERROR_BODY_BYTES: usize = 4096;
 
 /// The start of an error response's body, read no further than `ERROR_BODY_BYTES`.
+/// The `error.message` of an OpenAI-style error body, or the excerpt itself.
+pub fn upstream_message(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let msg = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .and_then(|m| m.as_str())
+    });
+    let text = msg.unwrap_or(body).trim();
+    text.chars().take(ERROR_BODY_CHARS).collect()
+}
+
+/// Longest upstream message passed on to a client.
+const ERROR_BODY_CHARS: usize = 200;
+
 async fn error_excerpt(mut resp: reqwest::Response) -> String {
     let mut buf = Vec::new();
     while buf.len() < ERROR_BODY_BYTES {
@@ -231,7 +266,8 @@ where
             return futures_util::future::ready(None);
         }
         let out = match item {
-            Err(e) => Err(BodyError::Transport(e.to_string())),
+            // The URL is internal: it stays out of what reaches a client.
+            Err(e) => Err(BodyError::Transport(e.without_url().to_string())),
             Ok(chunk) => {
                 let bytes = chunk.as_ref();
                 *open = match bytes.iter().rposition(|&b| b == b'\n') {
@@ -285,7 +321,7 @@ pub async fn open_stream(
         let text = error_excerpt(resp).await;
         return Err(UpstreamError::Http {
             status: status.as_u16(),
-            body: text.chars().take(200).collect(),
+            body: text,
             retry_after,
         });
     }

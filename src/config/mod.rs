@@ -2,6 +2,7 @@
 //! Parsed strictly (unknown keys are errors) and validated at load; every error names the
 //! TOML path of the offending key. Secrets are referenced by environment-variable name only.
 mod numbers;
+pub mod transport;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::embed::EncoderConfig;
+pub use transport::TransportConfig;
 
 /// The bundled example catalog, used when no config file is given.
 pub const BUNDLED_CONFIG: &str = include_str!("../../config/switchboard.toml");
@@ -176,6 +178,13 @@ pub struct Backend {
     /// The whole call, first token included, may take at most this long.
     #[serde(default = "default_total_timeout")]
     pub total_timeout_ms: u64,
+    /// TCP (and TLS) connection set-up to this backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    5_000
 }
 
 fn default_idle_timeout() -> u64 {
@@ -268,6 +277,8 @@ pub struct Config {
     pub encoder: EncoderConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub transport: TransportConfig,
     pub backends: Vec<Backend>,
     pub policies: BTreeMap<String, Policy>,
     /// Name of the policy used when a request names none.

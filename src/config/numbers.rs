@@ -1,7 +1,7 @@
 //! Range checks on every number in the config: a NaN, an infinity, a zero timeout or a size
 //! whose double overflows is refused at load, naming its TOML path, instead of disabling a
 //! check or poisoning a score at run time.
-use super::{AdminConfig, Config, ServerConfig};
+use super::{AdminConfig, Config, ServerConfig, TransportConfig};
 
 type Bad = (String, String);
 
@@ -90,10 +90,65 @@ fn admin(a: &AdminConfig) -> Result<(), Bad> {
     )
 }
 
+fn transport(t: &TransportConfig) -> Result<(), Bad> {
+    let p = |k: &str| format!("transport.{k}");
+    for (k, v, max) in [
+        (
+            "http_header_read_timeout_ms",
+            t.http_header_read_timeout_ms,
+            3_600_000,
+        ),
+        (
+            "http_body_read_timeout_ms",
+            t.http_body_read_timeout_ms,
+            3_600_000,
+        ),
+        (
+            "http_max_connections",
+            t.http_max_connections as u64,
+            1 << 20,
+        ),
+        (
+            "grpc_max_concurrent_streams",
+            t.grpc_max_concurrent_streams.into(),
+            1 << 20,
+        ),
+        (
+            "grpc_keepalive_interval_ms",
+            t.grpc_keepalive_interval_ms,
+            86_400_000,
+        ),
+        (
+            "grpc_keepalive_timeout_ms",
+            t.grpc_keepalive_timeout_ms,
+            3_600_000,
+        ),
+        (
+            "grpc_default_timeout_ms",
+            t.grpc_default_timeout_ms,
+            86_400_000,
+        ),
+        (
+            "grpc_max_connection_age_ms",
+            t.grpc_max_connection_age_ms,
+            7 * 86_400_000,
+        ),
+        (
+            "grpc_max_connection_age_grace_ms",
+            t.grpc_max_connection_age_grace_ms,
+            86_400_000,
+        ),
+    ] {
+        positive(p(k), v, max)?;
+    }
+    Ok(())
+}
+
 /// Every number outside the backends' prices and qualities (checked with their entries).
 pub(super) fn check(c: &Config) -> Result<(), Bad> {
     server(&c.server)?;
     admin(&c.admin)?;
+    transport(&c.transport)?;
     for (i, b) in c.backends.iter().enumerate() {
         let p = |k: &str| format!("backends[{i}].{k}");
         positive(
@@ -103,6 +158,7 @@ pub(super) fn check(c: &Config) -> Result<(), Bad> {
         )?;
         positive(p("idle_timeout_ms"), b.idle_timeout_ms, 3_600_000)?;
         positive(p("total_timeout_ms"), b.total_timeout_ms, 86_400_000)?;
+        positive(p("connect_timeout_ms"), b.connect_timeout_ms, 600_000)?;
         positive(p("context_window"), b.context_window.into(), 1 << 30)?;
     }
     for (name, pol) in &c.policies {

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::config::transport::{ms, TransportConfig};
 use crate::gateway::Gateway;
 use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::router_server::RouterServer;
@@ -68,6 +69,7 @@ fn api_key_interceptor(
 pub async fn router(
     gateway: Arc<Gateway>,
     max_message: usize,
+    limits: &TransportConfig,
 ) -> Result<(Health, tonic::transport::server::Router), tonic_reflection::server::Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health(reporter);
@@ -78,7 +80,8 @@ pub async fn router(
         .build_v1()?;
     let service = RouterServer::new(RouterService::new(gateway.clone()))
         .max_decoding_message_size(max_message);
-    let router = Server::builder()
+    let router = limited(limits)
+        .timeout(ms(limits.grpc_default_timeout_ms))
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
@@ -89,14 +92,27 @@ pub async fn router(
     Ok((health, router))
 }
 
-/// The Admin service behind the admin token. `max_message` bounds a decoded request.
+/// A server builder with `[transport]`'s per-connection limits: concurrent streams, keepalive
+/// pings, and a maximum connection age so that clients rebalance across replicas.
+fn limited(t: &TransportConfig) -> Server {
+    Server::builder()
+        .max_concurrent_streams(t.grpc_max_concurrent_streams)
+        .http2_keepalive_interval(Some(ms(t.grpc_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(t.grpc_keepalive_timeout_ms)))
+        .max_connection_age(ms(t.grpc_max_connection_age_ms))
+        .max_connection_age_grace(ms(t.grpc_max_connection_age_grace_ms))
+}
+
+/// The Admin service behind the admin token, with no default deadline (a retrain runs for
+/// minutes). `max_message` bounds a decoded request.
 pub fn admin(
     service: AdminService,
     token: &str,
     max_message: usize,
+    limits: &TransportConfig,
 ) -> tonic::transport::server::Router {
     let svc = AdminServer::new(service).max_decoding_message_size(max_message);
-    Server::builder()
+    limited(limits)
         .trace_fn(|req| tracing::info_span!("admin", path = %req.uri().path()))
         .add_service(InterceptedService::new(
             svc,

@@ -4,19 +4,20 @@
 mod api;
 mod chat;
 pub mod error;
+mod listen;
 mod wire;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -43,14 +44,6 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Sets TCP_NODELAY on an accepted connection: small responses and SSE frames must not wait
-/// for delayed ACKs (Nagle).
-fn nodelay(s: &mut tokio::net::TcpStream) {
-    if let Err(e) = s.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-}
-
 /// Every `/v1` request: a span, the API-key check, and the request counter.
 async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Response {
     let path = req
@@ -72,7 +65,10 @@ async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Resp
                 if let Some(c) = caller {
                     req.extensions_mut().insert(c);
                 }
-                next.run(req).await
+                match read_body(&s, req).await {
+                    Ok(req) => next.run(req).await,
+                    Err(e) => e.into_response(),
+                }
             }
         };
         let status = resp.status();
@@ -117,6 +113,54 @@ fn json_body(req: &Request) -> Result<(), error::ApiError> {
     })
 }
 
+/// The request body, read in full within `transport.http_body_read_timeout_ms` and no larger
+/// than the body limit: a client trickling its body holds a connection for that long at most.
+async fn read_body(s: &HttpState, req: Request) -> Result<Request, error::ApiError> {
+    let cfg = &s.gateway.engine().config;
+    let deadline = Duration::from_millis(cfg.transport.http_body_read_timeout_ms);
+    let limit = body_limit(s);
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(body_read_error(&e, limit)),
+        Err(_) => {
+            let e = error::ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!(
+                    "body: not received in full within {} ms (transport.http_body_read_timeout_ms)",
+                    deadline.as_millis()
+                ),
+            );
+            return Err(e.code("request_timeout"));
+        }
+    };
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+fn body_read_error(e: &axum::Error, limit: usize) -> error::ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            let msg = format!("body: longer than the limit of {limit} bytes");
+            let e =
+                error::ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", msg);
+            return e.code("request_too_large");
+        }
+        source = err.source();
+    }
+    error::ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        format!("body: cannot be read: {e}"),
+    )
+}
+
+/// Largest accepted request body: the prompt limit with room for JSON and escapes.
+fn body_limit(s: &HttpState) -> usize {
+    s.gateway.engine().config.server.max_prompt_bytes * 2 + 64 * 1024
+}
+
 async fn not_found() -> Response {
     error::ApiError::new(
         StatusCode::NOT_FOUND,
@@ -127,9 +171,9 @@ async fn not_found() -> Response {
     .into_response()
 }
 
-/// The HTTP router.
-pub fn router(state: HttpState) -> axum::Router {
-    let limit = state.gateway.engine().config.server.max_prompt_bytes * 2 + 64 * 1024;
+/// The HTTP router; `/metrics` is on it unless it is served on an address of its own.
+pub fn router(state: HttpState, with_metrics: bool) -> axum::Router {
+    let limit = body_limit(&state);
     let v1 = axum::Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(api::models))
@@ -137,21 +181,30 @@ pub fn router(state: HttpState) -> axum::Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit));
+    let mut app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        app = app.route("/metrics", get(metrics));
+    }
+    app.merge(v1).with_state(state)
+}
+
+/// `/metrics` alone, for its own address (kept off the port clients reach).
+pub fn metrics_router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .merge(v1)
+        .fallback(not_found)
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains requests in flight.
+/// Serves `router` on `listener` under `[transport]`'s limits until `shutdown` resolves,
+/// then drains requests in flight.
 pub async fn serve(
     router: axum::Router,
     listener: TcpListener,
+    limits: crate::config::TransportConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener.tap_io(nodelay), router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(router, listener, &limits, shutdown).await
 }

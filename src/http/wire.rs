@@ -103,8 +103,30 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let param = if path == "." { "body".into() } else { path };
-        ApiError::invalid(param, e.into_inner())
+        ApiError::invalid(param, redact(&e.into_inner().to_string()))
     })
+}
+
+/// serde quotes the offending value (`invalid type: string "…", expected …`): for a message
+/// field that is the prompt, which must not reach the logs. The value's type is kept.
+pub fn redact(msg: &str) -> String {
+    const MARK: &str = "string \"";
+    let Some(start) = msg.find(MARK) else {
+        return msg.to_string();
+    };
+    let rest = &msg[start + MARK.len()..];
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => {
+                let tail = redact(&rest[i + 1..]);
+                return format!("{}a string{tail}", &msg[..start]);
+            }
+            _ => escaped = false,
+        }
+    }
+    format!("{}a string", &msg[..start])
 }
 
 /// What `model` asks for.
@@ -242,6 +264,7 @@ pub fn to_input(
                 allow: prefs.allow_backends,
                 deny: prefs.deny_backends,
                 expected_output_tokens: prefs.expected_output_tokens.unwrap_or(256),
+                max_output_tokens: None,
             },
             top_k: 0,
             policy,

@@ -24,6 +24,9 @@ pub struct Preferences {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub expected_output_tokens: u32,
+    /// The completion's `max_tokens`: a backend's context window must hold the prompt and
+    /// this many output tokens (cost is still estimated on `expected_output_tokens`).
+    pub max_output_tokens: Option<u32>,
 }
 
 /// A backend's health as ranking sees it (from the breakers and latency measurements).
@@ -190,7 +193,10 @@ fn violation(
     {
         return Some(format!("lacks capability {c}"));
     }
-    let needed = input.prompt_tokens as u64 + prefs.expected_output_tokens as u64;
+    let output = prefs
+        .expected_output_tokens
+        .max(prefs.max_output_tokens.unwrap_or(0));
+    let needed = input.prompt_tokens as u64 + output as u64;
     if needed > b.context_window as u64 {
         return Some(format!(
             "context window {} < {needed} tokens",

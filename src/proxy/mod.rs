@@ -3,6 +3,7 @@
 //! before the first token; after the first token an upstream failure ends the stream with an
 //! error naming the backend and what was delivered. Events go into a bounded channel; a failed
 //! send means the client left, and the upstream request is dropped at once.
+mod params;
 mod relay;
 
 use std::sync::Arc;
@@ -17,16 +18,7 @@ use crate::config::Backend;
 use crate::engine::{Engine, RouteError, RouteOutcome, RouteRequest};
 use crate::error::{Error, ErrorKind};
 
-/// Generation parameters forwarded upstream.
-#[derive(Debug, Clone, Default)]
-pub struct GenParams {
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub stop: Vec<String>,
-    pub seed: Option<i64>,
-    pub json: bool,
-}
+pub use params::{pinned_misfit, GenParams, MAX_STOP, MAX_STOP_BYTES};
 
 #[derive(Debug, Clone, Default)]
 pub struct CompleteInput {
@@ -309,7 +301,10 @@ impl Proxy {
         let timeout = Duration::from_millis(b.first_token_timeout_ms);
         tokio::time::timeout(timeout, async {
             let max_line = self.engine.config.server.max_sse_line_bytes;
-            match openai::open_stream(&self.upstreams.http, b, req, max_line).await {
+            let Some(http) = self.upstreams.client(&b.name) else {
+                return FirstOutcome::Failed(UpstreamError::Connect("not in the catalog".into()));
+            };
+            match openai::open_stream(http, b, req, max_line).await {
                 Ok(s) => first_token(Box::pin(s) as Upstream, t0).await,
                 Err(e) => FirstOutcome::Failed(e),
             }
@@ -410,7 +405,7 @@ impl Proxy {
         self.upstreams.finish(slot, false, None, retry_after);
         AttemptInfo {
             backend: name.to_string(),
-            error: e.to_string(),
+            error: e.public(),
             elapsed_us: t0.elapsed().as_micros() as u64,
         }
     }
@@ -425,9 +420,9 @@ impl Proxy {
             .inc();
         tracing::info!(backend = %name, error = %e, "upstream rejected the request");
         self.upstreams.finish(slot, true, None, None);
-        let (status, message) = match e {
-            UpstreamError::Http { status, body, .. } => (status, body),
-            other => (0, other.to_string()),
+        let (status, message) = match &e {
+            UpstreamError::Http { status, body, .. } => (*status, openai::upstream_message(body)),
+            other => (0, other.public()),
         };
         ProxyError::Rejected {
             backend: name.to_string(),

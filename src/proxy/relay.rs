@@ -93,7 +93,10 @@ impl Proxy {
                     tail.push(other);
                     None
                 }
-                Ok(Some(Err(e))) => Some(e.to_string()),
+                Ok(Some(Err(e))) => {
+                    tracing::info!(backend = %b.name, error = %e, "upstream failed mid-stream");
+                    Some(e.public())
+                }
             };
             if let Some(error) = failure {
                 self.upstreams.finish(slot, false, Some(at.ttft), None);

@@ -369,6 +369,7 @@ async fn a_short_admin_token_is_refused_at_start() {
         config: config(),
         admin_addr: Some(any),
         admin_token: Some("short\n".into()),
+        metrics_addr: None,
     })
     .await;
     let e = r.err().expect("a short token is refused").to_string();

@@ -43,6 +43,8 @@ pub struct TestServer {
     pub channel: tonic::transport::Channel,
     /// The Admin service (token `ADMIN_TOKEN`).
     pub admin: std::net::SocketAddr,
+    /// `/metrics`' own address, when started with one.
+    pub metrics: Option<std::net::SocketAddr>,
     pub engine: std::sync::Arc<switchboard::engine::Engine>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: Option<tokio::task::JoinHandle<Result<(), switchboard::server::ServeError>>>,
@@ -50,6 +52,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: switchboard::config::Config) -> Self {
+        Self::start_opts(config, false).await
+    }
+
+    /// `metrics_apart`: serve `/metrics` on an address of its own.
+    pub async fn start_opts(config: switchboard::config::Config, metrics_apart: bool) -> Self {
         use switchboard::server::{self as grpc, ServeConfig};
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let bound = grpc::bind(ServeConfig {
@@ -58,9 +65,11 @@ impl TestServer {
             config,
             admin_addr: Some(any),
             admin_token: Some(ADMIN_TOKEN.into()),
+            metrics_addr: metrics_apart.then_some(any),
         })
         .await
         .expect("server binds");
+        let metrics = bound.metrics_addr();
         let admin = bound.admin_addr().expect("admin service bound");
         let (grpc_addr, http) = (bound.grpc_addr().unwrap(), bound.http_addr().unwrap());
         let engine = bound.engine.clone();
@@ -85,6 +94,7 @@ impl TestServer {
             http,
             channel,
             admin,
+            metrics,
             engine,
             stop: Some(tx),
             handle: Some(handle),
@@ -203,6 +213,7 @@ pub fn mock_backend(name: &str, model: &str, base_url: &str, quality: f64) -> Ba
         first_token_timeout_ms: 2_000,
         idle_timeout_ms: 30_000,
         total_timeout_ms: 600_000,
+        connect_timeout_ms: 5_000,
     }
 }
 

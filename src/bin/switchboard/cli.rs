@@ -39,6 +39,10 @@ pub enum Command {
             default_value = "127.0.0.1:50052"
         )]
         admin_addr: SocketAddr,
+        /// Serve Prometheus `/metrics` on this address instead of the HTTP one (so scrapers
+        /// and clients need not share a port).
+        #[arg(long, env = "SWITCHBOARD_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
         /// Catalog and settings (TOML); the bundled config/switchboard.toml when absent.
         #[arg(long, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,

@@ -59,12 +59,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             grpc_addr,
             http_addr,
             admin_addr,
+            metrics_addr,
             config,
             validate_config,
             allow_unauthenticated,
             encoder,
         } => {
-            let addrs = (grpc_addr, http_addr, admin_addr);
+            let addrs = (grpc_addr, http_addr, admin_addr, metrics_addr);
             let mut cfg = Config::read(config.as_deref())?;
             cfg.encoder = encoder.apply(cfg.encoder);
             cfg.server.allow_unauthenticated |= allow_unauthenticated;
@@ -168,7 +169,12 @@ async fn eval(
 }
 
 async fn serve(
-    (grpc_addr, http_addr, admin_addr): (SocketAddr, SocketAddr, SocketAddr),
+    (grpc_addr, http_addr, admin_addr, metrics_addr): (
+        SocketAddr,
+        SocketAddr,
+        SocketAddr,
+        Option<SocketAddr>,
+    ),
     cfg: Config,
     validate: bool,
 ) -> anyhow::Result<()> {
@@ -189,6 +195,7 @@ async fn serve(
         config: cfg,
         admin_addr: Some(admin_addr),
         admin_token,
+        metrics_addr,
     })
     .await?;
     let admin = bound

@@ -33,6 +33,7 @@ impl LocalServer {
             config,
             admin_addr: token.map(|_| any),
             admin_token: token.map(str::to_string),
+            metrics_addr: None,
         })
         .await?;
         let admin = bound.admin_addr();

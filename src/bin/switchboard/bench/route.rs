@@ -103,6 +103,7 @@ fn rank_bench(cfg: &Config, p: &Prediction) -> Stats {
     let big = big_catalog(cfg, 50);
     let prefs = Preferences {
         expected_output_tokens: 256,
+        max_output_tokens: None,
         ..Default::default()
     };
     let meta = HashMap::new();
