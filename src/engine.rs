@@ -423,6 +423,19 @@ impl Engine {
         }
         m.queue_depth.set(self.embedder.queue_depth() as i64);
     }
+
+    /// Brings the values other components keep (queue depth, worker restarts, decision-log
+    /// drops) into the metrics, right before a scrape.
+    pub fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        m.queue_depth.set(self.embedder.queue_depth() as i64);
+        m.encoder_available.set(self.embedder.is_healthy() as i64);
+        Metrics::catch_up(&m.encoder_restarts, self.embedder.restarts());
+        if let Some(log) = &self.decisions {
+            let dropped = log.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            Metrics::catch_up(&m.decision_log_dropped, dropped);
+        }
+    }
 }
 
 /// The decision log's line for an outcome (the prompt is added by the log, if it keeps them).

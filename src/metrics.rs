@@ -24,6 +24,9 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub classifier_swaps: IntCounterVec,
     pub http_seconds: HistogramVec,
+    pub encoder_restarts: prometheus::IntCounter,
+    pub encoder_available: IntGauge,
+    pub decision_log_dropped: prometheus::IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> PromResult<T> {
@@ -94,6 +97,19 @@ const HTTP_HEAD: Doc = (
     "Time to the HTTP response head (first token when streaming)",
 );
 
+const RESTARTS: Doc = (
+    "encoder_worker_restarts_total",
+    "Encoder workers restarted after a panic",
+);
+const AVAILABLE: Doc = (
+    "encoder_available",
+    "1 while the encoder serves, 0 once a worker failed too often to be restarted",
+);
+const DROPPED: Doc = (
+    "decision_log_dropped_total",
+    "Decision-log records dropped because the writer fell behind or failed",
+);
+
 type PromResult<T> = Result<T, prometheus::Error>;
 
 /// Request stages run from microseconds (classify) to seconds (a proxied call).
@@ -131,8 +147,16 @@ impl Metrics {
             http_requests: counters(&r, HTTP, &["path", "status"])?,
             classifier_swaps: counters(&r, SWAPS, &["op", "result", "reason"])?,
             http_seconds: histograms(&r, HTTP_HEAD, HTTP_BUCKETS, &["path"])?,
+            encoder_restarts: counter(&r, RESTARTS)?,
+            encoder_available: reg(&r, IntGauge::new(AVAILABLE.0, AVAILABLE.1)?)?,
+            decision_log_dropped: counter(&r, DROPPED)?,
             registry: r,
         })
+    }
+
+    /// Raises a counter kept elsewhere (a component's own atomic) to `total`.
+    pub fn catch_up(c: &prometheus::IntCounter, total: u64) {
+        c.inc_by(total.saturating_sub(c.get()));
     }
 
     /// Text exposition format.

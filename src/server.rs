@@ -452,6 +452,17 @@ async fn warm_up(engine: Arc<Engine>, health: crate::grpc::Health, ready: Arc<At
             health.serving().await;
             tracing::info!("warm-up done; health is SERVING");
         }
-        Err(e) => tracing::error!(error = %e, "warm-up failed; health stays NOT_SERVING"),
+        Err(e) => {
+            tracing::error!(error = %e, "warm-up failed; health stays NOT_SERVING");
+            return;
+        }
     }
+    // An encoder whose worker could not be restarted serves nobody: say so to the balancer.
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    while engine.embedder.is_healthy() {
+        every.tick().await;
+    }
+    ready.store(false, Ordering::Release);
+    health.not_serving().await;
+    tracing::error!("the encoder is unavailable; health is NOT_SERVING");
 }

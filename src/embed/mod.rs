@@ -31,6 +31,12 @@ pub enum EmbedError {
     Overloaded { capacity: usize },
     #[error("encoder is shutting down")]
     Shutdown,
+    #[error("the encoder worker failed while embedding this text; retry")]
+    WorkerLost,
+    #[error("no embedding within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the encoder is unavailable: its worker kept failing and was not restarted")]
+    Unavailable,
     #[error("tokenizer failed: {0}")]
     Tokenize(String),
     #[error("encoder forward failed: {0}")]
@@ -45,7 +51,10 @@ impl From<EmbedError> for Error {
             EmbedError::EmptyInput => ErrorKind::InvalidArgument,
             EmbedError::InputTooLong { .. } => ErrorKind::TooLarge,
             EmbedError::Overloaded { .. } => ErrorKind::Overloaded,
-            EmbedError::Shutdown => ErrorKind::Unavailable,
+            EmbedError::Shutdown
+            | EmbedError::WorkerLost
+            | EmbedError::Unavailable
+            | EmbedError::Timeout(_) => ErrorKind::Unavailable,
             EmbedError::Tokenize(_) | EmbedError::Model(_) | EmbedError::Load(_) => {
                 ErrorKind::Internal
             }
@@ -54,6 +63,7 @@ impl From<EmbedError> for Error {
         match e {
             EmbedError::Overloaded { .. } => out.reason("overloaded"),
             EmbedError::Shutdown => out.reason("shutting_down"),
+            EmbedError::WorkerLost | EmbedError::Unavailable => out.reason("encoder_unavailable"),
             _ => out,
         }
     }
@@ -135,6 +145,10 @@ impl Drop for Inner {
 
 type Reply = oneshot::Receiver<Result<Embedded, EmbedError>>;
 
+/// Longest wait for one embedding; a CPU batch takes milliseconds, so this only trips on a
+/// worker that hangs.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Cheap-to-clone handle to the encoder service: the shared queue and workers, bound to one
 /// model. Each job carries its handle's model, so handles bound to different models (a live
 /// swap, a retrain on the live encoder) share the workers without mixing vectors.
@@ -164,13 +178,16 @@ impl Embedder {
                 max_items: cfg.max_batch_items.max(1),
                 max_tokens: cfg.max_batch_tokens.max(max_tokens),
             },
+            restarts: Default::default(),
+            broken: AtomicBool::new(false),
+            inject_panics: Default::default(),
         });
         let mut threads = Vec::new();
         for i in 0..cfg.workers.max(1) {
             let s = shared.clone();
             let t = std::thread::Builder::new()
-                .name(format!("encoder-{i}"))
-                .spawn(move || worker::run(s))
+                .name(format!("encoder-supervisor-{i}"))
+                .spawn(move || worker::supervise(s, i))
                 .map_err(|e| EmbedError::Load(format!("cannot spawn encoder thread: {e}")))?;
             threads.push(t);
         }
@@ -206,6 +223,22 @@ impl Embedder {
         self.inner.shared.lock().len()
     }
 
+    /// False once a worker failed too often to be restarted (readiness reports it).
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.shared.broken.load(Ordering::Acquire)
+    }
+
+    /// Worker restarts after panics so far.
+    pub fn restarts(&self) -> u64 {
+        self.inner.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: the next `n` batches panic inside the worker, as a bug in a forward would.
+    #[doc(hidden)]
+    pub fn inject_worker_panics(&self, n: usize) {
+        self.inner.shared.inject_panics.store(n, Ordering::Relaxed);
+    }
+
     /// The model this handle embeds with.
     pub fn model(&self) -> Arc<SentenceEncoder> {
         self.model.clone()
@@ -225,7 +258,7 @@ impl Embedder {
         let encoded = self.inner.tokenizer.encode(text)?;
         let original = encoded.original_tokens;
         let rx = self.submit_to(model, encoded.ids)?;
-        let mut e = rx.await.map_err(|_| EmbedError::Shutdown)??;
+        let mut e = self.wait(rx).await?;
         e.original_tokens = original;
         Ok(e)
     }
@@ -233,7 +266,7 @@ impl Embedder {
     /// Embeds already-tokenized ids (with special tokens, within the token budget).
     pub async fn embed_encoded(&self, ids: Vec<u32>) -> Result<Embedded, EmbedError> {
         let rx = self.submit(ids)?;
-        rx.await.map_err(|_| EmbedError::Shutdown)?
+        self.wait(rx).await
     }
 
     /// Embeds many texts, keeping at most half the queue's capacity in flight so a bulk job
@@ -248,10 +281,28 @@ impl Embedder {
                 pending.push(self.submit(enc.ids)?);
             }
             for rx in pending {
-                out.push(rx.await.map_err(|_| EmbedError::Shutdown)??);
+                out.push(self.wait(rx).await?);
             }
         }
         Ok(out)
+    }
+
+    /// A job's reply, bounded: a forward that hangs must not hang its callers.
+    async fn wait(&self, rx: Reply) -> Result<Embedded, EmbedError> {
+        match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.lost()),
+            Err(_) => Err(EmbedError::Timeout(REPLY_TIMEOUT)),
+        }
+    }
+
+    /// Why a reply never came: the worker died with the job, or the encoder is stopping.
+    fn lost(&self) -> EmbedError {
+        if self.inner.shared.shutdown.load(Ordering::Acquire) {
+            EmbedError::Shutdown
+        } else {
+            EmbedError::WorkerLost
+        }
     }
 
     fn submit(&self, ids: Vec<u32>) -> Result<Reply, EmbedError> {
@@ -271,12 +322,16 @@ impl Embedder {
             span: tracing::Span::current(),
             enqueued: Instant::now(),
         };
-        shared
-            .lock()
-            .push(job)
-            .map_err(|full| EmbedError::Overloaded {
+        {
+            let mut q = shared.lock();
+            // Checked under the lock the supervisor drains under: no job is left behind.
+            if shared.broken.load(Ordering::Acquire) {
+                return Err(EmbedError::Unavailable);
+            }
+            q.push(job).map_err(|full| EmbedError::Overloaded {
                 capacity: full.capacity,
             })?;
+        }
         shared.ready.notify_one();
         Ok(rx)
     }

@@ -69,6 +69,11 @@ impl<T: Pending> BatchQueue<T> {
         Ok(())
     }
 
+    /// Takes every entry out.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.items.drain(..).collect()
+    }
+
     /// Removes entries whose caller has gone; returns how many.
     pub fn drop_cancelled(&mut self) -> usize {
         let before = self.items.len();

@@ -1,8 +1,9 @@
 //! The encoder's owner threads. Each worker waits on the shared queue, takes a batch, runs the
 //! forward pass and answers every caller through its oneshot. Async code never blocks here.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::Span;
@@ -36,7 +37,18 @@ pub(crate) struct Shared {
     pub ready: Condvar,
     pub shutdown: AtomicBool,
     pub limits: BatchLimits,
+    /// Worker restarts after a panic, over the process's life.
+    pub restarts: AtomicU64,
+    /// Set once a worker panicked too often to be restarted: callers get `Unavailable`.
+    pub broken: AtomicBool,
+    /// Test-only fault hook: the next this-many batches panic in the worker.
+    pub inject_panics: AtomicUsize,
 }
+
+/// A worker that panics more than this often within `RESTART_WINDOW` is not restarted again:
+/// a fault that repeats is not transient, and readiness should say so.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 impl Shared {
     /// Locks the queue; a poisoned lock (a panicking worker) still holds valid state.
@@ -45,8 +57,54 @@ impl Shared {
     }
 }
 
+/// Keeps worker `i` running: spawns it, and when it dies of a panic (its batch's callers
+/// have already seen their replies dropped), spawns it again; after `MAX_RESTARTS` within
+/// `RESTART_WINDOW` marks the encoder broken and fails every queued job.
+pub(crate) fn supervise(shared: Arc<Shared>, i: usize) {
+    let mut recent: VecDeque<Instant> = VecDeque::new();
+    loop {
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("encoder-{i}"))
+            .spawn(move || run(s));
+        let died = match spawned {
+            Ok(h) => h.join().is_err(),
+            Err(e) => {
+                tracing::error!(error = %e, worker = i, "cannot spawn an encoder worker");
+                true
+            }
+        };
+        if !died || shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        recent.push_back(now);
+        while recent.front().is_some_and(|t| now - *t > RESTART_WINDOW) {
+            recent.pop_front();
+        }
+        if recent.len() > MAX_RESTARTS {
+            tracing::error!(
+                worker = i,
+                "encoder worker keeps failing; the encoder is now unavailable"
+            );
+            // Under the queue's lock, so no caller can queue a job after the drain.
+            let jobs: Vec<Job> = {
+                let mut q = shared.lock();
+                shared.broken.store(true, Ordering::Release);
+                q.drain()
+            };
+            for job in jobs {
+                let _ = job.reply.send(Err(EmbedError::Unavailable));
+            }
+            return;
+        }
+        shared.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(worker = i, "encoder worker panicked; restarting it");
+    }
+}
+
 /// The loop each worker thread runs until shutdown.
-pub(crate) fn run(shared: Arc<Shared>) {
+fn run(shared: Arc<Shared>) {
     loop {
         let batch = {
             let mut q = shared.lock();
@@ -59,6 +117,11 @@ pub(crate) fn run(shared: Arc<Shared>) {
             q.next_batch(shared.limits)
         };
         if !batch.is_empty() {
+            let inject = shared
+                .inject_panics
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            assert!(!inject, "injected encoder fault (test hook)");
             process(batch);
         }
     }

@@ -32,15 +32,17 @@ pub struct HttpState {
 
 async fn metrics(State(s): State<HttpState>) -> String {
     let e = s.gateway.engine();
-    e.metrics.queue_depth.set(e.embedder.queue_depth() as i64);
+    e.refresh_metrics();
     e.metrics.render()
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Acquire) {
+    if !s.gateway.engine().embedder.is_healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "encoder unavailable\n")
+    } else if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "warming up\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
