@@ -5,6 +5,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use std::ops::ControlFlow;
 
 use crate::classify::heads::{HeadOutputs, Heads, Outputs};
 
@@ -267,7 +268,8 @@ pub(crate) fn evaluate_with(
 }
 
 /// Trains the heads. `init` warm-starts them; `only` (a head name) trains that head alone and
-/// keeps the others at their `init` values. `progress` is called after every epoch.
+/// keeps the others at their `init` values. `progress` is called after every epoch; a
+/// `Break` stops training there (its caller has gone), keeping the best epoch so far.
 pub fn fit(
     train: &Dataset,
     dev_set: &Dataset,
@@ -275,7 +277,7 @@ pub fn fit(
     cfg: &FitConfig,
     init: Option<&[(String, Tensor)]>,
     only: Option<&str>,
-    progress: &mut dyn FnMut(&EpochLog),
+    progress: &mut dyn FnMut(&EpochLog) -> ControlFlow<()>,
 ) -> candle_core::Result<FitResult> {
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -314,11 +316,14 @@ pub fn fit(
             dev_loss,
             dev_intent_accuracy: acc,
         };
-        progress(&log);
+        let flow = progress(&log);
         history.push(log);
         if dev_loss < best {
             (best, best_epoch, best_weights) = (dev_loss, epoch, snapshot(&varmap)?);
         } else if epoch - best_epoch >= cfg.patience {
+            break;
+        }
+        if flow.is_break() {
             break;
         }
     }

@@ -182,8 +182,16 @@ fn feedback_accuracy(c: &Classifier, rows: &[(Row, Features)]) -> f64 {
 
 impl Retrainer {
     /// Runs a retrain, streaming progress into `tx`; the last message carries the result.
+    /// A caller that leaves cancels it: whatever step is running stops at its next await
+    /// (training at its next epoch), and nothing is written or promoted after that.
     pub async fn run(self: Arc<Self>, p: RetrainParams, tx: Tx) {
-        let result = run_retrain(&self, &p, &tx).await;
+        let result = tokio::select! {
+            r = run_retrain(&self, &p, &tx) => r,
+            () = tx.closed() => {
+                tracing::info!("retrain cancelled: the caller left");
+                return;
+            }
+        };
         let _ = match result {
             Ok(last) => tx.send(Ok(last)).await,
             Err(e) => tx.send(Err(e)).await,
@@ -327,7 +335,8 @@ async fn fit_streaming(
         Some(init),
         None,
         move |e| {
-            let _ = etx.blocking_send(Ok(Progress {
+            // A failed send means the caller has gone: stop training.
+            let sent = etx.blocking_send(Ok(Progress {
                 epoch: e.epoch as u32,
                 train_loss: e.train_loss,
                 dev_loss: e.dev_loss,
@@ -337,6 +346,10 @@ async fn fit_streaming(
                 )]),
                 ..Default::default()
             }));
+            match sent {
+                Ok(()) => std::ops::ControlFlow::Continue(()),
+                Err(_) => std::ops::ControlFlow::Break(()),
+            }
         },
     )
     .await?;

@@ -404,7 +404,7 @@ pub(crate) async fn fit_blocking(
     cfg: fit::FitConfig,
     init: Option<Vec<(String, candle_core::Tensor)>>,
     only: Option<&'static str>,
-    mut progress: impl FnMut(&fit::EpochLog) + Send + 'static,
+    mut progress: impl FnMut(&fit::EpochLog) -> std::ops::ControlFlow<()> + Send + 'static,
 ) -> Result<fit::FitResult, TrainError> {
     let result = tokio::task::spawn_blocking(move || {
         fit::fit(
@@ -423,7 +423,7 @@ pub(crate) async fn fit_blocking(
 }
 
 /// One epoch's losses and dev accuracy, as the training log shows them.
-fn log_epoch(e: &EpochLog) {
+fn log_epoch(e: &EpochLog) -> std::ops::ControlFlow<()> {
     tracing::info!(
         epoch = e.epoch,
         train_loss = format!("{:.4}", e.train_loss),
@@ -431,6 +431,7 @@ fn log_epoch(e: &EpochLog) {
         dev_intent_acc = format!("{:.4}", e.dev_intent_accuracy),
         "epoch"
     );
+    std::ops::ControlFlow::Continue(())
 }
 
 /// Runs the whole pipeline and writes the head folder to `cfg.out`.

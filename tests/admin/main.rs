@@ -354,10 +354,42 @@ async fn client_paths_stay_under_the_artifact_root_and_retrains_run_one_at_a_tim
         e.message()
     );
     while first.message().await.unwrap().is_some() {}
-    // Once it has ended, the next one may run.
-    let mut second = a.retrain(req).await.unwrap().into_inner();
-    while second.message().await.unwrap().is_some() {}
+    // Once it has ended, the next one may run; a caller that leaves cancels it, and nothing
+    // is written after that.
+    let heads = server.engine.config.admin.state_dir.join("heads");
+    let written = || std::fs::read_dir(&heads).map(|d| d.count()).unwrap_or(0);
+    let before = written();
+    assert!(before >= 1, "the finished retrain wrote its heads");
+    let mut second = a
+        .retrain(pb::RetrainRequest { seed: 8, ..req })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.message().await.unwrap().is_some());
+    drop(second);
+    wait_retrain_slot(&mut a).await;
+    assert_eq!(written(), before, "a cancelled retrain wrote heads");
     server.stop().await;
+}
+
+/// Waits (bounded) until a retrain may start, using one that fails at once inside the slot.
+async fn wait_retrain_slot(a: &mut Admin) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match a.retrain(pb::RetrainRequest::default()).await {
+            Ok(s) => {
+                let e = s.into_inner().message().await.unwrap_err();
+                assert!(e.message().contains("nothing to train on"), "{e:?}");
+                return;
+            }
+            Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retrain kept running after its caller left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
