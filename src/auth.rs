@@ -81,7 +81,13 @@ impl ApiKeys {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io(e, file.clone()))?;
-        let parsed: KeysFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        Self::parse(&text, &file)
+    }
+
+    /// Parses a keys file's text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let file = file.to_string();
+        let parsed: KeysFile = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             file: file.clone(),
             path: "keys".into(),
             message: e.message().to_string(),

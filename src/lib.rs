@@ -14,6 +14,8 @@ pub mod dataset;
 pub mod embed;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod grpc;
 pub mod http;

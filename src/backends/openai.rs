@@ -325,18 +325,30 @@ pub async fn open_stream(
             retry_after,
         });
     }
-    let body = bounded_lines(resp.bytes_stream(), max_line);
-    let events = body.eventsource().flat_map(|item| {
-        let decoded: Vec<Result<ChatEvent, UpstreamError>> = match item {
-            Ok(ev) => match decode(&ev.data) {
-                Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-            Err(e) => vec![Err(UpstreamError::Stream(e.to_string()))],
-        };
-        futures_util::stream::iter(decoded)
-    });
-    Ok(events)
+    Ok(sse_events(resp.bytes_stream(), max_line))
+}
+
+/// An upstream body as chat events: lines bounded by `max_line`, SSE framing, then `decode`.
+pub fn sse_events<S, B>(
+    body: S,
+    max_line: usize,
+) -> impl Stream<Item = Result<ChatEvent, UpstreamError>>
+where
+    S: Stream<Item = Result<B, reqwest::Error>>,
+    B: AsRef<[u8]>,
+{
+    bounded_lines(body, max_line)
+        .eventsource()
+        .flat_map(|item| {
+            let decoded: Vec<Result<ChatEvent, UpstreamError>> = match item {
+                Ok(ev) => match decode(&ev.data) {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                },
+                Err(e) => vec![Err(UpstreamError::Stream(e.to_string()))],
+            };
+            futures_util::stream::iter(decoded)
+        })
 }
 
 #[cfg(test)]

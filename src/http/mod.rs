@@ -5,7 +5,7 @@ mod api;
 mod chat;
 pub mod error;
 mod listen;
-mod wire;
+pub(crate) mod wire;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

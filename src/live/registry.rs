@@ -213,10 +213,8 @@ impl Registry {
                         self.cfg.max_inline_bytes
                     )));
                 }
-                let meta = inline_meta(&bytes)?;
-                check_encoder(&meta, &live_enc, "inline_heads")?;
-                let c = Classifier::from_parts(meta, &bytes, Path::new("<inline>"))
-                    .map_err(|e| SwapError::Invalid(format!("inline_heads: {e}")))?;
+                let c = inline_classifier(&bytes)?;
+                check_encoder(&c.meta, &live_enc, "inline_heads")?;
                 Ok((Arc::new(c), live_enc, "inline".into()))
             }
             Source::Path(dir) => {
@@ -429,6 +427,13 @@ fn check_encoder(
         )));
     }
     Ok(())
+}
+
+/// The classifier an inline artifact carries (its encoder is checked by the caller).
+pub fn inline_classifier(bytes: &[u8]) -> Result<Classifier, SwapError> {
+    let meta = inline_meta(bytes)?;
+    Classifier::from_parts(meta, bytes, Path::new("<inline>"))
+        .map_err(|e| SwapError::Invalid(format!("inline_heads: {e}")))
 }
 
 /// The classifier.json carried in an inline artifact's safetensors metadata.

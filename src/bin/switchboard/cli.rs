@@ -144,6 +144,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// Endurance: a `serve` child under mixed traffic with upstream faults and swaps; samples
+    /// its memory, descriptors, threads and p99 (needs the `mock` feature).
+    Soak {
+        /// Length of the run, in seconds.
+        #[arg(long, default_value_t = 1500.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 10.0)]
+        sample_secs: f64,
+        /// Write the RSS and p99 chart here (SVG).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// RouteDecision latency from concurrent clients with and without classifier swaps.
     Swap {
         #[arg(long, default_value_t = 32)]
@@ -391,7 +406,11 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
                 | BenchCommand::Proxy { encoder, .. }
                 | BenchCommand::Swap { encoder, .. },
         } => Some(encoder),
-        Command::HashKey { .. } | Command::Classifier { .. } => None,
+        Command::Bench {
+            what: BenchCommand::Soak { .. },
+        }
+        | Command::HashKey { .. }
+        | Command::Classifier { .. } => None,
     }
 }
 

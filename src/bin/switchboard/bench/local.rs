@@ -98,6 +98,24 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
         } => bench_swap(concurrency, secs, &encoder).await?,
         #[cfg(feature = "mock")]
         BenchCommand::Proxy { levels, encoder } => bench_proxy(&levels, &encoder).await?,
+        #[cfg(feature = "mock")]
+        BenchCommand::Soak {
+            secs,
+            concurrency,
+            sample_secs,
+            svg,
+        } => {
+            let report = super::soak::soak(secs, concurrency, sample_secs).await?;
+            println!("{report}");
+            if let Some(path) = svg {
+                std::fs::write(&path, report.svg())?;
+            }
+            anyhow::ensure!(report.passed(), "the soak run missed its targets");
+        }
+        #[cfg(not(feature = "mock"))]
+        BenchCommand::Soak { .. } => anyhow::bail!(
+            "bench soak needs the in-tree mock upstream: cargo run --release --features mock -- bench soak"
+        ),
         #[cfg(not(feature = "mock"))]
         BenchCommand::Proxy { .. } => anyhow::bail!(
             "bench proxy needs the in-tree mock upstream: cargo run --release --features mock -- bench proxy"

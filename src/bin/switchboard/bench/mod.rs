@@ -5,6 +5,12 @@ mod local;
 #[cfg(feature = "mock")]
 pub mod proxy;
 pub mod route;
+#[cfg(feature = "mock")]
+mod soak;
+#[cfg(feature = "mock")]
+mod soak_report;
+#[cfg(feature = "mock")]
+mod svg;
 pub mod swap;
 
 use std::fmt;
