@@ -151,8 +151,11 @@ pub fn typo_repair(data: &[u8]) {
     );
 }
 
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its `fuzz/fuzz_targets/*.rs` file and corpus folder carry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("openai_request", openai_request),
     ("sse", sse),
     ("config_toml", config_toml),

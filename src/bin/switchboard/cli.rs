@@ -155,6 +155,9 @@ pub enum BenchCommand {
         /// Seconds between samples.
         #[arg(long, default_value_t = 10.0)]
         sample_secs: f64,
+        /// Seconds between classifier swaps.
+        #[arg(long, default_value_t = 60.0)]
+        swap_secs: f64,
         /// Write the RSS and p99 chart here (SVG).
         #[arg(long)]
         svg: Option<PathBuf>,

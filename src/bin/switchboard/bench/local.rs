@@ -103,9 +103,10 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             secs,
             concurrency,
             sample_secs,
+            swap_secs,
             svg,
         } => {
-            let report = super::soak::soak(secs, concurrency, sample_secs).await?;
+            let report = super::soak::soak(secs, concurrency, sample_secs, swap_secs).await?;
             println!("{report}");
             if let Some(path) = svg {
                 std::fs::write(&path, report.svg())?;

@@ -374,7 +374,12 @@ async fn swapper(
 }
 
 /// Runs the soak for `secs` with `concurrency` clients, sampling every `sample_secs`.
-pub async fn soak(secs: f64, concurrency: usize, sample_secs: f64) -> anyhow::Result<SoakReport> {
+pub async fn soak(
+    secs: f64,
+    concurrency: usize,
+    sample_secs: f64,
+    swap_secs: f64,
+) -> anyhow::Result<SoakReport> {
     let mock = switchboard_mock::Mock::start().await?;
     let tmp = std::env::temp_dir().join(format!("switchboard-soak-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -406,7 +411,7 @@ pub async fn soak(secs: f64, concurrency: usize, sample_secs: f64) -> anyhow::Re
         server.admin.clone(),
         token,
         dirs,
-        Duration::from_secs(60),
+        Duration::from_secs_f64(swap_secs),
         until,
     ));
     let samples = sample(server.child.id(), &tally, start, until, sample_secs).await;
@@ -417,6 +422,7 @@ pub async fn soak(secs: f64, concurrency: usize, sample_secs: f64) -> anyhow::Re
     Ok(SoakReport {
         secs,
         concurrency,
+        swap_secs,
         samples,
         exact: tally.exact.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
