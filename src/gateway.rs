@@ -174,7 +174,16 @@ impl Gateway {
         let output = prefs
             .expected_output_tokens
             .max(prefs.max_output_tokens.unwrap_or(0));
-        let tokens = self.engine.conversation_tokens(&input.route);
+        // A token covers at least one byte (plus [CLS] and [SEP]): when the bytes fit, the
+        // tokens do, and the tokenizer stays off the pinned path.
+        let r = &input.route;
+        let bytes = r.prompt.len() + r.messages.iter().map(|(_, c)| c.len()).sum::<usize>();
+        let bound = u32::try_from(bytes + 2).unwrap_or(u32::MAX);
+        let tokens = if bound as u64 + output as u64 <= b.context_window as u64 {
+            bound
+        } else {
+            self.engine.conversation_tokens(r)
+        };
         match pinned_misfit(b, &prefs.required_capabilities, tokens, output) {
             Some((field, message)) => Err(ProxyError::InvalidArgument { field, message }),
             None => Ok(()),

@@ -13,7 +13,7 @@ const W: f64 = 720.0;
 const PANEL_H: f64 = 200.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 30.0;
+const TOP: f64 = 50.0;
 const GAP: f64 = 60.0;
 
 /// Stacked panels, one per series, sharing the x axis (`x_label`).
