@@ -297,7 +297,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (grpc_addr, http_addr) = (bound.grpc_addr()?, bound.http_addr()?);
     let engine = bound.engine.clone();
-    let max = engine.config.server.max_prompt_bytes * 2 + 64 * 1024;
+    let max = engine.config.server.max_request_bytes();
     let (health, router) =
         crate::grpc::router(bound.gateway.clone(), max, &engine.config.transport).await?;
     let ready = Arc::new(AtomicBool::new(false));

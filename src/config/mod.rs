@@ -83,6 +83,14 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Largest request either transport accepts: the prompt limit with room for JSON or
+    /// protobuf framing and escapes, so an oversized prompt gets our message naming the limit.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_prompt_bytes * 2 + 64 * 1024
+    }
+}
+
 /// The Admin service, the decision and feedback logs, and the swap gate (`[admin]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

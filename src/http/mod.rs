@@ -158,9 +158,8 @@ fn body_read_error(e: &axum::Error, limit: usize) -> error::ApiError {
     )
 }
 
-/// Largest accepted request body: the prompt limit with room for JSON and escapes.
 fn body_limit(s: &HttpState) -> usize {
-    s.gateway.engine().config.server.max_prompt_bytes * 2 + 64 * 1024
+    s.gateway.engine().config.server.max_request_bytes()
 }
 
 async fn not_found() -> Response {

@@ -396,11 +396,7 @@ impl Proxy {
             UpstreamError::Http { retry_after, .. } => *retry_after,
             _ => None,
         };
-        self.engine
-            .metrics
-            .proxy_attempts
-            .with_label_values(&[name, e.kind()])
-            .inc();
+        self.count_attempt(name, &e);
         tracing::info!(backend = %name, error = %e, "upstream failed before the first token");
         self.upstreams.finish(slot, false, None, retry_after);
         AttemptInfo {
@@ -413,11 +409,7 @@ impl Proxy {
     /// The upstream refused the request itself: the backend is healthy (it answered), and the
     /// caller gets its reason.
     fn rejected(&self, name: &str, slot: Slot, e: UpstreamError) -> ProxyError {
-        self.engine
-            .metrics
-            .proxy_attempts
-            .with_label_values(&[name, e.kind()])
-            .inc();
+        self.count_attempt(name, &e);
         tracing::info!(backend = %name, error = %e, "upstream rejected the request");
         self.upstreams.finish(slot, true, None, None);
         let (status, message) = match &e {
@@ -429,6 +421,11 @@ impl Proxy {
             status,
             message,
         }
+    }
+
+    fn count_attempt(&self, name: &str, e: &UpstreamError) {
+        let m = &self.engine.metrics.proxy_attempts;
+        m.with_label_values(&[name, e.kind()]).inc();
     }
 
     /// No backend was called: why each was skipped, or every breaker's state when none was tried.
