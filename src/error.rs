@@ -62,6 +62,9 @@ pub struct Error {
     /// A stable, machine-readable reason beside the kind (`no_backend_qualifies`,
     /// `shutting_down`); HTTP sends it as the OpenAI error `code`.
     pub reason: Option<&'static str>,
+    /// Seconds the caller should wait before retrying (HTTP `Retry-After`, gRPC
+    /// `retry-after` metadata), when the service knows.
+    pub retry_after_s: Option<u64>,
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             field: None,
             message: message.into(),
             reason: None,
+            retry_after_s: None,
         }
     }
 
@@ -82,11 +86,17 @@ impl Error {
             message: format!("{field}: {message}"),
             field: Some(field),
             reason: None,
+            retry_after_s: None,
         }
     }
 
     pub fn reason(mut self, reason: &'static str) -> Self {
         self.reason = Some(reason);
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
         self
     }
 }

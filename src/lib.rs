@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gateway;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod proxy;
+pub mod quota;
 pub mod records;
 pub mod server;
 pub mod train;

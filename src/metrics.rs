@@ -27,6 +27,12 @@ pub struct Metrics {
     pub encoder_restarts: prometheus::IntCounter,
     pub encoder_available: IntGauge,
     pub decision_log_dropped: prometheus::IntCounter,
+    pub store_errors: IntCounterVec,
+    pub store_up: IntGauge,
+    pub store_writes_dropped: prometheus::IntCounter,
+    pub quota_rejections: IntCounterVec,
+    pub spend_usd: prometheus::CounterVec,
+    pub usage_tokens: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> PromResult<T> {
@@ -110,6 +116,31 @@ const DROPPED: Doc = (
     "Decision-log records dropped because the writer fell behind or failed",
 );
 
+const STORE_ERRORS: Doc = (
+    "shared_store_errors_total",
+    "Shared-store operations that failed or timed out, by operation",
+);
+const STORE_UP: Doc = (
+    "shared_store_up",
+    "1 while the shared store answers (always 0 without one)",
+);
+const STORE_DROPPED: Doc = (
+    "shared_store_writes_dropped_total",
+    "Usage writes dropped because the shared store stayed unreachable past the pending bound",
+);
+const QUOTA: Doc = (
+    "quota_rejections_total",
+    "Requests refused by a quota or budget, by scope (key, tenant) and limit",
+);
+const SPEND: Doc = (
+    "spend_usd_total",
+    "Spend in USD of served completions by scope (key, tenant) and name",
+);
+const USAGE_TOKENS: Doc = (
+    "usage_tokens_total",
+    "Tokens of served completions by scope (key, tenant) and name",
+);
+
 type PromResult<T> = Result<T, prometheus::Error>;
 
 /// Request stages run from microseconds (classify) to seconds (a proxied call).
@@ -129,6 +160,7 @@ impl Metrics {
         let batch = HistogramOpts::new(BATCH.0, BATCH.1)
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
         let cost = prometheus::CounterVec::new(Opts::new(COST.0, COST.1), &["backend"])?;
+        let spend = prometheus::CounterVec::new(Opts::new(SPEND.0, SPEND.1), &["scope", "name"])?;
         Ok(Self {
             decisions: counters(&r, DECISIONS, &["intent", "domain", "backend", "variant"])?,
             stage_seconds: histograms(&r, STAGES, STAGE_BUCKETS, &["stage"])?,
@@ -150,6 +182,12 @@ impl Metrics {
             encoder_restarts: counter(&r, RESTARTS)?,
             encoder_available: reg(&r, IntGauge::new(AVAILABLE.0, AVAILABLE.1)?)?,
             decision_log_dropped: counter(&r, DROPPED)?,
+            store_errors: counters(&r, STORE_ERRORS, &["op"])?,
+            store_up: reg(&r, IntGauge::new(STORE_UP.0, STORE_UP.1)?)?,
+            store_writes_dropped: counter(&r, STORE_DROPPED)?,
+            quota_rejections: counters(&r, QUOTA, &["scope", "limit"])?,
+            spend_usd: reg(&r, spend)?,
+            usage_tokens: counters(&r, USAGE_TOKENS, &["scope", "name"])?,
             registry: r,
         })
     }

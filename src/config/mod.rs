@@ -1,6 +1,7 @@
 //! The TOML configuration: server settings, encoder, backend catalog and routing policies.
 //! Parsed strictly (unknown keys are errors) and validated at load; every error names the
 //! TOML path of the offending key. Secrets are referenced by environment-variable name only.
+pub mod fleet;
 mod numbers;
 pub mod transport;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::embed::EncoderConfig;
+pub use fleet::FleetConfig;
 pub use transport::TransportConfig;
 
 /// The bundled example catalog, used when no config file is given.
@@ -287,6 +289,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub transport: TransportConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     pub backends: Vec<Backend>,
     pub policies: BTreeMap<String, Policy>,
     /// Name of the policy used when a request names none.

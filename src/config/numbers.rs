@@ -149,6 +149,7 @@ pub(super) fn check(c: &Config) -> Result<(), Bad> {
     server(&c.server)?;
     admin(&c.admin)?;
     transport(&c.transport)?;
+    c.fleet.check()?;
     for (i, b) in c.backends.iter().enumerate() {
         let p = |k: &str| format!("backends[{i}].{k}");
         positive(

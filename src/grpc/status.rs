@@ -29,7 +29,11 @@ pub trait IntoStatus {
 impl<E: Into<Error>> IntoStatus for E {
     fn status(self) -> Status {
         let e: Error = self.into();
-        Status::new(code(e.kind), e.message)
+        let mut s = Status::new(code(e.kind), e.message);
+        if let Some(secs) = e.retry_after_s {
+            s.metadata_mut().insert("retry-after", secs.into());
+        }
+        s
     }
 }
 
