@@ -10,7 +10,8 @@ use crate::auth::{apply_caller, ApiKeys, Caller};
 use crate::backends::Upstreams;
 use crate::engine::{new_id, Engine, RouteOutcome, RouteRequest};
 use crate::error::{Error, ErrorKind};
-use crate::proxy::{pinned_misfit, CompleteInput, Plan, Proxy, ProxyError, ProxyEvent};
+use crate::proxy::{pinned_misfit, CompleteInput, Plan, Proxy, ProxyError, ProxyEvent, Served};
+use crate::quota::{Ask, Limits, Quotas, Reservation, Used};
 
 /// The events of one completion, in order; an `Err` is the last item.
 pub type CompletionRx = mpsc::Receiver<Result<ProxyEvent, Error>>;
@@ -33,12 +34,18 @@ pub struct Gateway {
     upstreams: Arc<Upstreams>,
     proxy: Proxy,
     keys: Option<Arc<ApiKeys>>,
+    quotas: Arc<Quotas>,
     /// Set when the server's shutdown grace has passed: open streams end with an error.
     closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
-    pub fn new(engine: Arc<Engine>, upstreams: Arc<Upstreams>, keys: Option<Arc<ApiKeys>>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        upstreams: Arc<Upstreams>,
+        keys: Option<Arc<ApiKeys>>,
+        quotas: Arc<Quotas>,
+    ) -> Self {
         let max_attempts = engine.config.server.max_attempts;
         let (closing, closed) = tokio::sync::watch::channel(false);
         let proxy = Proxy::new(engine.clone(), upstreams.clone(), max_attempts, closed);
@@ -47,8 +54,14 @@ impl Gateway {
             upstreams,
             proxy,
             keys,
+            quotas,
             closing,
         }
+    }
+
+    /// The quota and usage ledger (usage reports).
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
     }
 
     /// Ends every completion still streaming with an error saying the server is shutting down
@@ -80,6 +93,9 @@ impl Gateway {
         caller: Option<&Caller>,
     ) -> Result<RouteOutcome, Error> {
         apply_caller(&mut req, None, caller).map_err(|e| self.fail(e))?;
+        if let Some(c) = caller {
+            self.count_request(c).await?;
+        }
         let up = &self.upstreams;
         self.engine
             .route(&req, &|n: &str| up.health(n))
@@ -99,16 +115,102 @@ impl Gateway {
         self.check_params(&mut input).map_err(|e| self.fail(e))?;
         let (tx, rx) = mpsc::channel(COMPLETION_BUFFER);
         let this = self.clone();
+        let caller = caller.cloned();
         tokio::spawn(
             async move {
-                match this.plan(&input).await {
-                    Ok(plan) => this.proxy.run(&input, plan, &tx).await,
+                let planned = this.plan(&input).await.map_err(Error::from);
+                let reserved = match planned {
+                    Ok(plan) => this
+                        .reserve(&mut input, &plan, caller.as_ref())
+                        .await
+                        .map(|r| (plan, r)),
+                    Err(e) => Err(e),
+                };
+                match reserved {
+                    Ok((plan, r)) => {
+                        let served = this.proxy.run(&input, plan, &tx).await;
+                        this.settle(r, served);
+                    }
                     Err(e) => this.proxy.refuse(this.fail(e), &tx).await,
                 }
             }
             .in_current_span(),
         );
         Ok(rx)
+    }
+
+    /// A routing decision counts against the caller's requests-per-minute limits only.
+    async fn count_request(&self, c: &Caller) -> Result<(), Error> {
+        let mut subjects = c.subjects();
+        for s in &mut subjects {
+            s.limits = Limits {
+                requests_per_minute: s.limits.requests_per_minute,
+                ..Limits::default()
+            };
+        }
+        if subjects.iter().all(|s| s.limits.is_empty()) {
+            return Ok(());
+        }
+        let ask = Ask {
+            id: new_id(),
+            ..Ask::default()
+        };
+        self.quotas
+            .reserve(&subjects, &ask)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Reserves the completion's estimated tokens and cost against the caller's limits. The
+    /// estimate is an upper bound over every candidate: the prompt's tokens, plus `max_tokens`
+    /// (imposed as `server.budget_max_tokens` under a spend budget when the request set none),
+    /// at the dearest candidate's prices.
+    async fn reserve(
+        &self,
+        input: &mut CompleteInput,
+        plan: &Plan,
+        caller: Option<&Caller>,
+    ) -> Result<Reservation, Error> {
+        let mut ask = Ask {
+            id: plan.decision_id.clone(),
+            ..Ask::default()
+        };
+        let subjects = caller.map(Caller::subjects).unwrap_or_default();
+        if let Some(c) = caller.filter(|c| c.meters_usage()) {
+            let cfg = &self.engine.config;
+            if c.has_budget() && input.params.max_tokens.is_none() {
+                input.params.max_tokens = Some(cfg.server.budget_max_tokens);
+            }
+            let prompt = self.engine.conversation_tokens(&input.route);
+            let output = input
+                .params
+                .max_tokens
+                .unwrap_or(input.route.prefs.expected_output_tokens);
+            ask.tokens = u64::from(prompt) + u64::from(output);
+            ask.usd = plan
+                .candidates
+                .iter()
+                .filter_map(|n| cfg.backends.iter().find(|b| b.name == *n))
+                .map(|b| crate::policy::cost_usd(b, prompt, output))
+                .fold(0.0, f64::max);
+        }
+        Ok(self.quotas.reserve(&subjects, &ask).await?)
+    }
+
+    /// Charges what was served (or gives the reservation back when nothing was).
+    fn settle(&self, r: Reservation, served: Option<Served>) {
+        match served {
+            Some(s) => self.quotas.settle(
+                r,
+                &Used {
+                    backend: s.backend,
+                    tokens: s.tokens,
+                    usd: s.cost_usd,
+                },
+            ),
+            None => self.quotas.release(r),
+        }
     }
 
     /// Who a completion tries, in order. Health is left to the proxy's own slot check, so

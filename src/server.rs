@@ -17,12 +17,14 @@ use crate::classify::{Classifier, ClassifyError};
 use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedError, Embedder};
 use crate::engine::{Engine, EngineParts};
+use crate::fleet::{Store, StoreError};
 use crate::gateway::Gateway;
 use crate::grpc::admin::AdminService;
 use crate::live::gate::GateError;
 use crate::live::registry::{Registry, RegistryDeps};
 use crate::live::{Live, LiveModel};
 use crate::metrics::Metrics;
+use crate::quota::Quotas;
 use crate::records::{DecisionLog, DecisionLogConfig, FeedbackLog};
 use crate::train::retrain::Retrainer;
 
@@ -67,6 +69,8 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("fleet: {0}")]
+    Store(#[from] StoreError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("HTTP client for the backends: {0}")]
@@ -141,6 +145,7 @@ struct AdminParts {
 
 fn admin_parts(
     engine: &Arc<Engine>,
+    quotas: Arc<Quotas>,
     listener: TcpListener,
     token: String,
 ) -> Result<AdminParts, ServeError> {
@@ -173,6 +178,7 @@ fn admin_parts(
         retrainer,
         artifact_root: engine.config.admin.artifact_root.clone(),
         retraining: Default::default(),
+        quotas,
     };
     Ok(AdminParts {
         listener,
@@ -263,10 +269,21 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         Some(p) => Some(Arc::new(ApiKeys::load(p)?)),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(engine.clone(), upstreams, keys));
+    let store = Store::start(&engine.config.fleet, engine.metrics.clone())?;
+    let quotas = Arc::new(Quotas::new(
+        store,
+        &engine.config.fleet,
+        engine.metrics.clone(),
+    ));
+    let gateway = Arc::new(Gateway::new(
+        engine.clone(),
+        upstreams,
+        keys,
+        quotas.clone(),
+    ));
     let admin = match (cfg.admin_addr, cfg.admin_token) {
         (Some(addr), Some(token)) if !token.trim().is_empty() => {
-            Some(admin_parts(&engine, listen(addr).await?, token)?)
+            Some(admin_parts(&engine, quotas, listen(addr).await?, token)?)
         }
         (Some(addr), _) => {
             tracing::warn!(%addr, env = %engine.config.admin.token_env, "Admin service not served: no admin token is set");

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// After SIGTERM, how long requests in flight get to finish before open streams are ended
     /// (keep it below the orchestrator's kill grace, e.g. Kubernetes' 30 s default).
     pub shutdown_grace_ms: u64,
+    /// A completion under a spend budget that sets no `max_tokens` is sent with this one,
+    /// so its reserved cost is an upper bound and a budget cannot be overshot.
+    pub budget_max_tokens: u32,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             max_completion_bytes: 8 << 20,
             shutdown_grace_ms: 25_000,
             allow_unauthenticated: false,
+            budget_max_tokens: 4_096,
         }
     }
 }

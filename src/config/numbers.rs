@@ -53,6 +53,11 @@ fn server(s: &ServerConfig) -> Result<(), Bad> {
     let max_text = s.max_completion_bytes as u64;
     positive("server.max_completion_bytes".into(), max_text, MAX_BYTES)?;
     positive(
+        "server.budget_max_tokens".into(),
+        s.budget_max_tokens.into(),
+        1 << 24,
+    )?;
+    positive(
         "server.shutdown_grace_ms".into(),
         s.shutdown_grace_ms,
         3_600_000,

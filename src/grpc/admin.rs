@@ -15,6 +15,7 @@ use crate::live::registry::{Registry, Source, SwapOptions, SwapReport};
 use crate::live::LiveModel;
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::Admin;
+use crate::quota::Quotas;
 use crate::records::{now_ms, DecisionLog, FeedbackLog, FeedbackRecord};
 use crate::train::retrain::{RetrainParams, Retrainer};
 
@@ -72,6 +73,8 @@ pub struct AdminService {
     pub artifact_root: PathBuf,
     /// One retrain at a time: the running one's description while it runs.
     pub retraining: Arc<std::sync::Mutex<Option<String>>>,
+    /// The quota ledger, for usage reports.
+    pub quotas: Arc<Quotas>,
 }
 
 /// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
@@ -176,6 +179,32 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
+        let days = req.into_inner().days;
+        if days > 366 {
+            let m = format!("must be at most 366, found {days}");
+            return Err(Error::field(ErrorKind::InvalidArgument, "days", m).status());
+        }
+        let days = days.max(1);
+        let rows = self.quotas.usage(days).await.map_err(|e| e.status())?;
+        Ok(Response::new(pb::UsageReport {
+            days,
+            rows: rows
+                .into_iter()
+                .map(|r| pb::UsageRow {
+                    scope: r.scope.into(),
+                    name: r.name,
+                    requests: r.requests,
+                    tokens: r.tokens,
+                    usd: r.usd,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_classifier(
         &self,
         _: Request<pb::GetClassifierRequest>,

@@ -141,10 +141,18 @@ fn describe(a: &[AttemptInfo]) -> String {
         .join("; ")
 }
 
+/// What a served completion used: its backend, tokens (prompt and completion) and cost.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub backend: String,
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
 /// How one completion ended.
 pub enum Ended {
-    /// `backend` answered and the client got everything, up to `Done`.
-    Served { backend: String },
+    /// A backend answered and the client got everything, up to `Done`.
+    Served(Served),
     /// No candidate produced a first token (or none could be called).
     FailedBeforeFirstToken(ProxyError),
     /// `backend` failed after part of its answer reached the client.
@@ -255,31 +263,33 @@ impl Proxy {
     }
 
     /// Runs one completion along `plan`, sending events to `tx` until done, failed, or the
-    /// client leaves.
-    pub async fn run(&self, input: &CompleteInput, plan: Plan, tx: &Tx) {
+    /// client leaves. Returns what was used when a backend served it.
+    pub async fn run(&self, input: &CompleteInput, plan: Plan, tx: &Tx) -> Option<Served> {
         let id = plan.decision_id.clone();
         let ended = self.serve(input, plan, tx).await;
         if let Some(log) = &self.engine.decisions {
             let (backend, ok) = match &ended {
-                Ended::Served { backend } => (backend.as_str(), true),
+                Ended::Served(s) => (s.backend.as_str(), true),
                 Ended::FailedMidStream { backend, .. } => (backend.as_str(), false),
                 Ended::FailedBeforeFirstToken(_) => ("", false),
                 Ended::ClientGone => ("", true),
             };
             log.served(&id, backend, ok);
         }
-        let (label, error) = match ended {
-            Ended::Served { .. } | Ended::ClientGone => ("ok", None),
-            Ended::FailedMidStream { error, .. } => ("mid_stream_failure", Some(error)),
+        let (label, error, served) = match ended {
+            Ended::Served(s) => ("ok", None, Some(s)),
+            Ended::ClientGone => ("ok", None, None),
+            Ended::FailedMidStream { error, .. } => ("mid_stream_failure", Some(error), None),
             Ended::FailedBeforeFirstToken(e @ ProxyError::Rejected { .. }) => {
-                ("upstream_rejected", Some(e))
+                ("upstream_rejected", Some(e), None)
             }
-            Ended::FailedBeforeFirstToken(e) => ("unavailable", Some(e)),
+            Ended::FailedBeforeFirstToken(e) => ("unavailable", Some(e), None),
         };
         self.count(label);
         if let Some(e) = error {
             let _ = tx.send(Err(e.into())).await;
         }
+        served
     }
 
     /// A completion refused before any upstream call (routing or validation failed).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 
-use super::{Attempt, DoneInfo, Ended, Proxy, ProxyError, ProxyEvent};
+use super::{Attempt, DoneInfo, Ended, Proxy, ProxyError, ProxyEvent, Served};
 use crate::backends::openai::{ChatEvent, UpstreamError};
 use crate::backends::Slot;
 use crate::config::Backend;
@@ -167,9 +167,11 @@ impl Proxy {
             attempts: at.attempts.clone(),
         };
         let _ = at.tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
-        Ended::Served {
+        Ended::Served(Served {
             backend: b.name.clone(),
-        }
+            tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
+            cost_usd,
+        })
     }
 
     /// Token counts with the encoder's tokenizer, for an upstream that reports no usage.

@@ -1,4 +1,5 @@
-//! `switchboard classifier …`: the operator's client for the Admin service. Part of the binary,
+//! `switchboard classifier …` and `switchboard usage`: the operator's client for the Admin
+//! service. Part of the binary,
 //! not the library: printing the answers is its job.
 use anyhow::Context;
 use switchboard::proto::v1 as pb;
@@ -19,12 +20,50 @@ fn print_swap(r: &pb::SwapClassifierResponse) {
     }
 }
 
-pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()> {
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
     let channel = Channel::from_shared(addr.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
         .with_context(|| format!("connecting to the Admin service at {addr}"))?;
-    let mut c = AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// `switchboard usage`: the usage report as a table (or JSON).
+pub async fn usage(addr: &str, token: &str, days: u32, json: bool) -> anyhow::Result<()> {
+    let mut c = connect(addr).await?;
+    let r = c
+        .get_usage(authed(pb::GetUsageRequest { days }, token)?)
+        .await?
+        .into_inner();
+    if json {
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .map(|x| {
+                serde_json::json!({"scope": x.scope, "name": x.name, "requests": x.requests,
+                    "tokens": x.tokens, "usd": x.usd})
+            })
+            .collect();
+        println!("{}", serde_json::json!({"days": r.days, "rows": rows}));
+        return Ok(());
+    }
+    println!("usage over the last {} UTC day(s)", r.days);
+    println!(
+        "{:<8} {:<28} {:>10} {:>12} {:>14}",
+        "scope", "name", "requests", "tokens", "usd"
+    );
+    for x in &r.rows {
+        println!(
+            "{:<8} {:<28} {:>10} {:>12} {:>14.6}",
+            x.scope, x.name, x.requests, x.tokens, x.usd
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(addr: &str, token: &str, op: ClassifierOp) -> anyhow::Result<()> {
+    let mut c = connect(addr).await?;
     match op {
         ClassifierOp::Status => {
             let req = authed(pb::GetClassifierRequest {}, token)?;

@@ -128,6 +128,24 @@ pub enum Command {
         #[command(subcommand)]
         op: ClassifierOp,
     },
+    /// Requests, tokens and spend per API key, tenant and backend, from the Admin service
+    /// (fleet-wide when the replicas share a store).
+    Usage {
+        #[arg(
+            long,
+            env = "SWITCHBOARD_ADMIN",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        admin: String,
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// UTC days to sum, ending today.
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -413,7 +431,8 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
             what: BenchCommand::Soak { .. },
         }
         | Command::HashKey { .. }
-        | Command::Classifier { .. } => None,
+        | Command::Classifier { .. }
+        | Command::Usage { .. } => None,
     }
 }
 

@@ -123,6 +123,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench { what } => bench::run(what).await,
         Command::Classifier { admin, token, op } => classifier::run(&admin, &token, op).await,
+        Command::Usage {
+            admin,
+            token,
+            days,
+            json,
+        } => classifier::usage(&admin, &token, days, json).await,
     }
 }
 
