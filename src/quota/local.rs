@@ -43,11 +43,12 @@ impl Local {
         let period = Period::at(sec);
         let usd = micros(ask.usd);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for s in &subjects {
+        let limited = || subjects.iter().filter(|s| !s.limits.is_empty());
+        for s in limited() {
             let c = st.counters.entry(s.id()).or_default();
             check(s, c, ask.tokens, usd, now_ms, &period)?;
         }
-        for s in &subjects {
+        for s in limited() {
             let c = st.counters.entry(s.id()).or_default();
             let l = &s.limits;
             if l.requests_per_minute.is_some() {

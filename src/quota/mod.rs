@@ -231,20 +231,17 @@ impl Quotas {
         Self { ledger, metrics }
     }
 
-    /// Checks every subject's limits and reserves `ask` against all of them, or none.
+    /// Checks every subject's limits and reserves `ask` against all of them, or none. The
+    /// reservation keeps every subject, limited or not, for the usage its settlement records.
     pub async fn reserve(
         &self,
         subjects: &[Subject],
         ask: &Ask,
     ) -> Result<Reservation, QuotaError> {
-        let limited: Vec<Subject> = subjects
-            .iter()
-            .filter(|s| !s.limits.is_empty())
-            .cloned()
-            .collect();
+        let subjects = subjects.to_vec();
         let r = match &self.ledger {
-            Ledger::Local(l) => l.reserve(limited, ask),
-            Ledger::Shared(s) => s.reserve(limited, ask).await,
+            Ledger::Local(l) => l.reserve(subjects, ask),
+            Ledger::Shared(s) => s.reserve(subjects, ask).await,
         };
         if let Err(
             QuotaError::Exceeded { scope, limit, .. } | QuotaError::TooLarge { scope, limit, .. },

@@ -192,15 +192,18 @@ impl Shared {
             sec: unix_ms() / 1_000,
             period,
         };
-        if r.subjects.is_empty() {
+        let limited: Vec<Subject> = r
+            .subjects
+            .iter()
+            .filter(|s| !s.limits.is_empty())
+            .cloned()
+            .collect();
+        if limited.is_empty() {
             return Ok(r);
         }
         let mut inv = RESERVE.prepare_invoke();
-        inv.arg(r.subjects.len())
-            .arg(&ask.id)
-            .arg(ask.tokens)
-            .arg(usd);
-        for s in &r.subjects {
+        inv.arg(limited.len()).arg(&ask.id).arg(ask.tokens).arg(usd);
+        for s in &limited {
             for k in self.keys(s, &period) {
                 inv.key(k);
             }
@@ -221,7 +224,7 @@ impl Shared {
                 r.sec = v.get(1).copied().unwrap_or(0).max(0) as u64;
                 Ok(r)
             }
-            Ok(v) => Err(refusal(&r.subjects, &v, ask.tokens, &period)),
+            Ok(v) => Err(refusal(&limited, &v, ask.tokens, &period)),
             Err(e) => self.outage(r, &e.to_string()),
         }
     }
