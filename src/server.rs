@@ -260,16 +260,17 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         cooldown: Duration::from_millis(s.breaker_cooldown_ms),
         ..Default::default()
     };
-    let upstreams = Arc::new(Upstreams::new(
+    let store = Store::start(&engine.config.fleet, engine.metrics.clone())?;
+    let upstreams = Upstreams::new(
         &engine.config,
         breaker,
         engine.metrics.clone(),
-    )?);
+        store.clone(),
+    )?;
     let keys = match &s.api_keys_file {
         Some(p) => Some(Arc::new(ApiKeys::load(p)?)),
         None => None,
     };
-    let store = Store::start(&engine.config.fleet, engine.metrics.clone())?;
     let quotas = Arc::new(Quotas::new(
         store,
         &engine.config.fleet,

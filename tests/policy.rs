@@ -42,6 +42,7 @@ fn config(backends: Vec<Backend>, pol: Policy) -> Config {
         encoder: Default::default(),
         admin: Default::default(),
         transport: Default::default(),
+        fleet: Default::default(),
         backends,
         policies,
         default_policy: "p".into(),

@@ -53,6 +53,9 @@ pub struct Breaker {
     recent: VecDeque<bool>,
     opened_at: Option<Instant>,
     probe_in_flight: bool,
+    /// In a fleet one replica probes: a half-open breaker admits its probe only with a lease
+    /// the fleet granted (`grant_probe`). `None` = single process, no lease needed.
+    lease: Option<bool>,
 }
 
 /// What `try_acquire` allows.
@@ -71,7 +74,56 @@ impl Breaker {
             recent: VecDeque::new(),
             opened_at: None,
             probe_in_flight: false,
+            lease: None,
         }
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        self.cfg.cooldown
+    }
+
+    /// A breaker whose half-open probe needs the fleet's lease.
+    pub fn fleet(cfg: BreakerConfig) -> Self {
+        Self {
+            lease: Some(false),
+            ..Self::new(cfg)
+        }
+    }
+
+    /// Whether it waits for a probe lease: half-open, no probe running, none granted.
+    pub fn wants_probe(&self, now: Instant) -> bool {
+        self.lease == Some(false) && !self.probe_in_flight && self.state(now) == State::HalfOpen
+    }
+
+    /// Lets this replica send the next probe.
+    pub fn grant_probe(&mut self) {
+        if self.lease.is_some() {
+            self.lease = Some(true);
+        }
+    }
+
+    /// Another replica opened it until `until`: open here as well (a later time wins).
+    /// Returns the state change, if any.
+    pub fn open_until(&mut self, until: Instant, now: Instant) -> Option<State> {
+        let opened = until.checked_sub(self.cfg.cooldown).unwrap_or(now);
+        let before = self.state(now);
+        if self.probe_in_flight || self.opened_at.is_some_and(|t| t >= opened) {
+            return None;
+        }
+        self.state = State::Open;
+        self.opened_at = Some(opened);
+        self.failures = 0;
+        (self.state(now) != before).then(|| self.state(now))
+    }
+
+    /// The fleet's record says closed (a probe elsewhere succeeded): close here too, unless
+    /// this replica's own probe is running. Returns the state change, if any.
+    pub fn fleet_closed(&mut self) -> Option<State> {
+        if self.state == State::Closed || self.probe_in_flight {
+            return None;
+        }
+        self.close();
+        Some(State::Closed)
     }
 
     /// The state as of `now` (an open breaker past its cooldown reads as half-open).
@@ -88,7 +140,11 @@ impl Breaker {
             State::Closed => (Some(Admit::Normal), None),
             State::Open => (None, None),
             State::HalfOpen if self.probe_in_flight => (None, None),
+            State::HalfOpen if self.lease == Some(false) => (None, None),
             State::HalfOpen => {
+                if self.lease.is_some() {
+                    self.lease = Some(false);
+                }
                 let changed = (self.state != State::HalfOpen).then_some(State::HalfOpen);
                 self.state = State::HalfOpen;
                 self.probe_in_flight = true;
@@ -175,6 +231,26 @@ mod tests {
         // Only one probe at a time.
         assert_eq!(b.try_acquire(later).0, None);
         assert_eq!(b.record(true, later), Some(State::Closed));
+        assert_eq!(b.try_acquire(later).0, Some(Admit::Normal));
+    }
+
+    #[test]
+    fn a_fleet_breaker_probes_only_with_a_lease_and_follows_the_fleet() {
+        let t0 = Instant::now();
+        let mut b = Breaker::fleet(cfg());
+        let until = t0 + Duration::from_secs(5);
+        assert_eq!(b.open_until(until, t0), Some(State::Open));
+        assert_eq!(b.try_acquire(t0).0, None);
+        let later = t0 + Duration::from_secs(6);
+        assert!(b.wants_probe(later));
+        assert_eq!(b.try_acquire(later).0, None, "no lease, no probe");
+        b.grant_probe();
+        assert_eq!(b.try_acquire(later).0, Some(Admit::Probe));
+        assert!(!b.wants_probe(later));
+        assert_eq!(b.record(false, later), Some(State::Open));
+        // An older record never rewinds a newer local opening.
+        assert_eq!(b.open_until(until, later), None);
+        assert_eq!(b.fleet_closed(), Some(State::Closed));
         assert_eq!(b.try_acquire(later).0, Some(Admit::Normal));
     }
 

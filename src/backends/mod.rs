@@ -2,15 +2,18 @@
 //! concurrency limit, Retry-After cooldown, moving averages of TTFT) that feeds both the
 //! proxy and `RouteDecision`'s health flag and latency estimate.
 pub mod breaker;
+mod fleet;
 pub mod openai;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::fleet::Store;
 use crate::metrics::Metrics;
 use crate::policy::Health;
 use breaker::{Admit, Breaker, BreakerConfig, State};
@@ -24,12 +27,18 @@ struct BackendState {
     cooldown_until: Mutex<Option<Instant>>,
     /// Its own pool, so its connect timeout is its own.
     http: reqwest::Client,
+    /// A state change not yet written to the fleet's record: the record must not undo it.
+    unpublished: AtomicBool,
+    /// How long a fleet probe lease lasts (the probe's own longest wait).
+    probe_ttl: Duration,
 }
 
 /// Breakers, concurrency slots and latency measurements of every catalog backend.
 pub struct Upstreams {
     states: HashMap<String, BackendState>,
     metrics: Arc<Metrics>,
+    /// In a fleet: breaker changes to write to the shared record.
+    events: Option<tokio::sync::mpsc::Sender<fleet::Event>>,
 }
 
 /// Why a backend was skipped without a call.
@@ -74,17 +83,22 @@ impl Drop for Slot {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .release_probe();
+                self.upstreams
+                    .publish(&self.backend, s, fleet::Change::ProbeDropped);
             }
         }
     }
 }
 
 impl Upstreams {
+    /// With a `store`, breakers are shared with the fleet (a task keeps them in step, every
+    /// `cfg.fleet.breaker_sync_ms`).
     pub fn new(
         cfg: &Config,
         breaker: BreakerConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, reqwest::Error> {
+        store: Option<Store>,
+    ) -> Result<Arc<Self>, reqwest::Error> {
         let mut states = HashMap::new();
         for b in &cfg.backends {
             let http = reqwest::Client::builder()
@@ -92,17 +106,54 @@ impl Upstreams {
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_millis(b.connect_timeout_ms))
                 .build()?;
+            let b_state = match store {
+                Some(_) => Breaker::fleet(breaker),
+                None => Breaker::new(breaker),
+            };
             let s = BackendState {
-                breaker: Mutex::new(Breaker::new(breaker)),
+                breaker: Mutex::new(b_state),
                 slots: Arc::new(Semaphore::new(b.max_concurrency.max(1) as usize)),
                 max_concurrency: b.max_concurrency.max(1),
                 ttft_ms: Mutex::new(None),
                 cooldown_until: Mutex::new(None),
                 http,
+                unpublished: AtomicBool::new(false),
+                probe_ttl: Duration::from_millis(b.first_token_timeout_ms.saturating_mul(2))
+                    .max(Duration::from_secs(5)),
             };
             states.insert(b.name.clone(), s);
         }
-        Ok(Self { states, metrics })
+        let (events, rx) = match store {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let this = Arc::new(Self {
+            states,
+            metrics,
+            events,
+        });
+        if let (Some(store), Some(rx)) = (store, rx) {
+            let every = Duration::from_millis(cfg.fleet.breaker_sync_ms);
+            tokio::spawn(fleet::sync(Arc::downgrade(&this), store, rx, every));
+        }
+        Ok(this)
+    }
+
+    /// Queues a breaker change for the fleet's record (no-op in a single process).
+    fn publish(&self, backend: &str, s: &BackendState, change: fleet::Change) {
+        let Some(tx) = &self.events else { return };
+        s.unpublished.store(true, Ordering::SeqCst);
+        let ev = fleet::Event {
+            backend: backend.to_string(),
+            change,
+        };
+        if tx.try_send(ev).is_err() {
+            // The sync task is behind; its next poll still brings the record here.
+            s.unpublished.store(false, Ordering::SeqCst);
+        }
     }
 
     /// The HTTP client for `name` (its own connect timeout and pool).
@@ -228,6 +279,14 @@ impl Upstreams {
                 .with_label_values(&[slot.backend.as_str(), st.as_str()])
                 .inc();
             tracing::info!(backend = %slot.backend, state = st.as_str(), "circuit breaker changed state");
+            let change = match st {
+                State::Open => Some(fleet::Change::Opened),
+                State::Closed => Some(fleet::Change::Closed),
+                State::HalfOpen => None,
+            };
+            if let Some(c) = change {
+                self.publish(&slot.backend, s, c);
+            }
         }
         if let Some(d) = retry_after {
             *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + d);

@@ -1,0 +1,173 @@
+//! A real `redis-server` on a free loopback port (persistence off) and replicas of the real
+//! `switchboard serve` binary sharing it.
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::proto::v1::admin_client::AdminClient;
+use switchboard::proto::v1::router_client::RouterClient;
+use tonic::transport::Channel;
+
+use crate::common;
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Redis {
+    /// Starts `redis-server`; a machine without it fails here, naming the setup script.
+    pub fn start(dir: &Path) -> Self {
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+            dir: dir.to_path_buf(),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run tests/setup.sh (installs Debian's redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer PING within 20 s",
+            self.port
+        );
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Kills the server (SIGKILL: nothing flushed, as in a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `switchboard serve` process.
+pub struct Replica {
+    pub name: String,
+    pub http: String,
+    pub admin: String,
+    child: Child,
+    pub router: RouterClient<Channel>,
+}
+
+impl Replica {
+    /// Starts replica `name` with `config` and waits until it is ready.
+    pub async fn start(name: &str, dir: &Path, config: &Path) -> Self {
+        let env = [
+            ("SWITCHBOARD_CONFIG", config.to_str().unwrap()),
+            ("SWITCHBOARD_ADMIN_TOKEN", common::ADMIN_TOKEN),
+        ];
+        let (child, addrs) = common::spawn_serve(dir, &env);
+        let grpc = addrs["grpc"].clone();
+        let channel = Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        common::wait_serving(channel.clone()).await;
+        Self {
+            name: name.into(),
+            http: addrs["http"].clone(),
+            admin: addrs["admin"].clone(),
+            child,
+            router: RouterClient::new(channel),
+        }
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.admin))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AdminClient::new(ch)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn ready(&self) -> bool {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/readyz", self.http))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status().is_success())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A metric's value summed over the samples whose line contains every `parts`.
+pub fn metric(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Adds `authorization: Bearer <key>`.
+pub fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}

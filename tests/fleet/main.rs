@@ -1,0 +1,333 @@
+//! Three real `switchboard serve` processes sharing a real `redis-server`, with the in-tree
+//! mock upstream: breakers opened on one replica are skipped by all and probed once by the
+//! fleet; a requests-per-minute limit and a spend budget hold across replicas; a store
+//! outage costs no routing request, and the usage written meanwhile arrives afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use switchboard::auth::hash_key;
+use switchboard::proto::v1::complete_event::Event;
+use switchboard::proto::v1::router_client::RouterClient;
+use switchboard::proto::v1::{CompleteRequest, GetUsageRequest, RouteDecisionRequest};
+use switchboard_mock::Mock;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use harness::{metric, with_key, Redis, Replica};
+
+const COOLDOWN_MS: u64 = 2_000;
+
+fn write_config(dir: &std::path::Path, i: usize, redis: &str, mock: &str) -> std::path::PathBuf {
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nsha256 = \"{}\"\ntenant = \"ops\"\nname = \"free\"\n\n\
+             [[keys]]\nsha256 = \"{}\"\ntenant = \"rl\"\nname = \"rpm60\"\nrequests_per_minute = 60\n\n\
+             [[keys]]\nsha256 = \"{}\"\ntenant = \"thrifty\"\nname = \"budget\"\n\n\
+             [tenants.thrifty]\nusd_per_day = 0.002\n",
+            hash_key("free-key"),
+            hash_key("rpm-key"),
+            hash_key("budget-key"),
+        ),
+    )
+    .unwrap();
+    let backend = |name: &str, q: f64| {
+        format!(
+            "[[backends]]\nname = \"{name}\"\nprovider = \"openai_compatible\"\nbase_url = \"{mock}\"\n\
+             model = \"mock\"\ninput_price_per_mtok = 1.0\noutput_price_per_mtok = 4.0\n\
+             context_window = 100000\nlatency_ms = 100\nquality = {{ default = {q} }}\n\n"
+        )
+    };
+    let state = dir.join(format!("state-{i}"));
+    let text = format!(
+        "default_policy = \"p\"\n\n[server]\napi_keys_file = \"{}\"\nbreaker_failures = 3\n\
+         breaker_cooldown_ms = {COOLDOWN_MS}\nbudget_max_tokens = 20\n\n[admin]\nstate_dir = \"{}\"\n\n\
+         [fleet]\nredis_url = \"{redis}\"\nreplica_id = \"r{i}\"\nbreaker_sync_ms = 100\n\n{}{}\
+         [policies.p]\ndefault_backend = \"good\"\n",
+        keys.display(),
+        state.display(),
+        backend("good", 0.8),
+        backend("down", 0.5),
+    );
+    let path = dir.join(format!("replica-{i}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn prompt(p: &str) -> RouteDecisionRequest {
+    RouteDecisionRequest {
+        prompt: p.into(),
+        ..Default::default()
+    }
+}
+
+/// A completion's served cost, or the status that ended it.
+async fn complete(
+    mut c: RouterClient<Channel>,
+    key: &str,
+    pinned: &str,
+) -> Result<f64, tonic::Status> {
+    let req = CompleteRequest {
+        route: Some(prompt("Say hello to the fleet.")),
+        pinned_backend: pinned.into(),
+        ..Default::default()
+    };
+    let mut s = c.complete(with_key(req, key)).await?.into_inner();
+    while let Some(ev) = s.message().await? {
+        if let Some(Event::Done(d)) = ev.event {
+            return Ok(d.cost_usd);
+        }
+    }
+    Err(tonic::Status::internal("stream ended without Done"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_breakers_quotas_and_ride_out_a_store_outage() {
+    let dir = common::scratch_dir("fleet");
+    let mut redis = Redis::start(&dir);
+    let mock = Mock::start().await.unwrap();
+    let mut replicas = Vec::new();
+    for i in 1..=3 {
+        let cfg = write_config(&dir, i, &redis.url(), &mock.base_url());
+        replicas.push(Replica::start(&format!("r{i}"), &dir, &cfg).await);
+    }
+    shared_breakers(&replicas, &mock).await;
+    exact_quotas(&replicas).await;
+    store_outage(&replicas, &mut redis).await;
+}
+
+/// A backend failing through replica 1 is skipped by replicas 2 and 3 within a second; after
+/// the cooldown the whole fleet sends one probe, and a good probe closes it everywhere.
+async fn shared_breakers(r: &[Replica], mock: &Mock) {
+    mock.counters.fail_all.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let e = complete(r[0].router.clone(), "free-key", "down")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    let opened = Instant::now();
+    let open_on = |m: &str| {
+        metric(
+            m,
+            "switchboard_breaker_transitions_total",
+            &["down", "\"open\""],
+        )
+    };
+    assert_eq!(open_on(&r[0].metrics().await), 1.0);
+    for x in &r[1..] {
+        loop {
+            if open_on(&x.metrics().await) >= 1.0 {
+                break;
+            }
+            assert!(
+                opened.elapsed() < Duration::from_secs(1),
+                "{} did not follow within 1 s",
+                x.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Skipped without a call.
+        let before = mock.counters.requests.load(Ordering::SeqCst);
+        let e = complete(x.router.clone(), "free-key", "down")
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("circuit open"), "{e:?}");
+        assert_eq!(mock.counters.requests.load(Ordering::SeqCst), before);
+    }
+    // Past the cooldown, traffic on every replica: the fleet sends exactly one probe (it
+    // fails, and reopens the breaker everywhere for another cooldown).
+    let before = mock.counters.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(COOLDOWN_MS).saturating_sub(opened.elapsed())).await;
+    let window = Instant::now() + Duration::from_millis(COOLDOWN_MS * 3 / 4);
+    while Instant::now() < window {
+        let calls: Vec<_> = r
+            .iter()
+            .map(|x| complete(x.router.clone(), "free-key", "down"))
+            .collect();
+        for res in futures_util::future::join_all(calls).await {
+            assert!(res.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(
+        mock.counters.requests.load(Ordering::SeqCst) - before,
+        1,
+        "one probe in the fleet"
+    );
+    // The upstream recovers: the next probe closes the breaker on every replica.
+    mock.counters.fail_all.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_millis(COOLDOWN_MS * 4);
+    'closed: loop {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not close the breaker"
+        );
+        let calls: Vec<_> = r
+            .iter()
+            .map(|x| complete(x.router.clone(), "free-key", "down"))
+            .collect();
+        let ok = futures_util::future::join_all(calls)
+            .await
+            .iter()
+            .filter(|x| x.is_ok())
+            .count();
+        if ok == r.len() {
+            break 'closed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 60 requests per minute through three replicas admit 60, not 180; a 0.002 USD budget
+/// under 50 concurrent completions is not overshot, and the recorded spend is the sum of
+/// the costs the clients were told.
+async fn exact_quotas(r: &[Replica]) {
+    let mut admitted = 0;
+    for i in 0..90 {
+        let mut c = r[i % 3].router.clone();
+        match c
+            .route_decision(with_key(prompt("What is 2 + 2?"), "rpm-key"))
+            .await
+        {
+            Ok(_) => admitted += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.metadata().get("retry-after").is_some());
+            }
+        }
+    }
+    assert_eq!(admitted, 60);
+
+    let tasks: Vec<_> = (0..50)
+        .map(|i| tokio::spawn(complete(r[i % 3].router.clone(), "budget-key", "")))
+        .collect();
+    let mut served = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(cost) => served.push(cost),
+            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}"),
+        }
+    }
+    let spent: f64 = served.iter().sum();
+    assert!(
+        !served.is_empty() && served.len() < 50,
+        "{} served",
+        served.len()
+    );
+    assert!(spent <= 0.002 + 1e-9, "spent {spent} over the 0.002 budget");
+    // Settlements are written after the answer: wait (bounded) until all have landed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut a = r[2].admin().await;
+        let rep = a
+            .get_usage(with_key(GetUsageRequest { days: 1 }, common::ADMIN_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        let t = rep
+            .rows
+            .iter()
+            .find(|x| x.scope == "tenant" && x.name == "thrifty");
+        if let Some(t) = t.filter(|t| t.requests == served.len() as u64) {
+            assert!(
+                (t.usd - spent).abs() <= 1e-6 * served.len() as f64,
+                "{} vs {spent}",
+                t.usd
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage never reached {} requests: {t:?}",
+            served.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store is killed for 10 s under traffic: routing never fails, readiness holds, a
+/// budgeted completion is refused (budgets fail closed) while an unbudgeted one is served,
+/// and the usage of what was served meanwhile reaches the store once it is back.
+async fn store_outage(r: &[Replica], redis: &mut Redis) {
+    redis.stop();
+    let until = Instant::now() + Duration::from_secs(10);
+    let (mut routed, mut served, mut i) = (0, 0u64, 0);
+    while Instant::now() < until {
+        let x = &r[i % 3];
+        i += 1;
+        let mut c = x.router.clone();
+        c.route_decision(with_key(prompt("Translate 'hello' to French."), "rpm-key"))
+            .await
+            .map(|_| routed += 1)
+            .or_else(|e| {
+                if e.code() == Code::ResourceExhausted {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .unwrap_or_else(|e| panic!("routing failed during the outage on {}: {e:?}", x.name));
+        assert!(x.ready().await, "{} stopped being ready", x.name);
+        if i % 10 == 0 {
+            complete(x.router.clone(), "free-key", "").await.unwrap();
+            served += 1;
+            let e = complete(x.router.clone(), "budget-key", "")
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert!(e.message().contains("budgets_on_outage"), "{e:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(routed > 0 && served > 0);
+    for x in r {
+        let m = x.metrics().await;
+        assert!(
+            metric(&m, "switchboard_shared_store_errors_total", &[]) > 0.0,
+            "{}",
+            x.name
+        );
+    }
+    redis.restart();
+    // Held writes are replayed: the store (empty after the restart) learns the usage.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut a = r[0].admin().await;
+        let rep = a
+            .get_usage(with_key(GetUsageRequest { days: 1 }, common::ADMIN_TOKEN))
+            .await;
+        let n = rep
+            .ok()
+            .and_then(|x| {
+                let rows = x.into_inner().rows;
+                rows.into_iter()
+                    .find(|x| x.scope == "key" && x.name == "free")
+            })
+            .map_or(0, |x| x.requests);
+        if n == served {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage after the outage: {n} of {served}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for x in r {
+        let m = x.metrics().await;
+        assert_eq!(
+            metric(&m, "switchboard_shared_store_up", &[]),
+            1.0,
+            "{}",
+            x.name
+        );
+    }
+}
