@@ -101,18 +101,20 @@ impl Store {
     }
 
     fn failed(&self, op: &'static str, e: StoreError) -> StoreError {
-        let m = &self.inner.metrics;
-        m.store_errors.with_label_values(&[op]).inc();
-        if !matches!(e, StoreError::Redis(_)) || self.is_up() {
-            tracing::debug!(op, error = %e, "shared store operation failed");
-        }
-        if matches!(e, StoreError::NotConnected | StoreError::Timeout(_)) {
+        self.inner
+            .metrics
+            .store_errors
+            .with_label_values(&[op])
+            .inc();
+        tracing::debug!(op, error = %e, "shared store operation failed");
+        // A refused, broken or silent connection is an outage; an error the store itself
+        // answered (a script error) is not.
+        let outage = match &e {
+            StoreError::NotConnected | StoreError::Timeout(_) => true,
+            StoreError::Redis(msg) => is_connection_error(msg),
+        };
+        if outage {
             self.set_up(false);
-        } else if let StoreError::Redis(msg) = &e {
-            // A refused or broken connection is an outage; a script error is not.
-            if is_connection_error(msg) {
-                self.set_up(false);
-            }
         }
         e
     }

@@ -23,8 +23,25 @@ fn free_port() -> u16 {
 }
 
 impl Redis {
-    /// Starts `redis-server`; a machine without it fails here, naming the setup script.
+    /// Starts `redis-server`, installing it first with tests/setup.sh where it is missing;
+    /// a machine where that fails, fails here.
     pub fn start(dir: &Path) -> Self {
+        let found = Command::new("sh")
+            .args(["-c", "command -v redis-server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup.sh");
+            let ok = Command::new("bash")
+                .arg(&setup)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "redis-server is missing and {} could not install it",
+                setup.display()
+            );
+        }
         let mut r = Self {
             port: free_port(),
             child: None,
@@ -48,7 +65,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server not found: run tests/setup.sh (installs Debian's redis-server)");
+            .expect("redis-server could not be started (tests/setup.sh installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
