@@ -190,6 +190,20 @@ pub enum BenchCommand {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// RouteDecision under a quota, with the in-memory ledger and with the shared store
+    /// (start `redis-server` first), side by side.
+    Fleet {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        encoder: EncoderArgs,
+    },
     /// RouteDecision through the real gRPC server on loopback.
     Route {
         #[arg(long, default_value_t = 100)]
@@ -424,6 +438,7 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
             what:
                 BenchCommand::Embed { encoder, .. }
                 | BenchCommand::Route { encoder, .. }
+                | BenchCommand::Fleet { encoder, .. }
                 | BenchCommand::Proxy { encoder, .. }
                 | BenchCommand::Swap { encoder, .. },
         } => Some(encoder),

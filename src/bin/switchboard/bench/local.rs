@@ -96,6 +96,27 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             secs,
             encoder,
         } => bench_swap(concurrency, secs, &encoder).await?,
+        BenchCommand::Fleet {
+            redis_url,
+            iterations,
+            concurrency,
+            config,
+            encoder,
+        } => {
+            let base = bench_config(config.as_deref(), &encoder)?;
+            let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let keys = super::fleet::keys_file(&dir)?;
+            let mut modes = Vec::new();
+            for (name, url) in [("in-memory", None), ("redis", Some(redis_url.as_str()))] {
+                let cfg = super::fleet::config(base.clone(), &keys, url);
+                let server = LocalServer::start(cfg).await?;
+                modes.push(super::fleet::measure(name, server.addr, iterations, concurrency).await?);
+                server.stop().await?;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", super::fleet::Report { concurrency, modes });
+        }
         #[cfg(feature = "mock")]
         BenchCommand::Proxy { levels, encoder } => bench_proxy(&levels, &encoder).await?,
         #[cfg(feature = "mock")]

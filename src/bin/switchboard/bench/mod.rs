@@ -1,6 +1,7 @@
 //! Benchmarks behind `switchboard bench`: each returns a report that `local::run` prints.
 //! Numbers in BENCHMARKS.md come from these, run on the release build.
 pub mod embed;
+mod fleet;
 mod local;
 #[cfg(feature = "mock")]
 pub mod proxy;
