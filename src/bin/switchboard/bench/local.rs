@@ -104,18 +104,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             encoder,
         } => {
             let base = bench_config(config.as_deref(), &encoder)?;
-            let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let keys = super::fleet::keys_file(&dir)?;
-            let mut modes = Vec::new();
-            for (name, url) in [("in-memory", None), ("redis", Some(redis_url.as_str()))] {
-                let cfg = super::fleet::config(base.clone(), &keys, url);
-                let server = LocalServer::start(cfg).await?;
-                modes.push(super::fleet::measure(name, server.addr, iterations, concurrency).await?);
-                server.stop().await?;
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            println!("{}", super::fleet::Report { concurrency, modes });
+            bench_fleet(base, &redis_url, iterations, concurrency).await?
         }
         #[cfg(feature = "mock")]
         BenchCommand::Proxy { levels, encoder } => bench_proxy(&levels, &encoder).await?,
@@ -143,6 +132,28 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             "bench proxy needs the in-tree mock upstream: cargo run --release --features mock -- bench proxy"
         ),
     }
+    Ok(())
+}
+
+/// The same server with the in-memory ledger, then with Redis at `redis_url`.
+async fn bench_fleet(
+    base: Config,
+    redis_url: &str,
+    iterations: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchboard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let keys = super::fleet::keys_file(&dir)?;
+    let mut modes = Vec::new();
+    for (name, url) in [("in-memory", None), ("redis", Some(redis_url))] {
+        let cfg = super::fleet::config(base.clone(), &keys, url);
+        let server = LocalServer::start(cfg).await?;
+        modes.push(super::fleet::measure(name, server.addr, iterations, concurrency).await?);
+        server.stop().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", super::fleet::Report { concurrency, modes });
     Ok(())
 }
 
