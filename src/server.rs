@@ -17,9 +17,11 @@ use crate::classify::{Classifier, ClassifyError};
 use crate::config::{Config, ConfigError};
 use crate::embed::{EmbedError, Embedder};
 use crate::engine::{Engine, EngineParts};
+use crate::fleet::artifacts::Artifacts;
 use crate::fleet::{Store, StoreError};
 use crate::gateway::Gateway;
 use crate::grpc::admin::AdminService;
+use crate::live::fleet::Rollout;
 use crate::live::gate::GateError;
 use crate::live::registry::{Registry, RegistryDeps};
 use crate::live::{Live, LiveModel};
@@ -143,20 +145,15 @@ struct AdminParts {
     service: AdminService,
 }
 
+type AdminDeps = (Arc<Quotas>, Arc<Registry>, Option<Arc<Rollout>>);
+
 fn admin_parts(
     engine: &Arc<Engine>,
-    quotas: Arc<Quotas>,
+    (quotas, registry, rollout): AdminDeps,
     listener: TcpListener,
     token: String,
 ) -> Result<AdminParts, ServeError> {
     let cfg = engine.config.admin.clone();
-    let deps = RegistryDeps {
-        live: engine.live.clone(),
-        config: engine.config.clone(),
-        tokenizer: engine.embedder.tokenizer().clone(),
-        metrics: engine.metrics.clone(),
-    };
-    let registry = Arc::new(Registry::new(deps, cfg.clone())?);
     let path = cfg.state_dir.join("feedback.jsonl");
     let feedback = FeedbackLog::open(&path).map_err(|source| ServeError::Records {
         what: "feedback log",
@@ -179,6 +176,7 @@ fn admin_parts(
         artifact_root: engine.config.admin.artifact_root.clone(),
         retraining: Default::default(),
         quotas,
+        rollout,
     };
     Ok(AdminParts {
         listener,
@@ -196,6 +194,7 @@ pub struct Bound {
     pub engine: Arc<Engine>,
     pub gateway: Arc<Gateway>,
     admin: Option<AdminParts>,
+    rollout: Option<Arc<Rollout>>,
 }
 
 impl Bound {
@@ -272,7 +271,7 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         None => None,
     };
     let quotas = Arc::new(Quotas::new(
-        store,
+        store.clone(),
         &engine.config.fleet,
         engine.metrics.clone(),
     ));
@@ -282,9 +281,26 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         keys,
         quotas.clone(),
     ));
+    let registry = registry(&engine)?;
+    let rollout = match (&store, &engine.config.fleet.artifact_url) {
+        (Some(store), Some(url)) => {
+            let cache = engine.config.admin.state_dir.join("fleet-artifacts");
+            let artifacts = Artifacts::open(url, cache)
+                .map_err(|e| ServeError::Store(StoreError::Redis(e.to_string())))?;
+            let poll = Duration::from_millis(engine.config.fleet.rollout_poll_ms);
+            Some(Rollout::new(
+                store.clone(),
+                artifacts,
+                registry.clone(),
+                poll,
+            ))
+        }
+        _ => None,
+    };
     let admin = match (cfg.admin_addr, cfg.admin_token) {
         (Some(addr), Some(token)) if !token.trim().is_empty() => {
-            Some(admin_parts(&engine, quotas, listen(addr).await?, token)?)
+            let deps = (quotas, registry, rollout.clone());
+            Some(admin_parts(&engine, deps, listen(addr).await?, token)?)
         }
         (Some(addr), _) => {
             tracing::warn!(%addr, env = %engine.config.admin.token_env, "Admin service not served: no admin token is set");
@@ -302,7 +318,19 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         engine,
         gateway,
         admin,
+        rollout,
     })
+}
+
+/// The classifier registry over the live model (swaps from the Admin service or the fleet).
+fn registry(engine: &Arc<Engine>) -> Result<Arc<Registry>, ServeError> {
+    let deps = RegistryDeps {
+        live: engine.live.clone(),
+        config: engine.config.clone(),
+        tokenizer: engine.embedder.tokenizer().clone(),
+        metrics: engine.metrics.clone(),
+    };
+    Ok(Arc::new(Registry::new(deps, engine.config.admin.clone())?))
 }
 
 /// Serves until `shutdown` resolves. Then readiness and health go NOT_SERVING at once, the
@@ -319,7 +347,17 @@ pub async fn run(
     let (health, router) =
         crate::grpc::router(bound.gateway.clone(), max, &engine.config.transport).await?;
     let ready = Arc::new(AtomicBool::new(false));
-    let warm = tokio::spawn(warm_up(engine.clone(), health.clone(), ready.clone()));
+    let synced = bound.rollout.as_ref().map(|r| r.synced());
+    let follower = bound.rollout.clone().map(|r| {
+        let wait = Duration::from_millis(engine.config.fleet.startup_sync_timeout_ms);
+        tokio::spawn(r.follow(wait))
+    });
+    let warm = tokio::spawn(warm_up(
+        engine.clone(),
+        health.clone(),
+        ready.clone(),
+        synced,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let not_ready = ready.clone();
     tokio::spawn(async move {
@@ -360,6 +398,9 @@ pub async fn run(
     let transports = Transports { grpc, http, admin };
     let result = transports.drain(stop_rx, &bound.gateway, &engine).await;
     warm.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Some(w) = watcher {
         w.abort();
     }
@@ -456,7 +497,17 @@ fn spawn_admin(a: AdminParts, engine: &Engine, stop: StopRx) -> AdminTasks {
     (Some(server), watcher)
 }
 
-async fn warm_up(engine: Arc<Engine>, health: crate::grpc::Health, ready: Arc<AtomicBool>) {
+/// Health turns SERVING once a warm-up batch went through the encoder and, in a fleet with
+/// a classifier rollout, once this replica runs the fleet's active generation.
+async fn warm_up(
+    engine: Arc<Engine>,
+    health: crate::grpc::Health,
+    ready: Arc<AtomicBool>,
+    synced: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    if let Some(mut s) = synced {
+        let _ = s.wait_for(|v| *v).await;
+    }
     let probe: Vec<String> = [
         "warm-up probe",
         "a second, somewhat longer warm-up probe sentence for the encoder",

@@ -34,6 +34,14 @@ pub struct FleetConfig {
     /// Spend budgets during an outage: closed by default, since money spent while nobody
     /// counts cannot be taken back.
     pub budgets_on_outage: OnOutage,
+    /// Where classifier artifacts go (`file:///shared/dir`, or a bucket URL where the build
+    /// supports it). With `redis_url`, swaps and rollbacks then reach every replica.
+    pub artifact_url: Option<String>,
+    /// How often a replica reads the active classifier generation (pub/sub also tells it).
+    pub rollout_poll_ms: u64,
+    /// A starting replica is not ready until it runs the active generation; if the store
+    /// cannot be reached for this long it starts with its own classifier, and says so.
+    pub startup_sync_timeout_ms: u64,
     /// Usage and settlement writes held while the store is unreachable, replayed when it
     /// returns; past this many the oldest are dropped (and counted).
     pub max_pending_writes: usize,
@@ -45,12 +53,15 @@ impl Default for FleetConfig {
             redis_url: None,
             key_prefix: "switchboard".into(),
             replica_id: None,
-            op_timeout_ms: 250,
+            op_timeout_ms: 1_000,
             connect_timeout_ms: 1_000,
             breaker_sync_ms: 200,
             rate_limits_on_outage: OnOutage::Open,
             budgets_on_outage: OnOutage::Closed,
             max_pending_writes: 100_000,
+            artifact_url: None,
+            rollout_poll_ms: 1_000,
+            startup_sync_timeout_ms: 30_000,
         }
     }
 }
@@ -65,6 +76,11 @@ impl FleetConfig {
                     p("redis_url"),
                     format!("must start with redis:// or redis+unix://, found {u:?}"),
                 ));
+            }
+        }
+        if let Some(u) = &self.artifact_url {
+            if url::Url::parse(u).is_err() {
+                return Err((p("artifact_url"), format!("not a URL: {u:?}")));
             }
         }
         let k = &self.key_prefix;
@@ -89,6 +105,11 @@ impl FleetConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the classifier is rolled out fleet-wide (a store and an artifact store).
+    pub fn rollout(&self) -> bool {
+        self.redis_url.is_some() && self.artifact_url.is_some()
     }
 
     /// Whether the state is shared (a store is configured).

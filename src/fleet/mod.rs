@@ -11,6 +11,8 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::FleetConfig;
+
+pub mod artifacts;
 use crate::metrics::Metrics;
 
 /// Why a store operation did not happen.
@@ -31,6 +33,7 @@ pub struct Store {
 }
 
 struct Inner {
+    client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     prefix: String,
     replica: String,
@@ -51,6 +54,7 @@ impl Store {
         })?;
         let store = Self {
             inner: Arc::new(Inner {
+                client: client.clone(),
                 conn: ArcSwapOption::empty(),
                 prefix: format!("{{{}}}", cfg.key_prefix),
                 replica: cfg.replica_id.clone().unwrap_or_else(default_replica_id),
@@ -67,6 +71,16 @@ impl Store {
     /// `{prefix}:part`: every key shares the hash tag.
     pub fn key(&self, part: &str) -> String {
         format!("{}:{part}", self.inner.prefix)
+    }
+
+    /// A dedicated pub/sub connection (not the shared one), under the connect deadline.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let t = self.inner.op_timeout * 4;
+        match tokio::time::timeout(t, self.inner.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(t.as_millis() as u64)),
+        }
     }
 
     /// This replica's name in the fleet.

@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::status::IntoStatus;
 use crate::error::{Error, ErrorKind};
+use crate::live::fleet::{ReplicaState, Rollout};
 use crate::live::registry::{Registry, Source, SwapOptions, SwapReport};
-use crate::live::LiveModel;
+use crate::live::{rfc3339, LiveModel};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::Admin;
 use crate::quota::Quotas;
@@ -75,6 +76,8 @@ pub struct AdminService {
     pub retraining: Arc<std::sync::Mutex<Option<String>>>,
     /// The quota ledger, for usage reports.
     pub quotas: Arc<Quotas>,
+    /// With a fleet rollout, swaps and rollbacks go to the whole fleet through it.
+    pub rollout: Option<Arc<Rollout>>,
 }
 
 /// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
@@ -106,6 +109,17 @@ fn to_pb(r: SwapReport) -> pb::SwapClassifierResponse {
         version: r.version,
         messages: r.messages,
         metrics: r.metrics.into_iter().collect(),
+    }
+}
+
+fn replica_pb(r: &ReplicaState) -> pb::ReplicaClassifier {
+    pb::ReplicaClassifier {
+        replica: r.replica.clone(),
+        generation: r.generation,
+        version: r.version.clone(),
+        since: rfc3339(r.since_ms),
+        seen: rfc3339(r.seen_ms),
+        error: r.error.clone(),
     }
 }
 
@@ -211,7 +225,20 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ClassifierInfo>, Status> {
         let (live, kept) = self.registry.versions();
         let meta = &live.classifier.meta;
+        let (generation, replicas) = match &self.rollout {
+            Some(r) => {
+                let g = r.active().await.map_err(|e| e.status())?;
+                let reps = r.replicas().await.map_err(|e| e.status())?;
+                (
+                    g.map_or(0, |p| p.generation),
+                    reps.iter().map(replica_pb).collect(),
+                )
+            }
+            None => (0, Vec::new()),
+        };
         Ok(Response::new(pb::ClassifierInfo {
+            generation,
+            replicas,
             live: Some(version_pb(&live)),
             intent_labels: meta.intent_labels.clone(),
             domain_labels: meta.domain_labels.clone(),
@@ -249,8 +276,12 @@ impl Admin for AdminService {
             expected_version: r.expected_version,
             dry_run: r.dry_run,
             force: r.force,
+            skip_gate: false,
         };
-        let result = self.registry.swap(src, opt).await;
+        let result = match &self.rollout {
+            Some(r) => r.swap(src, opt).await,
+            None => self.registry.swap(src, opt).await,
+        };
         self.registry.observe("swap", &result);
         result
             .map(|r| Response::new(to_pb(r)))
@@ -261,7 +292,11 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RollbackClassifierRequest>,
     ) -> Result<Response<pb::SwapClassifierResponse>, Status> {
-        let result = self.registry.rollback(&request.into_inner().version).await;
+        let version = request.into_inner().version;
+        let result = match &self.rollout {
+            Some(r) => r.rollback(&version).await,
+            None => self.registry.rollback(&version).await,
+        };
         self.registry.observe("rollback", &result);
         result
             .map(|r| Response::new(to_pb(r)))

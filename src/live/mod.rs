@@ -2,6 +2,7 @@
 //! version as one unit), the registry that validates and swaps candidates and keeps older
 //! versions for rollback, the evaluation gate, and the directory watch. Requests take one
 //! snapshot and use it for their whole life; this module never sees a request.
+pub mod fleet;
 pub mod gate;
 pub mod registry;
 pub mod watch;

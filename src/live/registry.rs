@@ -29,6 +29,9 @@ pub enum SwapError {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    /// The fleet's shared store or artifact store cannot be reached: nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl SwapError {
@@ -39,6 +42,7 @@ impl SwapError {
             Self::TooLarge(_) => "too_large",
             Self::NotFound(_) => "not_found",
             Self::Internal(_) => "internal",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -51,6 +55,7 @@ impl From<SwapError> for Error {
             SwapError::TooLarge(_) => ErrorKind::ResourceExhausted,
             SwapError::NotFound(_) => ErrorKind::NotFound,
             SwapError::Internal(_) => ErrorKind::Internal,
+            SwapError::Unavailable(_) => ErrorKind::Unavailable,
         };
         Error::new(kind, e.to_string())
     }
@@ -67,6 +72,9 @@ pub struct SwapOptions {
     pub expected_version: String,
     pub dry_run: bool,
     pub force: bool,
+    /// Skip the evaluation gate (not the other checks): a fleet's followers apply what the
+    /// committing replica already gated.
+    pub skip_gate: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -298,6 +306,14 @@ impl Registry {
         Ok(Arc::new(enc))
     }
 
+    /// The candidate's labels cover every intent and domain the catalog names.
+    fn check_labels(&self, c: &Classifier) -> Result<(), SwapError> {
+        self.deps
+            .config
+            .validate(&c.meta.intent_labels, &c.meta.domain_labels)
+            .map_err(|e| SwapError::Rejected(format!("labels do not cover the catalog: {e}")))
+    }
+
     /// Validates, gates and probes `candidate`; returns its gate metrics and messages.
     async fn validate(
         &self,
@@ -305,10 +321,7 @@ impl Registry {
         enc: &Arc<SentenceEncoder>,
         force: bool,
     ) -> Result<(BTreeMap<String, f64>, Vec<String>), SwapError> {
-        self.deps
-            .config
-            .validate(&c.meta.intent_labels, &c.meta.domain_labels)
-            .map_err(|e| SwapError::Rejected(format!("labels do not cover the catalog: {e}")))?;
+        self.check_labels(c)?;
         let live = self.live();
         let live_metrics = self.score(&live.classifier, &live.encoder).await?;
         let metrics = self.score(c, enc).await?;
@@ -344,7 +357,15 @@ impl Registry {
             )));
         }
         let (c, enc, source) = self.load(src).await?;
-        let (metrics, mut messages) = self.validate(&c, &enc, opt.force).await?;
+        let (metrics, mut messages) = if opt.skip_gate {
+            self.check_labels(&c)?;
+            (
+                BTreeMap::new(),
+                vec!["gate: run by the replica that committed it".into()],
+            )
+        } else {
+            self.validate(&c, &enc, opt.force).await?
+        };
         let version = c.version().to_string();
         if opt.dry_run {
             messages.push("dry run: validated, not swapped".into());

@@ -263,8 +263,17 @@ pub fn spawn_serve(
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // SWITCHBOARD_TEST_LOGS=DIR keeps each process's log there, for debugging a failure.
+    let mut keep = std::env::var_os("SWITCHBOARD_TEST_LOGS").map(|d| {
+        let p = std::path::Path::new(&d).join(format!("serve-{}.log", child.id()));
+        std::fs::File::create(p).unwrap()
+    });
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{line}");
+            }
             if !line.contains("switchboard bound") {
                 continue;
             }

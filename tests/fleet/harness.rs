@@ -97,6 +97,14 @@ impl Redis {
             let _ = c.wait();
         }
     }
+
+    /// A synchronous client for fault injection.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
 }
 
 impl Drop for Redis {
@@ -110,13 +118,21 @@ pub struct Replica {
     pub name: String,
     pub http: String,
     pub admin: String,
-    child: Child,
+    child: std::sync::Mutex<Child>,
+    channel: Channel,
     pub router: RouterClient<Channel>,
 }
 
 impl Replica {
     /// Starts replica `name` with `config` and waits until it is ready.
     pub async fn start(name: &str, dir: &Path, config: &Path) -> Self {
+        let r = Self::spawn(name, dir, config).await;
+        common::wait_serving(r.channel.clone()).await;
+        r
+    }
+
+    /// Starts replica `name` and returns once it listens (not yet ready).
+    pub async fn spawn(name: &str, dir: &Path, config: &Path) -> Self {
         let env = [
             ("SWITCHBOARD_CONFIG", config.to_str().unwrap()),
             ("SWITCHBOARD_ADMIN_TOKEN", common::ADMIN_TOKEN),
@@ -128,13 +144,13 @@ impl Replica {
             .connect()
             .await
             .unwrap();
-        common::wait_serving(channel.clone()).await;
         Self {
             name: name.into(),
             http: addrs["http"].clone(),
             admin: addrs["admin"].clone(),
-            child,
-            router: RouterClient::new(channel),
+            child: std::sync::Mutex::new(child),
+            router: RouterClient::new(channel.clone()),
+            channel,
         }
     }
 
@@ -166,10 +182,18 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// SIGKILL, as a crash.
+    pub fn kill(&self) {
+        let mut c = self.child.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

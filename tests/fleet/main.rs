@@ -1,12 +1,14 @@
 //! Three real `switchboard serve` processes sharing a real `redis-server`, with the in-tree
 //! mock upstream: breakers opened on one replica are skipped by all and probed once by the
 //! fleet; a requests-per-minute limit and a spend budget hold across replicas; a store
-//! outage costs no routing request, and the usage written meanwhile arrives afterwards.
+//! outage costs no routing request, and the usage written meanwhile arrives afterwards; the
+//! classifier rolls out to every replica, and back (rollout.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod rollout;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -48,11 +50,15 @@ fn write_config(dir: &std::path::Path, i: usize, redis: &str, mock: &str) -> std
     let state = dir.join(format!("state-{i}"));
     let text = format!(
         "default_policy = \"p\"\n\n[server]\napi_keys_file = \"{}\"\nbreaker_failures = 3\n\
-         breaker_cooldown_ms = {COOLDOWN_MS}\nbudget_max_tokens = 20\n\n[admin]\nstate_dir = \"{}\"\n\n\
-         [fleet]\nredis_url = \"{redis}\"\nreplica_id = \"r{i}\"\nbreaker_sync_ms = 100\n\n{}{}\
+         breaker_cooldown_ms = {COOLDOWN_MS}\nbudget_max_tokens = 20\n\n[admin]\nstate_dir = \"{}\"\n\
+         gate_set = \"{}\"\n\n\
+         [fleet]\nredis_url = \"{redis}\"\nreplica_id = \"r{i}\"\nbreaker_sync_ms = 100\n\
+         artifact_url = \"file://{}\"\n\n{}{}\
          [policies.p]\ndefault_backend = \"good\"\n",
         keys.display(),
         state.display(),
+        common::fixture("gate_small.jsonl").display(),
+        dir.join("artifacts").display(),
         backend("good", 0.8),
         backend("down", 0.5),
     );
@@ -93,14 +99,16 @@ async fn three_replicas_share_breakers_quotas_and_ride_out_a_store_outage() {
     let dir = common::scratch_dir("fleet");
     let mut redis = Redis::start(&dir);
     let mock = Mock::start().await.unwrap();
-    let mut replicas = Vec::new();
+    let (mut replicas, mut configs) = (Vec::new(), Vec::new());
     for i in 1..=3 {
         let cfg = write_config(&dir, i, &redis.url(), &mock.base_url());
         replicas.push(Replica::start(&format!("r{i}"), &dir, &cfg).await);
+        configs.push(cfg);
     }
     shared_breakers(&replicas, &mock).await;
     exact_quotas(&replicas).await;
     store_outage(&replicas, &mut redis).await;
+    rollout::rollout(&dir, &redis, &mut replicas, &configs).await;
 }
 
 /// A backend failing through replica 1 is skipped by replicas 2 and 3 within a second; after
