@@ -107,7 +107,7 @@ async fn three_replicas_share_breakers_quotas_and_ride_out_a_store_outage() {
     }
     shared_breakers(&replicas, &mock).await;
     exact_quotas(&replicas).await;
-    store_outage(&replicas, &mut redis).await;
+    store_outage(&dir, &replicas, &mut redis).await;
     rollout::rollout(&dir, &redis, &mut replicas, &configs).await;
 }
 
@@ -264,8 +264,25 @@ async fn exact_quotas(r: &[Replica]) {
 /// The store is killed for 10 s under traffic: routing never fails, readiness holds, a
 /// budgeted completion is refused (budgets fail closed) while an unbudgeted one is served,
 /// and the usage of what was served meanwhile reaches the store once it is back.
-async fn store_outage(r: &[Replica], redis: &mut Redis) {
+async fn store_outage(dir: &std::path::Path, r: &[Replica], redis: &mut Redis) {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/classifier");
+    switchboard::classify::artifact::variant(&shipped, &dir.join("cand-outage"), 1.05).unwrap();
     redis.stop();
+    // Admin writes need the store: refused with UNAVAILABLE, nothing half-done.
+    let mut a = r[0].admin().await;
+    let req = switchboard::proto::v1::SwapClassifierRequest {
+        source: Some(
+            switchboard::proto::v1::swap_classifier_request::Source::Path(
+                dir.join("cand-outage").display().to_string(),
+            ),
+        ),
+        ..Default::default()
+    };
+    let e = a
+        .swap_classifier(with_key(req, common::ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     let until = Instant::now() + Duration::from_secs(10);
     let (mut routed, mut served, mut i) = (0, 0u64, 0);
     while Instant::now() < until {
@@ -305,7 +322,12 @@ async fn store_outage(r: &[Replica], redis: &mut Redis) {
         );
     }
     redis.restart();
-    // Held writes are replayed: the store (empty after the restart) learns the usage.
+    resynchronised(r, served).await;
+}
+
+/// Held writes are replayed: the store (empty after its restart) learns the usage, and every
+/// replica sees the store again.
+async fn resynchronised(r: &[Replica], served: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut a = r[0].admin().await;
