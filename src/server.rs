@@ -27,6 +27,7 @@ use crate::live::registry::{Registry, RegistryDeps};
 use crate::live::{Live, LiveModel};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
+use crate::records::shared::SharedRecords;
 use crate::records::{DecisionLog, DecisionLogConfig, FeedbackLog};
 use crate::train::retrain::Retrainer;
 
@@ -145,11 +146,18 @@ struct AdminParts {
     service: AdminService,
 }
 
-type AdminDeps = (Arc<Quotas>, Arc<Registry>, Option<Arc<Rollout>>);
+/// What the Admin service shares with the rest: the quota ledger, the registry, and in a
+/// fleet the rollout and the shared records.
+struct AdminDeps {
+    quotas: Arc<Quotas>,
+    registry: Arc<Registry>,
+    rollout: Option<Arc<Rollout>>,
+    shared: Option<Arc<SharedRecords>>,
+}
 
 fn admin_parts(
     engine: &Arc<Engine>,
-    (quotas, registry, rollout): AdminDeps,
+    deps: AdminDeps,
     listener: TcpListener,
     token: String,
 ) -> Result<AdminParts, ServeError> {
@@ -161,12 +169,20 @@ fn admin_parts(
         source,
     })?;
     let feedback = Arc::new(feedback);
+    let AdminDeps {
+        quotas,
+        registry,
+        rollout,
+        shared,
+    } = deps;
     let retrainer = Arc::new(Retrainer {
         registry: registry.clone(),
         embedder: engine.embedder.clone(),
         feedback: feedback.clone(),
         decisions: engine.decisions.clone(),
         cfg,
+        shared: shared.clone(),
+        rollout: rollout.clone(),
     });
     let service = AdminService {
         registry: registry.clone(),
@@ -177,6 +193,7 @@ fn admin_parts(
         retraining: Default::default(),
         quotas,
         rollout,
+        shared,
     };
     Ok(AdminParts {
         listener,
@@ -282,24 +299,16 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         quotas.clone(),
     ));
     let registry = registry(&engine)?;
-    let rollout = match (&store, &engine.config.fleet.artifact_url) {
-        (Some(store), Some(url)) => {
-            let cache = engine.config.admin.state_dir.join("fleet-artifacts");
-            let artifacts = Artifacts::open(url, cache)
-                .map_err(|e| ServeError::Store(StoreError::Redis(e.to_string())))?;
-            let poll = Duration::from_millis(engine.config.fleet.rollout_poll_ms);
-            Some(Rollout::new(
-                store.clone(),
-                artifacts,
-                registry.clone(),
-                poll,
-            ))
-        }
-        _ => None,
-    };
+    let shared = shared_records(&engine, store.as_ref());
+    let rollout = rollout(&engine, store.as_ref(), &registry)?;
     let admin = match (cfg.admin_addr, cfg.admin_token) {
         (Some(addr), Some(token)) if !token.trim().is_empty() => {
-            let deps = (quotas, registry, rollout.clone());
+            let deps = AdminDeps {
+                quotas,
+                registry,
+                rollout: rollout.clone(),
+                shared,
+            };
             Some(admin_parts(&engine, deps, listen(addr).await?, token)?)
         }
         (Some(addr), _) => {
@@ -320,6 +329,41 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         admin,
         rollout,
     })
+}
+
+/// In a fleet with an artifact store, the classifier rollout.
+fn rollout(
+    engine: &Arc<Engine>,
+    store: Option<&Store>,
+    registry: &Arc<Registry>,
+) -> Result<Option<Arc<Rollout>>, ServeError> {
+    let (Some(store), Some(url)) = (store, &engine.config.fleet.artifact_url) else {
+        return Ok(None);
+    };
+    let cache = engine.config.admin.state_dir.join("fleet-artifacts");
+    let artifacts = Artifacts::open(url, cache)
+        .map_err(|e| ServeError::Store(StoreError::Redis(e.to_string())))?;
+    let poll = Duration::from_millis(engine.config.fleet.rollout_poll_ms);
+    Ok(Some(Rollout::new(
+        store.clone(),
+        artifacts,
+        registry.clone(),
+        poll,
+    )))
+}
+
+/// In a fleet, decision records also go to the shared store and feedback lives there.
+fn shared_records(engine: &Engine, store: Option<&Store>) -> Option<Arc<SharedRecords>> {
+    let (store, log) = (store?, engine.decisions.as_ref()?);
+    let f = &engine.config.fleet;
+    let shared = SharedRecords::new(
+        store.clone(),
+        f.decision_ttl_s,
+        f.max_pending_writes,
+        engine.metrics.clone(),
+    );
+    log.share(shared.clone());
+    Some(shared)
 }
 
 /// The classifier registry over the live model (swaps from the Admin service or the fleet).

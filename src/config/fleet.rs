@@ -42,6 +42,9 @@ pub struct FleetConfig {
     /// A starting replica is not ready until it runs the active generation; if the store
     /// cannot be reached for this long it starts with its own classifier, and says so.
     pub startup_sync_timeout_ms: u64,
+    /// How long decision records stay in the shared store for fleet-wide feedback (each is
+    /// about 2.5 KB: the embedding is most of it).
+    pub decision_ttl_s: u64,
     /// Usage and settlement writes held while the store is unreachable, replayed when it
     /// returns; past this many the oldest are dropped (and counted).
     pub max_pending_writes: usize,
@@ -60,6 +63,7 @@ impl Default for FleetConfig {
             budgets_on_outage: OnOutage::Closed,
             max_pending_writes: 100_000,
             artifact_url: None,
+            decision_ttl_s: 86_400,
             rollout_poll_ms: 1_000,
             startup_sync_timeout_ms: 30_000,
         }
@@ -99,6 +103,13 @@ impl FleetConfig {
                 self.max_pending_writes as u64,
                 10_000_000,
             ),
+            ("rollout_poll_ms", self.rollout_poll_ms, 3_600_000),
+            (
+                "startup_sync_timeout_ms",
+                self.startup_sync_timeout_ms,
+                3_600_000,
+            ),
+            ("decision_ttl_s", self.decision_ttl_s, 90 * 86_400),
         ] {
             if !(1..=max).contains(&v) {
                 return Err((p(name), format!("must be in [1, {max}], found {v}")));

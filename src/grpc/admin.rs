@@ -17,6 +17,7 @@ use crate::live::{rfc3339, LiveModel};
 use crate::proto::v1 as pb;
 use crate::proto::v1::admin_server::Admin;
 use crate::quota::Quotas;
+use crate::records::shared::SharedRecords;
 use crate::records::{now_ms, DecisionLog, FeedbackLog, FeedbackRecord};
 use crate::train::retrain::{RetrainParams, Retrainer};
 
@@ -78,6 +79,8 @@ pub struct AdminService {
     pub quotas: Arc<Quotas>,
     /// With a fleet rollout, swaps and rollbacks go to the whole fleet through it.
     pub rollout: Option<Arc<Rollout>>,
+    /// In a fleet, feedback goes to (and decisions are found in) the shared store.
+    pub shared: Option<Arc<SharedRecords>>,
 }
 
 /// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
@@ -138,7 +141,7 @@ impl AdminService {
         if r.decision_id.is_empty() {
             return invalid("decision_id", "required".into());
         }
-        if let Some(d) = &self.decisions {
+        if let (None, Some(d)) = (&self.shared, &self.decisions) {
             if !d.knows(&r.decision_id) {
                 return Err(Error::field(
                     ErrorKind::NotFound,
@@ -309,6 +312,27 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RecordFeedbackResponse>, Status> {
         let r = request.into_inner();
         self.check_feedback(&r)?;
+        if let Some(s) = &self.shared {
+            let unavailable = |e: crate::fleet::StoreError| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the fleet's shared store: {e}"),
+                )
+                .status()
+            };
+            // The local log knows this replica's decisions at once; the store, every one.
+            let here = self
+                .decisions
+                .as_ref()
+                .is_some_and(|d| d.knows(&r.decision_id));
+            if !here && !s.knows(&r.decision_id).await.map_err(unavailable)? {
+                let m = format!(
+                    "{:?} is not among the fleet's decisions (unknown, or past retention)",
+                    r.decision_id
+                );
+                return Err(Error::field(ErrorKind::NotFound, "decision_id", m).status());
+            }
+        }
         let rec = FeedbackRecord {
             sequence: 0,
             ts_ms: now_ms(),
@@ -320,6 +344,16 @@ impl Admin for AdminService {
             rating: r.rating,
             comment: r.comment,
         };
+        if let Some(s) = &self.shared {
+            let sequence = s.append_feedback(&rec).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the fleet's shared store: {e}"),
+                )
+                .status()
+            })?;
+            return Ok(Response::new(pb::RecordFeedbackResponse { sequence }));
+        }
         let log = self.feedback.clone();
         let sequence = tokio::task::spawn_blocking(move || log.append(rec))
             .await

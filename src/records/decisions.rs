@@ -87,6 +87,8 @@ pub struct DecisionLog {
     pub dropped: AtomicU64,
     log_prompts: bool,
     dir: PathBuf,
+    /// In a fleet, every record also goes to the shared store.
+    shared: std::sync::OnceLock<std::sync::Arc<super::shared::SharedRecords>>,
 }
 
 /// Decision ids remembered for RecordFeedback's check.
@@ -237,6 +239,7 @@ impl DecisionLog {
             dropped: AtomicU64::new(0),
             log_prompts,
             dir,
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -247,6 +250,9 @@ impl DecisionLog {
     /// Logs one routing decision (the prompt only with `admin.log_prompts`); never blocks.
     pub fn record(&self, mut r: DecisionRecord, prompt: &str) {
         r.prompt = self.log_prompts.then(|| prompt.to_string());
+        if let Some(s) = self.shared.get() {
+            s.decision(&r);
+        }
         let Ok(line) = serde_json::to_string(&r) else {
             return;
         };
@@ -257,6 +263,11 @@ impl DecisionLog {
         if self.tx.try_send(Msg::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Also writes every record to the fleet's shared store (set once, at start).
+    pub fn share(&self, s: std::sync::Arc<super::shared::SharedRecords>) {
+        let _ = self.shared.set(s);
     }
 
     /// Logs which backend served a completion (`ok` false: it failed), so outcome feedback

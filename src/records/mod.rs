@@ -2,6 +2,7 @@
 //! feedback log. They sit below the engine (which writes decisions) and know nothing of it.
 pub mod decisions;
 pub mod feedback;
+pub mod shared;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

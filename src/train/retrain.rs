@@ -15,9 +15,11 @@ use crate::config::AdminConfig;
 use crate::dataset::{self, Row};
 use crate::embed::Embedder;
 use crate::error::{Error, ErrorKind};
+use crate::live::fleet::Rollout;
 use crate::live::registry::{Registry, Source, SwapError, SwapOptions};
 use crate::live::LiveModel;
-use crate::records::{self, DecisionLog, FeedbackLog};
+use crate::records::shared::SharedRecords;
+use crate::records::{self, DecisionLog, DecisionRecord, FeedbackLog, FeedbackRecord};
 
 /// Why a retrain stopped.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum RetrainError {
     ClientGone,
     #[error("{0}")]
     Internal(String),
+    /// The fleet's shared store could not be read.
+    #[error("the fleet's shared store: {0}")]
+    Store(String),
 }
 
 impl From<RetrainError> for Error {
@@ -58,6 +63,7 @@ impl From<RetrainError> for Error {
             }
             E::Invalid { .. } | E::Data(_) => ErrorKind::InvalidArgument,
             E::ClientGone => ErrorKind::Cancelled,
+            E::Store(_) => ErrorKind::Unavailable,
             E::Train(_) | E::Classify(_) | E::Model(_) | E::Io(_) | E::Internal(_) => {
                 ErrorKind::Internal
             }
@@ -74,6 +80,9 @@ pub struct Retrainer {
     pub feedback: Arc<FeedbackLog>,
     pub decisions: Option<Arc<DecisionLog>>,
     pub cfg: AdminConfig,
+    /// In a fleet: feedback and decisions from the shared store, and promotion for all.
+    pub shared: Option<Arc<SharedRecords>>,
+    pub rollout: Option<Arc<Rollout>>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,12 +117,17 @@ fn say(tx: &Tx, message: String) -> Result<(), RetrainError> {
     .map_err(|_| RetrainError::ClientGone)
 }
 
-/// Training rows from feedback corrections whose decision was embedded by the live encoder.
-fn feedback_rows(
+/// The fleet's feedback and the decisions it names, or this replica's logs.
+async fn feedback_and_decisions(
     s: &Retrainer,
-    encoder: &str,
-    tx: &Tx,
-) -> Result<Vec<(Row, Features)>, RetrainError> {
+) -> Result<(Vec<FeedbackRecord>, Vec<DecisionRecord>), RetrainError> {
+    let store = |e: crate::fleet::StoreError| RetrainError::Store(e.to_string());
+    if let Some(shared) = &s.shared {
+        let fb = shared.feedback().await.map_err(store)?;
+        let ids: Vec<String> = fb.iter().map(|f| f.decision_id.clone()).collect();
+        let decisions = shared.decisions(&ids).await.map_err(store)?;
+        return Ok((fb, decisions));
+    }
     let Some(dlog) = &s.decisions else {
         return Err(RetrainError::Invalid {
             field: "include_feedback",
@@ -123,6 +137,16 @@ fn feedback_rows(
     dlog.flush();
     let fb = FeedbackLog::read(s.feedback.path())?;
     let decisions = records::read_decisions(dlog.dir())?;
+    Ok((fb, decisions))
+}
+
+/// Training rows from feedback corrections whose decision was embedded by the live encoder.
+async fn feedback_rows(
+    s: &Retrainer,
+    encoder: &str,
+    tx: &Tx,
+) -> Result<Vec<(Row, Features)>, RetrainError> {
+    let (fb, decisions) = feedback_and_decisions(s).await?;
     let (joined, missing) = records::join(&fb, &decisions);
     if !missing.is_empty() {
         say(
@@ -203,7 +227,7 @@ async fn run_retrain(s: &Retrainer, p: &RetrainParams, tx: &Tx) -> Result<Progre
     // The live version the retrain starts from (warm start, labels, lexicon, encoder).
     let base = s.registry.live();
     let fb = if p.include_feedback {
-        feedback_rows(s, base.encoder_sha256(), tx)?
+        feedback_rows(s, base.encoder_sha256(), tx).await?
     } else {
         Vec::new()
     };
@@ -236,11 +260,16 @@ async fn run_retrain(s: &Retrainer, p: &RetrainParams, tx: &Tx) -> Result<Progre
         if after.feedback_accuracy < before {
             last.message += "; not promoted: feedback accuracy fell";
         } else {
-            match s
-                .registry
-                .swap(Source::Path(out), SwapOptions::default())
-                .await
-            {
+            // In a fleet the promotion is the fleet's: a new generation every replica runs.
+            let promoted = match &s.rollout {
+                Some(r) => r.swap(Source::Path(out), SwapOptions::default()).await,
+                None => {
+                    s.registry
+                        .swap(Source::Path(out), SwapOptions::default())
+                        .await
+                }
+            };
+            match promoted {
                 Ok(r) => {
                     last.promoted = r.swapped;
                     last.message += &format!("; promoted: {}", r.messages.join("; "));

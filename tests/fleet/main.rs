@@ -107,6 +107,7 @@ async fn three_replicas_share_breakers_quotas_and_ride_out_a_store_outage() {
     }
     shared_breakers(&replicas, &mock).await;
     exact_quotas(&replicas).await;
+    fleet_feedback(&replicas, &redis).await;
     store_outage(&dir, &replicas, &mut redis).await;
     rollout::rollout(&dir, &redis, &mut replicas, &configs).await;
 }
@@ -360,4 +361,85 @@ async fn resynchronised(r: &[Replica], served: u64) {
             x.name
         );
     }
+}
+
+/// Feedback sent to replica 3 for a decision made on replica 1 is recorded once, in the
+/// fleet's stream, and the next retrain (on replica 2) trains on it.
+async fn fleet_feedback(r: &[Replica], redis: &Redis) {
+    use switchboard::proto::v1 as pb;
+    let mut c = r[0].router.clone();
+    let id = c
+        .route_decision(with_key(
+            prompt("Fix the bug in this Rust borrow checker error."),
+            "free-key",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision_id;
+    let mut a3 = r[2].admin().await;
+    let intent = a3
+        .get_classifier(with_key(pb::GetClassifierRequest {}, common::ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .intent_labels[0]
+        .clone();
+    let fb = || pb::RecordFeedbackRequest {
+        decision_id: id.clone(),
+        intent: Some(intent.clone()),
+        ..Default::default()
+    };
+    // The decision record reaches the store just after the answer: retry NotFound briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seq = loop {
+        match a3
+            .record_feedback(with_key(fb(), common::ADMIN_TOKEN))
+            .await
+        {
+            Ok(x) => break x.into_inner().sequence,
+            Err(e) if e.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("feedback refused: {e:?}"),
+        }
+    };
+    assert!(seq >= 1);
+    let mut con = redis.client();
+    let n: u64 = redis::cmd("XLEN")
+        .arg("{switchboard}:feedback")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1, "one feedback record in the fleet's stream");
+    // An unknown decision is refused everywhere.
+    let mut bad = fb();
+    bad.decision_id = "no-such-decision".into();
+    let e = a3
+        .record_feedback(with_key(bad, common::ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let mut a2 = r[1].admin().await;
+    let req = pb::RetrainRequest {
+        include_feedback: true,
+        max_epochs: 1,
+        seed: 7,
+        ..Default::default()
+    };
+    let mut s = a2
+        .retrain(with_key(req, common::ADMIN_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(p) = s.message().await.unwrap() {
+        messages.push(p.message);
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("0 data rows, 1 feedback corrections")),
+        "{messages:?}"
+    );
 }
