@@ -362,7 +362,8 @@ fn shared_records(engine: &Engine, store: Option<&Store>) -> Option<Arc<SharedRe
         f.max_pending_writes,
         engine.metrics.clone(),
     );
-    log.share(shared.clone());
+    let sink = shared.clone();
+    log.share(Box::new(move |r| sink.decision(r)));
     Some(shared)
 }
 

@@ -69,6 +69,9 @@ enum Msg {
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
+/// Where a fleet's decision records also go.
+pub type Sink = Box<dyn Fn(&DecisionRecord) + Send + Sync>;
+
 /// Settings of the decision log.
 #[derive(Debug, Clone)]
 pub struct DecisionLogConfig {
@@ -87,8 +90,8 @@ pub struct DecisionLog {
     pub dropped: AtomicU64,
     log_prompts: bool,
     dir: PathBuf,
-    /// In a fleet, every record also goes to the shared store.
-    shared: std::sync::OnceLock<std::sync::Arc<super::shared::SharedRecords>>,
+    /// In a fleet, every record is also handed to this (the shared store's writer).
+    shared: std::sync::OnceLock<Sink>,
 }
 
 /// Decision ids remembered for RecordFeedback's check.
@@ -250,8 +253,8 @@ impl DecisionLog {
     /// Logs one routing decision (the prompt only with `admin.log_prompts`); never blocks.
     pub fn record(&self, mut r: DecisionRecord, prompt: &str) {
         r.prompt = self.log_prompts.then(|| prompt.to_string());
-        if let Some(s) = self.shared.get() {
-            s.decision(&r);
+        if let Some(sink) = self.shared.get() {
+            sink(&r);
         }
         let Ok(line) = serde_json::to_string(&r) else {
             return;
@@ -265,9 +268,10 @@ impl DecisionLog {
         }
     }
 
-    /// Also writes every record to the fleet's shared store (set once, at start).
-    pub fn share(&self, s: std::sync::Arc<super::shared::SharedRecords>) {
-        let _ = self.shared.set(s);
+    /// Also hands every record to `sink` (the fleet's shared store; set once, at start).
+    /// It must not block.
+    pub fn share(&self, sink: Sink) {
+        let _ = self.shared.set(sink);
     }
 
     /// Logs which backend served a completion (`ok` false: it failed), so outcome feedback

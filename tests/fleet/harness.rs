@@ -13,6 +13,7 @@ use crate::common;
 
 pub struct Redis {
     pub port: u16,
+    binds: Vec<String>,
     child: Option<Child>,
     dir: PathBuf,
 }
@@ -26,6 +27,11 @@ impl Redis {
     /// Starts `redis-server`, installing it first with tests/setup.sh where it is missing;
     /// a machine where that fails, fails here.
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, &["127.0.0.1"])
+    }
+
+    /// Starts `redis-server` listening on `binds` (127.0.0.1 first).
+    pub fn start_on(dir: &Path, binds: &[&str]) -> Self {
         let found = Command::new("sh")
             .args(["-c", "command -v redis-server"])
             .status()
@@ -44,6 +50,7 @@ impl Redis {
         }
         let mut r = Self {
             port: free_port(),
+            binds: binds.iter().map(|b| b.to_string()).collect(),
             child: None,
             dir: dir.to_path_buf(),
         };
@@ -58,7 +65,8 @@ impl Redis {
     /// (Re)starts the server on its port and waits until it answers PING.
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind"])
+            .args(&self.binds)
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -127,8 +135,13 @@ impl Replica {
     /// Starts replica `name` with `config` and waits until it is ready.
     pub async fn start(name: &str, dir: &Path, config: &Path) -> Self {
         let r = Self::spawn(name, dir, config).await;
-        common::wait_serving(r.channel.clone()).await;
+        r.wait_ready().await;
         r
+    }
+
+    /// Waits (bounded) until its gRPC health is SERVING.
+    pub async fn wait_ready(&self) {
+        common::wait_serving(self.channel.clone()).await;
     }
 
     /// Starts replica `name` and returns once it listens (not yet ready).
@@ -138,6 +151,15 @@ impl Replica {
             ("SWITCHBOARD_ADMIN_TOKEN", common::ADMIN_TOKEN),
         ];
         let (child, addrs) = common::spawn_serve(dir, &env);
+        Self::from_child(name, child, &addrs).await
+    }
+
+    /// A replica started elsewhere (another network namespace), from its bound addresses.
+    pub async fn from_child(
+        name: &str,
+        child: Child,
+        addrs: &std::collections::HashMap<String, String>,
+    ) -> Self {
         let grpc = addrs["grpc"].clone();
         let channel = Channel::from_shared(format!("http://{grpc}"))
             .unwrap()

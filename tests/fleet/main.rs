@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod partition;
 mod rollout;
 
 use std::sync::atomic::Ordering;
@@ -110,6 +111,11 @@ async fn three_replicas_share_breakers_quotas_and_ride_out_a_store_outage() {
     fleet_feedback(&replicas, &redis).await;
     store_outage(&dir, &replicas, &mut redis).await;
     rollout::rollout(&dir, &redis, &mut replicas, &configs).await;
+    drop(replicas);
+    // A partition of one replica from a store of its own, in a network namespace.
+    let pdir = common::scratch_dir("partition");
+    let config_for = |url: &str, i: usize| write_config(&pdir, i, url, &mock.base_url());
+    partition::partition(&pdir, config_for).await;
 }
 
 /// A backend failing through replica 1 is skipped by replicas 2 and 3 within a second; after
