@@ -225,6 +225,7 @@ impl Rollout {
         if opt.dry_run {
             return Ok(report);
         }
+        report.messages.retain(|m| !m.starts_with("dry run:"));
         let mut expected = cur.as_ref().map_or(0, |p| p.generation);
         if cur.is_none() {
             // The first fleet swap records what runs now, so a rollback can return to it.

@@ -153,4 +153,18 @@ fn print_status(i: pb::ClassifierInfo) {
             k.version, k.source, k.loaded_at
         );
     }
+    if i.generation > 0 || !i.replicas.is_empty() {
+        println!("fleet    generation {}", i.generation);
+    }
+    for r in i.replicas {
+        let state = if r.error.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("error: {}", r.error)
+        };
+        println!(
+            "replica  {:<24} generation {:<4} {}  since {}  seen {}  {state}",
+            r.replica, r.generation, r.version, r.since, r.seen
+        );
+    }
 }

@@ -113,6 +113,18 @@ pub enum Command {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+    /// Write a copy of a classifier's heads with its intent temperature scaled (a new,
+    /// swappable version: recalibration without retraining).
+    Recalibrate {
+        /// The classifier folder to start from.
+        #[arg(long, default_value = "models/classifier")]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Multiplies the intent head's temperature (> 1 softens its confidences).
+        #[arg(long, default_value_t = 1.1)]
+        intent_temperature_factor: f32,
+    },
     /// Print the sha256 of an API key, for the keys file (`server.api_keys_file`).
     HashKey { key: String },
     /// Operate the live classifier through the Admin service.
@@ -446,6 +458,7 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
             what: BenchCommand::Soak { .. },
         }
         | Command::HashKey { .. }
+        | Command::Recalibrate { .. }
         | Command::Classifier { .. }
         | Command::Usage { .. } => None,
     }

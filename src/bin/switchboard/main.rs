@@ -117,6 +117,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             eval(&cfg, encoder).await
         }
+        Command::Recalibrate {
+            from,
+            out,
+            intent_temperature_factor: f,
+        } => {
+            anyhow::ensure!(
+                f.is_finite() && f > 0.0,
+                "--intent-temperature-factor must be a positive number, found {f}"
+            );
+            let version = switchboard::classify::artifact::variant(&from, &out, f)?;
+            println!("wrote {} (version {version})", out.display());
+            Ok(())
+        }
         Command::HashKey { key } => {
             println!("{}", switchboard::auth::hash_key(&key));
             Ok(())
