@@ -34,6 +34,7 @@ impl Redis {
     pub fn start_on(dir: &Path, binds: &[&str]) -> Self {
         let found = Command::new("sh")
             .args(["-c", "command -v redis-server"])
+            .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !found {

@@ -11,7 +11,7 @@ use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::RouteDecisionRequest;
 use tonic::transport::Channel;
 
-use super::{synthetic_prompt, Stats};
+use super::{cpu_time, synthetic_prompt, Stats};
 
 const KEY: &str = "bench-fleet-key";
 
@@ -20,6 +20,8 @@ pub struct Mode {
     pub name: &'static str,
     pub single: Stats,
     pub rps: f64,
+    /// This process's CPU (clients and server) per call in the concurrent phase, µs.
+    pub cpu_us: f64,
 }
 
 pub struct Report {
@@ -36,16 +38,18 @@ impl fmt::Display for Report {
         for m in &self.modes {
             writeln!(
                 f,
-                "{:<16} c=1 {}   c={} {:8.0} req/s",
-                m.name, m.single, self.concurrency, m.rps
+                "{:<16} c=1 {}   c={} {:8.0} req/s  {:6.1} µs CPU/call (clients + server)",
+                m.name, m.single, self.concurrency, m.rps, m.cpu_us
             )?;
         }
         if let [a, b] = &self.modes[..] {
             writeln!(
                 f,
-                "shared − local: p50 {:+.3} ms, throughput {:.0}%",
+                "shared − local: p50 {:+.3} ms, throughput {:.0}% here; with Redis on cores of its own, \
+                 CPU-bound throughput would be {:.0}% (the ratio of CPU per call)",
                 b.single.p50 - a.single.p50,
-                100.0 * b.rps / a.rps
+                100.0 * b.rps / a.rps,
+                100.0 * a.cpu_us / b.cpu_us
             )?;
         }
         Ok(())
@@ -95,7 +99,7 @@ pub async fn measure(
         samples.push(t.elapsed());
     }
     let single = Stats::from(&mut samples);
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_time());
     let per = iterations.div_ceil(concurrency.max(1));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|w| {
@@ -111,8 +115,15 @@ pub async fn measure(
     for task in tasks {
         task.await??;
     }
-    let rps = (per * concurrency.max(1)) as f64 / t.elapsed().as_secs_f64().max(1e-9);
-    Ok(Mode { name, single, rps })
+    let calls = (per * concurrency.max(1)) as f64;
+    let rps = calls / t.elapsed().as_secs_f64().max(1e-9);
+    let cpu_us = (cpu_time() - cpu0).as_secs_f64() * 1e6 / calls;
+    Ok(Mode {
+        name,
+        single,
+        rps,
+        cpu_us,
+    })
 }
 
 /// `cfg` with the bench key file and, when given, the shared store.

@@ -149,7 +149,33 @@ async fn bench_fleet(
     for (name, url) in [("in-memory", None), ("redis", Some(redis_url))] {
         let cfg = super::fleet::config(base.clone(), &keys, url);
         let server = LocalServer::start(cfg).await?;
+        let m = &server.engine.metrics;
+        if url.is_some() {
+            // Time calls that reach the store, not ones failing open while it connects.
+            let t = std::time::Instant::now();
+            while m.store_up.get() != 1 {
+                anyhow::ensure!(
+                    t.elapsed().as_secs() < 10,
+                    "Redis at {redis_url} did not answer"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let errors = || {
+            use prometheus::core::Collector;
+            m.store_errors
+                .collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|x| x.get_counter().get_value())
+                .sum::<f64>()
+        };
+        let before = errors();
         modes.push(super::fleet::measure(name, server.addr, iterations, concurrency).await?);
+        anyhow::ensure!(
+            errors() == before,
+            "shared-store errors during the run: the numbers would include calls that failed open"
+        );
         server.stop().await?;
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -115,3 +115,15 @@ pub fn prompt_of(embedder: &Embedder, tokens: usize, seed: usize) -> String {
     }
     words.join(" ")
 }
+
+/// utime + stime of this process, from /proc (Linux); zero elsewhere.
+pub fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 
-use super::Stats;
+use super::{cpu_time, Stats};
 use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
 use switchboard::proto::v1::{CompleteRequest, RouteDecisionRequest};
@@ -66,18 +66,6 @@ impl fmt::Display for ProxyReport {
         }
         Ok(())
     }
-}
-
-/// utime + stime of this process, from /proc (Linux); zero elsewhere.
-fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 /// (time to first delta, total, ok)
