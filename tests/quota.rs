@@ -9,9 +9,8 @@ mod common;
 
 use switchboard::auth::hash_key;
 use switchboard::proto::v1::admin_client::AdminClient;
-use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
-use switchboard::proto::v1::{CompleteRequest, GetUsageRequest, RouteDecisionRequest};
+use switchboard::proto::v1::{GetUsageRequest, RouteDecisionRequest};
 use switchboard_mock::Mock;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -37,21 +36,8 @@ fn keys_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// One completion's served cost, or the status it was refused with.
-async fn complete(mut c: RouterClient<Channel>, key: &str) -> Result<f64, tonic::Status> {
-    let req = CompleteRequest {
-        route: Some(RouteDecisionRequest {
-            prompt: "Say hello to the budget.".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut s = c.complete(with_key(req, key)).await?.into_inner();
-    while let Some(ev) = s.message().await? {
-        if let Some(Event::Done(d)) = ev.event {
-            return Ok(d.cost_usd);
-        }
-    }
-    Err(tonic::Status::internal("stream ended without Done"))
+async fn complete(c: RouterClient<Channel>, key: &str) -> Result<f64, tonic::Status> {
+    common::complete_cost(c, key, "Say hello to the budget.", "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,6 +173,36 @@ async fn usage_report(server: &common::TestServer, served: &[f64]) {
         .unwrap_err();
     assert!(bad.message().contains("days"), "{bad:?}");
 
+    // `switchboard usage --json` prints the same report.
+    let admin = format!("http://{}", server.admin);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args([
+                "usage",
+                "--admin",
+                &admin,
+                "--token",
+                common::ADMIN_TOKEN,
+                "--json",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scope"] == "tenant" && r["name"] == "thrifty")
+        .expect("the tenant's row");
+    assert_eq!(cli["requests"].as_u64(), Some(t.requests));
     // And the metrics say the same.
     let m = server.engine_metrics();
     assert!(

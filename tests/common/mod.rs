@@ -241,7 +241,6 @@ pub fn spawn_serve(
     std::process::Child,
     std::collections::HashMap<String, String>,
 ) {
-    use std::io::{BufRead, BufReader};
     let any = "127.0.0.1:0";
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
     cmd.args([
@@ -261,9 +260,17 @@ pub fn spawn_serve(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let addrs = bound_addrs(&mut child);
+    (child, addrs)
+}
+
+/// The addresses (grpc, http, admin) a starting `switchboard serve` names in its
+/// `switchboard bound` log line, read from its piped stderr (bounded: 60 s).
+/// SWITCHBOARD_TEST_LOGS=DIR keeps each process's log there, for debugging a failure.
+pub fn bound_addrs(child: &mut std::process::Child) -> std::collections::HashMap<String, String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
-    // SWITCHBOARD_TEST_LOGS=DIR keeps each process's log there, for debugging a failure.
     let mut keep = std::env::var_os("SWITCHBOARD_TEST_LOGS").map(|d| {
         let p = std::path::Path::new(&d).join(format!("serve-{}.log", child.id()));
         std::fs::File::create(p).unwrap()
@@ -291,10 +298,8 @@ pub fn spawn_serve(
             let _ = tx.send(addrs);
         }
     });
-    let addrs = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("server logs its addresses");
-    (child, addrs)
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("server logs its addresses")
 }
 
 /// A file under tests/fixtures (missing → the test fails here, loudly).
@@ -336,4 +341,33 @@ pub fn slice_config(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/spell/words.txt"),
         ),
     }
+}
+
+/// One `Complete` with `authorization: Bearer <key>` (pinned to `pinned` unless empty): the
+/// served cost from its Done event, or the status that ended it.
+pub async fn complete_cost(
+    mut c: switchboard::proto::v1::router_client::RouterClient<tonic::transport::Channel>,
+    key: &str,
+    prompt: &str,
+    pinned: &str,
+) -> Result<f64, tonic::Status> {
+    use switchboard::proto::v1::complete_event::Event;
+    use switchboard::proto::v1::{CompleteRequest, RouteDecisionRequest};
+    let mut req = tonic::Request::new(CompleteRequest {
+        route: Some(RouteDecisionRequest {
+            prompt: prompt.into(),
+            ..Default::default()
+        }),
+        pinned_backend: pinned.into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let mut s = c.complete(req).await?.into_inner();
+    while let Some(ev) = s.message().await? {
+        if let Some(Event::Done(d)) = ev.event {
+            return Ok(d.cost_usd);
+        }
+    }
+    Err(tonic::Status::internal("stream ended without Done"))
 }

@@ -15,9 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use switchboard::auth::hash_key;
-use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
-use switchboard::proto::v1::{CompleteRequest, GetUsageRequest, RouteDecisionRequest};
+use switchboard::proto::v1::{GetUsageRequest, RouteDecisionRequest};
 use switchboard_mock::Mock;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -76,23 +75,8 @@ fn prompt(p: &str) -> RouteDecisionRequest {
 }
 
 /// A completion's served cost, or the status that ended it.
-async fn complete(
-    mut c: RouterClient<Channel>,
-    key: &str,
-    pinned: &str,
-) -> Result<f64, tonic::Status> {
-    let req = CompleteRequest {
-        route: Some(prompt("Say hello to the fleet.")),
-        pinned_backend: pinned.into(),
-        ..Default::default()
-    };
-    let mut s = c.complete(with_key(req, key)).await?.into_inner();
-    while let Some(ev) = s.message().await? {
-        if let Some(Event::Done(d)) = ev.event {
-            return Ok(d.cost_usd);
-        }
-    }
-    Err(tonic::Status::internal("stream ended without Done"))
+async fn complete(c: RouterClient<Channel>, key: &str, pinned: &str) -> Result<f64, tonic::Status> {
+    common::complete_cost(c, key, "Say hello to the fleet.", pinned).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

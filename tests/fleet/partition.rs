@@ -102,7 +102,6 @@ fn spawn_in_ns(
     std::process::Child,
     std::collections::HashMap<String, String>,
 ) {
-    use std::io::{BufRead, BufReader};
     let bin = env!("CARGO_BIN_EXE_switchboard");
     let any = format!("{CLIENT_NS}:0");
     let mut child = Command::new("ip")
@@ -123,29 +122,7 @@ fn spawn_in_ns(
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("switchboard bound") {
-                let addrs = ["grpc", "http", "admin"]
-                    .iter()
-                    .filter_map(|k| {
-                        let v = line
-                            .split(&format!("{k}="))
-                            .nth(1)?
-                            .split_whitespace()
-                            .next()?;
-                        Some((k.to_string(), v.to_string()))
-                    })
-                    .collect();
-                let _ = tx.send(addrs);
-            }
-        }
-    });
-    let addrs = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the replica in the namespace starts");
+    let addrs = common::bound_addrs(&mut child);
     (child, addrs)
 }
 

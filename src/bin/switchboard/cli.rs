@@ -129,28 +129,16 @@ pub enum Command {
     HashKey { key: String },
     /// Operate the live classifier through the Admin service.
     Classifier {
-        #[arg(
-            long,
-            env = "SWITCHBOARD_ADMIN",
-            default_value = "http://127.0.0.1:50052"
-        )]
-        admin: String,
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         op: ClassifierOp,
     },
     /// Requests, tokens and spend per API key, tenant and backend, from the Admin service
     /// (fleet-wide when the replicas share a store).
     Usage {
-        #[arg(
-            long,
-            env = "SWITCHBOARD_ADMIN",
-            default_value = "http://127.0.0.1:50052"
-        )]
-        admin: String,
-        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// UTC days to sum, ending today.
         #[arg(long, default_value_t = 1)]
         days: u32,
@@ -163,6 +151,19 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Where the Admin service is, and its token.
+#[derive(Args)]
+pub struct AdminArgs {
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub admin: String,
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
 }
 
 #[derive(Subcommand)]

@@ -135,13 +135,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { what } => bench::run(what).await,
-        Command::Classifier { admin, token, op } => classifier::run(&admin, &token, op).await,
-        Command::Usage {
-            admin,
-            token,
-            days,
-            json,
-        } => classifier::usage(&admin, &token, days, json).await,
+        Command::Classifier { admin, op } => classifier::run(&admin.admin, &admin.token, op).await,
+        Command::Usage { admin, days, json } => {
+            classifier::usage(&admin.admin, &admin.token, days, json).await
+        }
     }
 }
 
