@@ -173,7 +173,18 @@ async fn usage_report(server: &common::TestServer, served: &[f64]) {
         .unwrap_err();
     assert!(bad.message().contains("days"), "{bad:?}");
 
-    // `switchboard usage --json` prints the same report.
+    cli_usage_matches(server, t.requests).await;
+    // And the metrics say the same.
+    let m = server.engine_metrics();
+    assert!(
+        m.contains("switchboard_quota_rejections_total{limit=\"usd_per_day\",scope=\"tenant\"}"),
+        "{m}"
+    );
+    assert!(m.contains("switchboard_spend_usd_total{name=\"thrifty\",scope=\"tenant\"}"));
+}
+
+/// `switchboard usage --json` prints the same report as the Admin call.
+async fn cli_usage_matches(server: &common::TestServer, requests: u64) {
     let admin = format!("http://{}", server.admin);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -202,12 +213,5 @@ async fn usage_report(server: &common::TestServer, served: &[f64]) {
         .iter()
         .find(|r| r["scope"] == "tenant" && r["name"] == "thrifty")
         .expect("the tenant's row");
-    assert_eq!(cli["requests"].as_u64(), Some(t.requests));
-    // And the metrics say the same.
-    let m = server.engine_metrics();
-    assert!(
-        m.contains("switchboard_quota_rejections_total{limit=\"usd_per_day\",scope=\"tenant\"}"),
-        "{m}"
-    );
-    assert!(m.contains("switchboard_spend_usd_total{name=\"thrifty\",scope=\"tenant\"}"));
+    assert_eq!(cli["requests"].as_u64(), Some(requests));
 }

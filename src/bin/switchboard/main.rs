@@ -120,16 +120,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Recalibrate {
             from,
             out,
-            intent_temperature_factor: f,
-        } => {
-            anyhow::ensure!(
-                f.is_finite() && f > 0.0,
-                "--intent-temperature-factor must be a positive number, found {f}"
-            );
-            let version = switchboard::classify::artifact::variant(&from, &out, f)?;
-            println!("wrote {} (version {version})", out.display());
-            Ok(())
-        }
+            intent_temperature_factor,
+        } => recalibrate(&from, &out, intent_temperature_factor),
         Command::HashKey { key } => {
             println!("{}", switchboard::auth::hash_key(&key));
             Ok(())
@@ -140,6 +132,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             classifier::usage(&admin.admin, &admin.token, days, json).await
         }
     }
+}
+
+/// `switchboard recalibrate`: a copy of the heads with the intent temperature scaled.
+fn recalibrate(from: &std::path::Path, out: &std::path::Path, f: f32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        f.is_finite() && f > 0.0,
+        "--intent-temperature-factor must be a positive number, found {f}"
+    );
+    let version = switchboard::classify::artifact::variant(from, out, f)?;
+    println!("wrote {} (version {version})", out.display());
+    Ok(())
 }
 
 /// `switchboard train`: heads on frozen embeddings, or a fine-tune when layers are given.
