@@ -44,7 +44,11 @@ impl Netns {
         let tag = std::process::id() % 100_000;
         let name = format!("sbpart{tag}");
         let (s, c) = (format!("sbs{tag}"), format!("sbc{tag}"));
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by a killed earlier run (usually none: its error is not news).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         let ns = Self {
             name: name.clone(),
