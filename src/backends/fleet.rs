@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::breaker::State;
 use super::Upstreams;
 use crate::fleet::Store;
+use crate::records::now_ms as unix_ms;
 
 /// What happened to a local breaker that the record must learn.
 #[derive(Debug, Clone, Copy)]
@@ -68,10 +69,6 @@ pub(super) async fn sync(
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    crate::quota::calendar::unix_ms()
 }
 
 async fn write(u: &Upstreams, store: &Store, ev: Event) {

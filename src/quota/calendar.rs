@@ -55,16 +55,8 @@ impl Period {
     }
 
     pub fn now() -> Self {
-        Self::at(unix_ms() / 1_000)
+        Self::at(crate::records::now_ms() / 1_000)
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 on a clock before 1970).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,10 +4,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::calendar::{unix_ms, Period};
+use super::calendar::Period;
 use super::{
     add_field, micros, usage_parties, Ask, QuotaError, Reservation, Subject, UsageRow, Used,
 };
+use crate::records::now_ms as unix_ms;
 
 /// Days of usage kept in memory.
 const KEPT_DAYS: usize = 100;

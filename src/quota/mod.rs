@@ -288,7 +288,7 @@ impl Quotas {
     /// Usage per key, tenant and backend over the last `days` UTC days (1 = today),
     /// fleet-wide when shared. Sorted by scope, then name.
     pub async fn usage(&self, days: u32) -> Result<Vec<UsageRow>, QuotaError> {
-        let today = (calendar::unix_ms() / 86_400_000) as i64;
+        let today = (crate::records::now_ms() / 86_400_000) as i64;
         let codes: Vec<u32> = (0..days.clamp(1, 366) as i64)
             .map(|back| Period::at(((today - back).max(0) * 86_400) as u64).day)
             .collect();

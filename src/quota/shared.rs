@@ -10,13 +10,14 @@ use std::time::Duration;
 use redis::Script;
 use tokio::sync::mpsc;
 
-use super::calendar::{unix_ms, Period};
+use super::calendar::Period;
 use super::{
     add_field, micros, usage_parties, Ask, QuotaError, Reservation, Subject, UsageRow, Used,
 };
 use crate::config::{fleet::OnOutage, FleetConfig};
 use crate::fleet::Store;
 use crate::metrics::Metrics;
+use crate::records::now_ms as unix_ms;
 use std::sync::Arc;
 
 /// KEYS: per subject its requests zset, tokens hash, day and month spend. ARGV: count, id,
