@@ -5,6 +5,7 @@
 //! `policy` ranks) → optionally `proxy` (call `backends` with failover, stream back). `server`
 //! builds all of it from `config` once. The live classifier and its swaps are in `live`; the
 //! decision and feedback logs in `records`; training and retraining in `train`.
+pub mod assets;
 pub mod auth;
 pub mod backends;
 pub mod classify;

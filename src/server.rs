@@ -72,6 +72,8 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Assets(#[from] crate::assets::AssetError),
     #[error("fleet: {0}")]
     Store(#[from] StoreError),
     #[error("metrics registry: {0}")]
@@ -93,6 +95,8 @@ pub enum ServeError {
 pub async fn load_engine(config: Config) -> Result<Arc<Engine>, ServeError> {
     let mut enc = config.encoder.clone();
     let dir = config.server.classifier_dir.clone();
+    crate::assets::check_default(&dir, crate::assets::CLASSIFIER)?;
+    crate::assets::check_default(&enc.model_dir, crate::assets::ENCODER)?;
     if let Some(own) = crate::classify::own_encoder(&dir) {
         tracing::info!(encoder = %own.display(), "the classifier folder carries its own encoder");
         enc.model_dir = own;

@@ -34,7 +34,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Head folder loaded at start (relative paths are resolved against the crate root).
+    /// Head folder loaded at start (default: the bundled one, found through `assets`).
     pub classifier_dir: PathBuf,
     /// Override of the classifier's own abstain threshold.
     pub abstain_threshold: Option<f32>,
@@ -68,10 +68,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            classifier_dir: PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/models/classifier"
-            )),
+            classifier_dir: crate::assets::bundled(crate::assets::CLASSIFIER),
             abstain_threshold: None,
             cache_entries: 10_000,
             max_prompt_bytes: 64 * 1024,
@@ -140,10 +137,7 @@ impl Default for AdminConfig {
             log_prompts: false,
             decision_file_bytes: 64 << 20,
             decision_files: 8,
-            gate_set: PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/models/classifier/gate.jsonl"
-            )),
+            gate_set: crate::assets::bundled(crate::assets::GATE_SET),
             gate_margin: 0.02,
             kept_versions: 5,
             max_inline_bytes: 8 << 20,

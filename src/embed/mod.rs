@@ -95,10 +95,7 @@ pub struct EncoderConfig {
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
-            model_dir: PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/models/all-MiniLM-L6-v2"
-            )),
+            model_dir: crate::assets::bundled(crate::assets::ENCODER),
             max_tokens: 128,
             truncation: Truncation::HeadTail,
             max_input_bytes: 64 * 1024,

@@ -241,8 +241,22 @@ pub fn spawn_serve(
     std::process::Child,
     std::collections::HashMap<String, String>,
 ) {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"));
+    spawn_serve_bin(bin, dir, &[], env)
+}
+
+/// `spawn_serve` with another copy of the binary and extra arguments.
+pub fn spawn_serve_bin(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, String>,
+) {
     let any = "127.0.0.1:0";
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut cmd = std::process::Command::new(bin);
     cmd.args([
         "serve",
         "--grpc-addr",
@@ -252,6 +266,7 @@ pub fn spawn_serve(
         "--admin-addr",
         any,
     ])
+    .args(args)
     .env("RUST_LOG", "info")
     .current_dir(dir)
     .stderr(std::process::Stdio::piped())

@@ -18,6 +18,10 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
     pub log_json: bool,
+    /// Folder holding the bundled models (the encoder, `classifier/`). Default: `models/`
+    /// next to the executable, then `../share/switchboard/models`, then the source tree.
+    #[arg(long, global = true, env = "SWITCHBOARD_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -28,6 +28,9 @@ use switchboard::server::{self, ServeConfig};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.models_dir {
+        switchboard::assets::set_models_dir(dir.clone());
+    }
     if let Some(enc) = encoder_args(&cli.command) {
         // Must happen before any thread exists: candle reads it on every matmul.
         std::env::set_var("RAYON_NUM_THREADS", enc.threads().to_string());
@@ -200,10 +203,11 @@ async fn serve(
     if validate {
         let engine = server::load_engine(cfg).await?;
         println!(
-            "config OK: {} backends, policies {:?}, classifier {}",
+            "config OK: {} backends, policies {:?}, classifier {} from {}",
             engine.config.backends.len(),
             engine.config.policies.keys().collect::<Vec<_>>(),
-            engine.live.snapshot().version()
+            engine.live.snapshot().version(),
+            engine.config.server.classifier_dir.display()
         );
         return Ok(());
     }
