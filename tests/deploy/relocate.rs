@@ -57,7 +57,7 @@ fn a_missing_models_folder_names_the_places_tried() {
 fn models_beside_the_executable_are_found_before_the_source_tree() {
     let scratch = scratch_dir("relocate-beside");
     let bin = copied(&scratch);
-    std::os::unix::fs::symlink(models(), &scratch.join("bin/models")).unwrap();
+    std::os::unix::fs::symlink(models(), scratch.join("bin/models")).unwrap();
     let (ok, text) = validate(&bin, &scratch, &[], &[]);
     assert!(ok, "{text}");
     let beside = &scratch.join("bin/models/classifier");
