@@ -136,6 +136,7 @@ pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
         policy: o.decision.policy.clone(),
         variant: o.decision.variant.clone(),
         classifier_version: o.classifier_version.clone(),
+        catalog_version: o.catalog_version.clone(),
         timings: Some(pb::Timings {
             queue_us: o.timings.queue_us,
             embed_us: o.timings.embed_us,

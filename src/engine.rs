@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
@@ -102,6 +103,8 @@ pub struct RouteOutcome {
     pub decision_id: String,
     pub prediction: Arc<Prediction>,
     pub classifier_version: String,
+    /// The catalog the ranking used (`Config::version`).
+    pub catalog_version: String,
     /// The classifier that produced `prediction` (its labels name the probabilities).
     pub classifier: Arc<Classifier>,
     /// What the classifier saw: for the decision log, from which heads can be retrained.
@@ -138,7 +141,8 @@ pub struct EngineParts {
 pub struct Engine {
     pub embedder: Embedder,
     pub live: Arc<Live>,
-    pub config: Arc<Config>,
+    /// The catalog and settings; the catalog part is swapped whole by a reload (`catalog`).
+    config: Arc<ArcSwap<Config>>,
     pub metrics: Arc<Metrics>,
     pub decisions: Option<Arc<DecisionLog>>,
     /// Classifications by (classifier version, prompt hash): a version names its encoder
@@ -153,11 +157,21 @@ impl Engine {
         Self {
             embedder: p.embedder,
             live: p.live,
-            config: p.config,
+            config: Arc::new(ArcSwap::new(p.config)),
             metrics: p.metrics,
             decisions: p.decisions,
             cache,
         }
+    }
+
+    /// The configuration in force: take it once per request, so one request sees one catalog.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The swappable configuration itself, for whatever reloads or checks against it.
+    pub fn config_handle(&self) -> Arc<ArcSwap<Config>> {
+        self.config.clone()
     }
 
     /// Checks the request's preferences; errors name the field.
@@ -183,7 +197,7 @@ impl Engine {
             ("preferences.deny_backends", &p.deny),
         ] {
             for (i, name) in list.iter().enumerate() {
-                if !self.config.backends.iter().any(|b| &b.name == name) {
+                if !self.config().backends.iter().any(|b| &b.name == name) {
                     return Err(invalid(
                         format!("{field}[{i}]"),
                         format!("unknown backend {name:?}"),
@@ -205,7 +219,7 @@ impl Engine {
     /// Validates a request (sizes, roles, preferences, policy) and returns the classifier
     /// input text. `route` calls it; a pinned completion, which skips routing, calls it too.
     pub fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
-        let s = &self.config.server;
+        let s = &self.config().server;
         if req.messages.len() > s.max_messages {
             return Err(invalid(
                 "messages",
@@ -241,7 +255,7 @@ impl Engine {
             });
         }
         self.validate_prefs(&req.prefs)?;
-        if !req.policy.is_empty() && !self.config.policies.contains_key(&req.policy) {
+        if !req.policy.is_empty() && !self.config().policies.contains_key(&req.policy) {
             return Err(invalid(
                 "policy",
                 format!("unknown policy {:?}", req.policy),
@@ -314,7 +328,7 @@ impl Engine {
         let p = Arc::new(classifier.predict(
             &e.vector,
             e.tokens,
-            self.config.server.abstain_threshold,
+            self.config().server.abstain_threshold,
         )?);
         timings.classify_us = prepare_us + t.elapsed().as_micros() as u64;
         let features = Arc::new(Features {
@@ -371,7 +385,8 @@ impl Engine {
             metadata: &req.metadata,
             request_key: &req.request_key,
         };
-        let mut decision = policy::rank(&self.config, &req.policy, &input, health)?;
+        let cfg = self.config();
+        let mut decision = policy::rank(&cfg, &req.policy, &input, health)?;
         if req.top_k > 0 {
             decision.ranked.truncate(req.top_k);
         }
@@ -382,6 +397,7 @@ impl Engine {
             decision_id: new_id(),
             prediction,
             classifier_version: c.classifier.version().to_string(),
+            catalog_version: cfg.version.clone(),
             classifier: c.classifier,
             features: c.features,
             decision,
@@ -430,6 +446,8 @@ impl Engine {
         let m = &self.metrics;
         m.queue_depth.set(self.embedder.queue_depth() as i64);
         m.encoder_available.set(self.embedder.is_healthy() as i64);
+        m.classifier(self.live.snapshot().version());
+        m.catalog(&self.config.load().version);
         Metrics::catch_up(&m.encoder_restarts, self.embedder.restarts());
         if let Some(log) = &self.decisions {
             let dropped = log.dropped.load(std::sync::atomic::Ordering::Relaxed);
@@ -444,6 +462,7 @@ fn decision_record(o: &RouteOutcome) -> DecisionRecord {
         id: o.decision_id.clone(),
         ts_ms: crate::records::now_ms(),
         classifier_version: o.classifier_version.clone(),
+        catalog_version: o.catalog_version.clone(),
         encoder: o.classifier.meta.encoder.sha256.clone(),
         intent: o.prediction.intent.clone(),
         domain: o.prediction.domain.clone(),

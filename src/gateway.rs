@@ -46,7 +46,7 @@ impl Gateway {
         keys: Option<Arc<ApiKeys>>,
         quotas: Arc<Quotas>,
     ) -> Self {
-        let max_attempts = engine.config.server.max_attempts;
+        let max_attempts = engine.config().server.max_attempts;
         let (closing, closed) = tokio::sync::watch::channel(false);
         let proxy = Proxy::new(engine.clone(), upstreams.clone(), max_attempts, closed);
         Self {
@@ -68,6 +68,23 @@ impl Gateway {
     /// (after the shutdown grace), so their connections can close.
     pub fn close_streams(&self) {
         let _ = self.closing.send(true);
+    }
+
+    /// Brings the gauges read at scrape time up to date (encoder, versions, breakers).
+    pub fn refresh_metrics(&self) {
+        self.engine.refresh_metrics();
+        let m = &self.engine.metrics;
+        m.breaker_state.reset();
+        for (backend, state) in self.upstreams.states() {
+            let v = match state {
+                "closed" => 0,
+                "half_open" => 1,
+                _ => 2,
+            };
+            m.breaker_state
+                .with_label_values(&[backend.as_str()])
+                .set(v);
+        }
     }
 
     /// The engine (config, metrics, live model) for read-only endpoints.
@@ -178,7 +195,7 @@ impl Gateway {
         };
         let subjects = caller.map(Caller::subjects).unwrap_or_default();
         if let Some(c) = caller.filter(|c| c.meters_usage()) {
-            let cfg = &self.engine.config;
+            let cfg = self.engine.config();
             if c.has_budget() && input.params.max_tokens.is_none() {
                 input.params.max_tokens = Some(cfg.server.budget_max_tokens);
             }
@@ -248,7 +265,7 @@ impl Gateway {
     fn check_params(&self, input: &mut CompleteInput) -> Result<(), ProxyError> {
         let largest = self
             .engine
-            .config
+            .config()
             .backends
             .iter()
             .map(|b| b.context_window)
@@ -268,7 +285,7 @@ impl Gateway {
 
     /// A pinned backend gets the capability and context-window checks ranking applies.
     fn check_pinned(&self, name: &str, input: &CompleteInput) -> Result<(), ProxyError> {
-        let cfg = &self.engine.config;
+        let cfg = self.engine.config();
         let Some(b) = cfg.backends.iter().find(|b| b.name == name) else {
             return Ok(());
         };

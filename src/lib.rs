@@ -28,5 +28,6 @@ pub mod proto;
 pub mod proxy;
 pub mod quota;
 pub mod records;
+pub mod reload;
 pub mod server;
 pub mod train;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, all prefixed `switchboard_`, durations in seconds. One registry per
 //! service instance (tests run several servers in one process).
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The service's metrics.
@@ -33,6 +33,12 @@ pub struct Metrics {
     pub quota_rejections: IntCounterVec,
     pub spend_usd: prometheus::CounterVec,
     pub usage_tokens: IntCounterVec,
+    pub grpc_requests: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub catalog_info: IntGaugeVec,
+    pub classifier_info: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub budget_limit: prometheus::GaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> PromResult<T> {
@@ -51,6 +57,17 @@ fn counters(r: &Registry, (name, help): Doc, labels: &[&str]) -> PromResult<IntC
 /// Registers an integer counter.
 fn counter(r: &Registry, (name, help): Doc) -> PromResult<prometheus::IntCounter> {
     reg(r, prometheus::IntCounter::new(name, help)?)
+}
+
+/// Registers a labelled integer gauge.
+fn gauges(r: &Registry, (name, help): Doc, labels: &[&str]) -> PromResult<IntGaugeVec> {
+    reg(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// Leaves `label` as the one series of an info gauge, set to 1.
+fn one_hot(g: &IntGaugeVec, label: &str) {
+    g.reset();
+    g.with_label_values(&[label]).set(1);
 }
 
 /// Registers a labelled histogram with the given bucket bounds.
@@ -141,6 +158,25 @@ const USAGE_TOKENS: Doc = (
     "Tokens of served completions by scope (key, tenant) and name",
 );
 
+const GRPC: Doc = (
+    "grpc_requests_total",
+    "Router RPCs by method and status code (a completion counts when its stream starts)",
+);
+const RELOADS: Doc = (
+    "config_reloads_total",
+    "Catalog reloads by origin (watch, admin) and outcome (ok, unchanged, invalid)",
+);
+const CATALOG: Doc = ("catalog_info", "1 for the catalog version in force");
+const CLASSIFIER: Doc = ("classifier_info", "1 for the live classifier version");
+const BREAKER: Doc = (
+    "breaker_state",
+    "Circuit breaker per backend: 0 closed, 1 half-open, 2 open",
+);
+const BUDGET: Doc = (
+    "budget_usd_limit",
+    "Spend budget in USD per scope, name and period (day, month), for alerting on spend",
+);
+
 type PromResult<T> = Result<T, prometheus::Error>;
 
 /// Request stages run from microseconds (classify) to seconds (a proxied call).
@@ -188,8 +224,30 @@ impl Metrics {
             quota_rejections: counters(&r, QUOTA, &["scope", "limit"])?,
             spend_usd: reg(&r, spend)?,
             usage_tokens: counters(&r, USAGE_TOKENS, &["scope", "name"])?,
+            grpc_requests: counters(&r, GRPC, &["method", "code"])?,
+            config_reloads: counters(&r, RELOADS, &["origin", "outcome"])?,
+            catalog_info: gauges(&r, CATALOG, &["version"])?,
+            classifier_info: gauges(&r, CLASSIFIER, &["version"])?,
+            breaker_state: gauges(&r, BREAKER, &["backend"])?,
+            budget_limit: reg(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(BUDGET.0, BUDGET.1),
+                    &["scope", "name", "period"],
+                )?,
+            )?,
             registry: r,
         })
+    }
+
+    /// Marks `version` as the catalog in force (the only series of `catalog_info`).
+    pub fn catalog(&self, version: &str) {
+        one_hot(&self.catalog_info, version);
+    }
+
+    /// Marks `version` as the live classifier.
+    pub fn classifier(&self, version: &str) {
+        one_hot(&self.classifier_info, version);
     }
 
     /// Raises a counter kept elsewhere (a component's own atomic) to `total`.

@@ -305,7 +305,7 @@ async fn outcome_feedback_names_the_completion_that_served() {
         a.record_feedback(req).await.unwrap().into_inner().sequence,
         1
     );
-    let dir = s.server.engine.config.admin.state_dir.join("decisions");
+    let dir = s.server.engine.config().admin.state_dir.join("decisions");
     let t = Instant::now();
     let served = loop {
         let text: String = std::fs::read_dir(&dir)

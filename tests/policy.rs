@@ -47,6 +47,8 @@ fn config(backends: Vec<Backend>, pol: Policy) -> Config {
         policies,
         default_policy: "p".into(),
         file: "test".into(),
+        version: "test".into(),
+        path: None,
     }
 }
 

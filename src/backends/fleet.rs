@@ -72,7 +72,7 @@ pub(super) async fn sync(
 }
 
 async fn write(u: &Upstreams, store: &Store, ev: Event) {
-    let Some(s) = u.states.get(&ev.backend) else {
+    let Some(s) = u.states.load().get(&ev.backend).cloned() else {
         return;
     };
     let record = store.key(&format!("breaker:{}", ev.backend));
@@ -110,7 +110,8 @@ async fn write(u: &Upstreams, store: &Store, ev: Event) {
 
 /// Brings every local breaker in line with the record, then asks for probe leases.
 async fn poll(u: &Upstreams, store: &Store) {
-    let names: Vec<&String> = u.states.keys().collect();
+    let states = u.states.load_full();
+    let names: Vec<&String> = states.keys().collect();
     let keys: Vec<String> = names
         .iter()
         .map(|n| store.key(&format!("breaker:{n}")))
@@ -125,7 +126,7 @@ async fn poll(u: &Upstreams, store: &Store) {
         .await;
     let Ok(records) = res else {
         // No record to follow: each replica probes for itself, as a single process does.
-        for s in u.states.values() {
+        for s in states.values() {
             let mut b = s.breaker.lock().unwrap_or_else(|p| p.into_inner());
             if b.wants_probe(Instant::now()) {
                 b.grant_probe();
@@ -135,7 +136,7 @@ async fn poll(u: &Upstreams, store: &Store) {
     };
     let mut want = Vec::new();
     for (name, record) in names.into_iter().zip(records) {
-        let Some(s) = u.states.get(name) else {
+        let Some(s) = states.get(name) else {
             continue;
         };
         if s.unpublished.load(Ordering::SeqCst) {
@@ -176,7 +177,7 @@ async fn lease(u: &Upstreams, store: &Store, name: &str, seen: u64, ttl: Duratio
             inv.invoke_async::<i64>(&mut c).await
         })
         .await;
-    if let (Ok(1), Some(s)) = (won, u.states.get(name)) {
+    if let (Ok(1), Some(s)) = (won, u.states.load().get(name)) {
         tracing::info!(backend = %name, "this replica sends the fleet's half-open probe");
         s.breaker
             .lock()

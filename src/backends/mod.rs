@@ -27,15 +27,22 @@ struct BackendState {
     cooldown_until: Mutex<Option<Instant>>,
     /// Its own pool, so its connect timeout is its own.
     http: reqwest::Client,
+    connect_timeout_ms: u64,
     /// A state change not yet written to the fleet's record: the record must not undo it.
     unpublished: AtomicBool,
     /// How long a fleet probe lease lasts (the probe's own longest wait).
     probe_ttl: Duration,
 }
 
-/// Breakers, concurrency slots and latency measurements of every catalog backend.
+type States = HashMap<String, Arc<BackendState>>;
+
+/// Breakers, concurrency slots and latency measurements of every catalog backend. The map is
+/// swapped whole when the catalog is reloaded; a backend whose connection settings did not
+/// change keeps its state (breaker, measured latency) across the reload.
 pub struct Upstreams {
-    states: HashMap<String, BackendState>,
+    states: arc_swap::ArcSwap<States>,
+    breaker: BreakerConfig,
+    fleet: bool,
     metrics: Arc<Metrics>,
     /// In a fleet: breaker changes to write to the shared record.
     events: Option<tokio::sync::mpsc::Sender<fleet::Event>>,
@@ -68,6 +75,8 @@ impl std::fmt::Display for Skip {
 /// A granted call slot; give the outcome back with `Upstreams::finish`.
 pub struct Slot {
     pub backend: String,
+    /// The state that granted it (a reload may have replaced the backend's entry since).
+    state: Arc<BackendState>,
     admit: Admit,
     _permit: OwnedSemaphorePermit,
     finished: bool,
@@ -78,14 +87,13 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // A probe that ended without an outcome (client gone) must free the half-open slot.
         if !self.finished && self.admit == Admit::Probe {
-            if let Some(s) = self.upstreams.states.get(&self.backend) {
-                s.breaker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .release_probe();
-                self.upstreams
-                    .publish(&self.backend, s, fleet::Change::ProbeDropped);
-            }
+            let s = &self.state;
+            s.breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release_probe();
+            self.upstreams
+                .publish(&self.backend, s, fleet::Change::ProbeDropped);
         }
     }
 }
@@ -99,30 +107,7 @@ impl Upstreams {
         metrics: Arc<Metrics>,
         store: Option<Store>,
     ) -> Result<Arc<Self>, reqwest::Error> {
-        let mut states = HashMap::new();
-        for b in &cfg.backends {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1024)
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_millis(b.connect_timeout_ms))
-                .build()?;
-            let b_state = match store {
-                Some(_) => Breaker::fleet(breaker),
-                None => Breaker::new(breaker),
-            };
-            let s = BackendState {
-                breaker: Mutex::new(b_state),
-                slots: Arc::new(Semaphore::new(b.max_concurrency.max(1) as usize)),
-                max_concurrency: b.max_concurrency.max(1),
-                ttft_ms: Mutex::new(None),
-                cooldown_until: Mutex::new(None),
-                http,
-                unpublished: AtomicBool::new(false),
-                probe_ttl: Duration::from_millis(b.first_token_timeout_ms.saturating_mul(2))
-                    .max(Duration::from_secs(5)),
-            };
-            states.insert(b.name.clone(), s);
-        }
+        let states = build_states(cfg, &HashMap::new(), breaker, store.is_some())?;
         let (events, rx) = match store {
             Some(_) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
@@ -131,7 +116,9 @@ impl Upstreams {
             None => (None, None),
         };
         let this = Arc::new(Self {
-            states,
+            states: arc_swap::ArcSwap::from_pointee(states),
+            breaker,
+            fleet: store.is_some(),
             metrics,
             events,
         });
@@ -156,16 +143,26 @@ impl Upstreams {
         }
     }
 
+    /// Takes in a reloaded catalog: new backends get fresh state, removed ones go (calls in
+    /// flight keep theirs until they finish), the others keep theirs unless their connection
+    /// settings changed.
+    pub fn update(&self, cfg: &Config) -> Result<(), reqwest::Error> {
+        let old = self.states.load_full();
+        let states = build_states(cfg, &old, self.breaker, self.fleet)?;
+        self.states.store(Arc::new(states));
+        Ok(())
+    }
+
     /// The HTTP client for `name` (its own connect timeout and pool).
-    pub fn client(&self, name: &str) -> Option<&reqwest::Client> {
-        self.states.get(name).map(|s| &s.http)
+    pub fn client(&self, name: &str) -> Option<reqwest::Client> {
+        self.states.load().get(name).map(|s| s.http.clone())
     }
 
     /// Health and measured latency for ranking a RouteDecision: an open breaker or a
     /// Retry-After cooldown makes a backend unhealthy.
     pub fn health(&self, name: &str) -> Health {
         let now = Instant::now();
-        match self.states.get(name) {
+        match self.states.load().get(name) {
             Some(s) => {
                 let open = s
                     .breaker
@@ -194,6 +191,7 @@ impl Upstreams {
             healthy: true,
             latency_ms: self
                 .states
+                .load()
                 .get(name)
                 .and_then(|s| *s.ttft_ms.lock().unwrap_or_else(|p| p.into_inner())),
         }
@@ -204,6 +202,7 @@ impl Upstreams {
         let now = Instant::now();
         let mut v: Vec<_> = self
             .states
+            .load()
             .iter()
             .map(|(n, s)| {
                 (
@@ -222,7 +221,7 @@ impl Upstreams {
 
     /// Asks for a call slot on `name`: breaker, Retry-After cooldown and concurrency limit.
     pub fn acquire(self: &Arc<Self>, name: &str) -> Result<Slot, Skip> {
-        let s = self.states.get(name).ok_or(Skip::Unknown)?;
+        let s = self.states.load().get(name).cloned().ok_or(Skip::Unknown)?;
         let now = Instant::now();
         if let Some(until) = *s.cooldown_until.lock().unwrap_or_else(|p| p.into_inner()) {
             if until > now {
@@ -248,6 +247,7 @@ impl Upstreams {
         let admit = admit.ok_or(Skip::Open(State::Open))?;
         Ok(Slot {
             backend: name.to_string(),
+            state: s,
             admit,
             _permit: permit,
             finished: false,
@@ -264,9 +264,7 @@ impl Upstreams {
         retry_after: Option<Duration>,
     ) {
         slot.finished = true;
-        let Some(s) = self.states.get(&slot.backend) else {
-            return;
-        };
+        let s = slot.state.clone();
         let now = Instant::now();
         if let Some(st) = s
             .breaker
@@ -285,7 +283,7 @@ impl Upstreams {
                 State::HalfOpen => None,
             };
             if let Some(c) = change {
-                self.publish(&slot.backend, s, c);
+                self.publish(&slot.backend, &s, c);
             }
         }
         if let Some(d) = retry_after {
@@ -300,4 +298,49 @@ impl Upstreams {
             });
         }
     }
+}
+
+/// The state map for `cfg`'s backends, reusing `old` entries whose settings still match.
+fn build_states(
+    cfg: &Config,
+    old: &States,
+    breaker: BreakerConfig,
+    fleet: bool,
+) -> Result<States, reqwest::Error> {
+    let mut states = HashMap::new();
+    for b in &cfg.backends {
+        let probe_ttl = Duration::from_millis(b.first_token_timeout_ms.saturating_mul(2))
+            .max(Duration::from_secs(5));
+        let max_concurrency = b.max_concurrency.max(1);
+        if let Some(s) = old.get(&b.name).filter(|s| {
+            s.max_concurrency == max_concurrency
+                && s.probe_ttl == probe_ttl
+                && s.connect_timeout_ms == b.connect_timeout_ms
+        }) {
+            states.insert(b.name.clone(), s.clone());
+            continue;
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(b.connect_timeout_ms))
+            .build()?;
+        let s = BackendState {
+            breaker: Mutex::new(if fleet {
+                Breaker::fleet(breaker)
+            } else {
+                Breaker::new(breaker)
+            }),
+            slots: Arc::new(Semaphore::new(max_concurrency as usize)),
+            max_concurrency,
+            ttft_ms: Mutex::new(None),
+            cooldown_until: Mutex::new(None),
+            http,
+            connect_timeout_ms: b.connect_timeout_ms,
+            unpublished: AtomicBool::new(false),
+            probe_ttl,
+        };
+        states.insert(b.name.clone(), Arc::new(s));
+    }
+    Ok(states)
 }

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// A completion under a spend budget that sets no `max_tokens` is sent with this one,
     /// so its reserved cost is an upper bound and a budget cannot be overshot.
     pub budget_max_tokens: u32,
+    /// How often the config file is checked for a changed catalog, which is then swapped in
+    /// (0: only Admin `ReloadConfig` reloads it).
+    pub config_watch_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 25_000,
             allow_unauthenticated: false,
             budget_max_tokens: 4_096,
+            config_watch_ms: 500,
         }
     }
 }
@@ -296,6 +300,12 @@ pub struct Config {
     /// Where this config came from (for messages).
     #[serde(skip)]
     pub file: String,
+    /// The first 12 hex digits of the file text's sha256: names the catalog a decision used.
+    #[serde(skip)]
+    pub version: String,
+    /// The file it was read from; `None` for the bundled config (which cannot be reloaded).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// Capabilities a backend may declare.
@@ -315,7 +325,9 @@ impl Config {
             }
             None => (BUNDLED_NAME.to_string(), BUNDLED_CONFIG.to_string()),
         };
-        Self::parse(&text, &file)
+        let mut cfg = Self::parse(&text, &file)?;
+        cfg.path = path.map(Path::to_path_buf);
+        Ok(cfg)
     }
 
     /// Parses TOML text; `file` names it in errors.
@@ -332,6 +344,7 @@ impl Config {
                 message: e.inner().message().to_string(),
             })?;
         cfg.file = file.to_string();
+        cfg.version = text_version(text);
         Ok(cfg)
     }
 
@@ -405,6 +418,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The version a config's text gets: the first 12 hex digits of its sha256.
+pub fn text_version(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks one backend entry; errors name its TOML path.

@@ -52,6 +52,13 @@ fn server(s: &ServerConfig) -> Result<(), Bad> {
     positive("server.max_sse_line_bytes".into(), max_line, MAX_BYTES)?;
     let max_text = s.max_completion_bytes as u64;
     positive("server.max_completion_bytes".into(), max_text, MAX_BYTES)?;
+    if s.config_watch_ms != 0 {
+        positive(
+            "server.config_watch_ms".into(),
+            s.config_watch_ms,
+            86_400_000,
+        )?;
+    }
     positive(
         "server.budget_max_tokens".into(),
         s.budget_max_tokens.into(),

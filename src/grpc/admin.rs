@@ -81,6 +81,8 @@ pub struct AdminService {
     pub rollout: Option<Arc<Rollout>>,
     /// In a fleet, feedback goes to (and decisions are found in) the shared store.
     pub shared: Option<Arc<SharedRecords>>,
+    /// Re-reads the config file and swaps its catalog in (`ReloadConfig`).
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 /// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
@@ -196,6 +198,29 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn reload_config(
+        &self,
+        _: Request<pb::ReloadConfigRequest>,
+    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        use crate::reload::ReloadError;
+        let r = self.reloader.reload("admin").await.map_err(|e| {
+            let kind = match &e {
+                ReloadError::NoFile => ErrorKind::FailedPrecondition,
+                ReloadError::Invalid(_) => ErrorKind::InvalidArgument,
+                ReloadError::Clients(_) => ErrorKind::Internal,
+            };
+            Error::new(kind, e.to_string()).status()
+        })?;
+        Ok(Response::new(pb::ReloadConfigResponse {
+            version: r.version,
+            previous: r.previous,
+            changed: r.changed,
+            backends: r.backends as u32,
+            policies: r.policies as u32,
+            restart_needed: r.restart_needed,
+        }))
+    }
+
     async fn get_usage(
         &self,
         req: Request<pb::GetUsageRequest>,

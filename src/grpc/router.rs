@@ -23,6 +23,20 @@ impl RouterService {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
     }
+
+    /// Counts a call by method and the gRPC code it ended (or started its stream) with.
+    fn count(&self, method: &str, err: Option<&crate::error::Error>) {
+        let code = match err {
+            None => tonic::Code::Ok,
+            Some(e) => e.clone().status().code(),
+        };
+        self.gateway
+            .engine()
+            .metrics
+            .grpc_requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+    }
 }
 
 #[tonic::async_trait]
@@ -39,7 +53,9 @@ impl Router for RouterService {
         async move {
             let caller = request.extensions().get::<Caller>().cloned();
             let req = to_route_request(request.into_inner());
-            match self.gateway.route(req, caller.as_ref()).await {
+            let out = self.gateway.route(req, caller.as_ref()).await;
+            self.count("RouteDecision", out.as_ref().err());
+            match out {
                 Ok(o) => {
                     let span = tracing::Span::current();
                     span.record("decision_id", o.decision_id.as_str());
@@ -66,9 +82,9 @@ impl Router for RouterService {
         let input = to_complete_input(request.into_inner());
         let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));
         // The producer stops (and drops the upstream request) once the client is gone.
-        let rx = span
-            .in_scope(|| self.gateway.complete(input, caller.as_ref()))
-            .map_err(IntoStatus::status)?;
+        let rx = span.in_scope(|| self.gateway.complete(input, caller.as_ref()));
+        self.count("Complete", rx.as_ref().err());
+        let rx = rx.map_err(IntoStatus::status)?;
         Ok(Response::new(Box::pin(events(rx))))
     }
 }

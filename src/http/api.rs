@@ -15,7 +15,7 @@ use crate::proto::v1 as pb;
 
 /// `auto`, one `auto:<policy>` per policy, then the catalog's backends.
 pub async fn models(State(s): State<HttpState>) -> Json<serde_json::Value> {
-    let c = &s.gateway.engine().config;
+    let c = s.gateway.engine().config();
     let entry = |id: String, owner: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
     let mut data = vec![entry("auto".into(), "switchboard")];
     data.extend(

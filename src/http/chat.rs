@@ -31,6 +31,7 @@ struct Head {
     decision_id: String,
     intent: Option<String>,
     classifier_version: Option<String>,
+    catalog_version: Option<String>,
     backend: String,
     model: String,
     created: u64,
@@ -50,6 +51,9 @@ impl Head {
         }
         if let Some(v) = &self.classifier_version {
             set("x-switchboard-classifier-version", v);
+        }
+        if let Some(v) = &self.catalog_version {
+            set("x-switchboard-catalog-version", v);
         }
     }
 
@@ -105,7 +109,7 @@ async fn handle(
     let req: wire::ChatRequest = wire::parse(&body.map_err(body_error)?)?;
     let stream = req.stream;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let input = wire::to_input(req, &headers, &s.gateway.engine().config)?;
+    let input = wire::to_input(req, &headers, &s.gateway.engine().config())?;
     let mut rx = s.gateway.complete(input, caller.as_ref())?;
     let mut head = Head {
         created: SystemTime::now()
@@ -126,6 +130,7 @@ async fn handle(
                 tracing::Span::current().record("decision_id", decision_id.as_str());
                 head.decision_id = decision_id;
                 head.intent = outcome.as_ref().map(|o| o.prediction.intent.clone());
+                head.catalog_version = outcome.as_ref().map(|o| o.catalog_version.clone());
                 head.classifier_version = outcome.map(|o| o.classifier_version);
             }
             Some(Ok(ProxyEvent::Serving { backend, model })) => {
@@ -196,6 +201,7 @@ fn extra(head: &Head, d: &DoneInfo) -> serde_json::Value {
         "backend": d.backend,
         "intent": head.intent,
         "classifier_version": head.classifier_version,
+        "catalog_version": head.catalog_version,
         "usage_estimated": d.estimated,
         "cost_usd": d.cost_usd,
         "time_to_first_token_us": d.ttft_us,

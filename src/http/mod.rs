@@ -31,9 +31,8 @@ pub struct HttpState {
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
-    let e = s.gateway.engine();
-    e.refresh_metrics();
-    e.metrics.render()
+    s.gateway.refresh_metrics();
+    s.gateway.engine().metrics.render()
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
@@ -118,7 +117,7 @@ fn json_body(req: &Request) -> Result<(), error::ApiError> {
 /// The request body, read in full within `transport.http_body_read_timeout_ms` and no larger
 /// than the body limit: a client trickling its body holds a connection for that long at most.
 async fn read_body(s: &HttpState, req: Request) -> Result<Request, error::ApiError> {
-    let cfg = &s.gateway.engine().config;
+    let cfg = s.gateway.engine().config();
     let deadline = Duration::from_millis(cfg.transport.http_body_read_timeout_ms);
     let limit = body_limit(s);
     let (parts, body) = req.into_parts();
@@ -159,7 +158,7 @@ fn body_read_error(e: &axum::Error, limit: usize) -> error::ApiError {
 }
 
 fn body_limit(s: &HttpState) -> usize {
-    s.gateway.engine().config.server.max_request_bytes()
+    s.gateway.engine().config().server.max_request_bytes()
 }
 
 async fn not_found() -> Response {

@@ -90,7 +90,8 @@ pub struct SwapReport {
 /// the tokenizer every encoder must share, and where swap outcomes are counted.
 pub struct RegistryDeps {
     pub live: Arc<Live>,
-    pub config: Arc<Config>,
+    /// The catalog in force (a reload swaps it).
+    pub config: Arc<arc_swap::ArcSwap<Config>>,
     pub tokenizer: TextTokenizer,
     pub metrics: Arc<Metrics>,
 }
@@ -310,6 +311,7 @@ impl Registry {
     fn check_labels(&self, c: &Classifier) -> Result<(), SwapError> {
         self.deps
             .config
+            .load()
             .validate(&c.meta.intent_labels, &c.meta.domain_labels)
             .map_err(|e| SwapError::Rejected(format!("labels do not cover the catalog: {e}")))
     }

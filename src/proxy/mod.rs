@@ -253,13 +253,9 @@ impl Proxy {
         }
     }
 
-    fn backend(&self, name: &str) -> Option<&Backend> {
-        self.engine.config.backends.iter().find(|b| b.name == name)
-    }
-
     /// Whether `name` is a catalog backend (a pinned completion's check).
     pub fn knows(&self, name: &str) -> bool {
-        self.backend(name).is_some()
+        self.engine.config().backends.iter().any(|b| b.name == name)
     }
 
     /// Runs one completion along `plan`, sending events to `tx` until done, failed, or the
@@ -310,11 +306,11 @@ impl Proxy {
     async fn first(&self, b: &Backend, req: &ChatRequest, t0: Instant) -> FirstOutcome<Upstream> {
         let timeout = Duration::from_millis(b.first_token_timeout_ms);
         tokio::time::timeout(timeout, async {
-            let max_line = self.engine.config.server.max_sse_line_bytes;
+            let max_line = self.engine.config().server.max_sse_line_bytes;
             let Some(http) = self.upstreams.client(&b.name) else {
                 return FirstOutcome::Failed(UpstreamError::Connect("not in the catalog".into()));
             };
-            match openai::open_stream(http, b, req, max_line).await {
+            match openai::open_stream(&http, b, req, max_line).await {
                 Ok(s) => first_token(Box::pin(s) as Upstream, t0).await,
                 Err(e) => FirstOutcome::Failed(e),
             }
@@ -338,9 +334,11 @@ impl Proxy {
         }
         let req = chat_request(input);
         let m = &self.engine.metrics;
+        // One catalog for the whole completion, even when a reload lands meanwhile.
+        let cfg = self.engine.config();
         let (mut attempts, mut calls) = (Vec::new(), 0);
         for name in &plan.candidates {
-            let Some(b) = self.backend(name) else {
+            let Some(b) = cfg.backends.iter().find(|b| &b.name == name) else {
                 continue;
             };
             if calls >= self.max_attempts {

@@ -60,7 +60,7 @@ impl Proxy {
         }
         let mut tail = Vec::new();
         let idle = Duration::from_millis(b.idle_timeout_ms);
-        let max_text = self.engine.config.server.max_completion_bytes;
+        let max_text = self.engine.config().server.max_completion_bytes;
         let mut closing = self.closing.clone();
         loop {
             // Watch the client too: a cancelled client drops the upstream at once, not at

@@ -261,6 +261,15 @@ impl Quotas {
         for s in &r.subjects {
             if s.scope != Scope::Backend {
                 let labels = [s.scope.as_str(), s.name.as_str()];
+                for (period, limit) in [
+                    ("day", s.limits.usd_per_day),
+                    ("month", s.limits.usd_per_month),
+                ] {
+                    if let Some(l) = limit {
+                        let at = [labels[0], labels[1], period];
+                        self.metrics.budget_limit.with_label_values(&at).set(l);
+                    }
+                }
                 self.metrics
                     .spend_usd
                     .with_label_values(&labels)

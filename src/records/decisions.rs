@@ -21,6 +21,9 @@ pub struct DecisionRecord {
     pub id: String,
     pub ts_ms: u64,
     pub classifier_version: String,
+    /// The catalog the ranking used.
+    #[serde(default)]
+    pub catalog_version: String,
     /// sha256 of the encoder that produced `embedding`.
     #[serde(default)]
     pub encoder: String,

@@ -60,7 +60,12 @@ async fn admin_rpcs_need_the_admin_token_and_change_nothing_without_it() {
     let mut a = admin(server.admin, Some(common::ADMIN_TOKEN)).await;
     assert_eq!(live(&mut a).await, before);
     assert_eq!(server.engine.live.snapshot().version(), before);
-    let feedback = server.engine.config.admin.state_dir.join("feedback.jsonl");
+    let feedback = server
+        .engine
+        .config()
+        .admin
+        .state_dir
+        .join("feedback.jsonl");
     assert_eq!(std::fs::read_to_string(&feedback).unwrap_or_default(), "");
     server.stop().await;
 }
@@ -212,7 +217,7 @@ async fn feedback_retrain_promote_closes_the_loop() {
     dry.dry_run = true;
     dry.force = true;
     let old = a.swap_classifier(dry).await.unwrap().into_inner().metrics;
-    let margin = server.engine.config.admin.gate_margin;
+    let margin = server.engine.config().admin.gate_margin;
     for k in ["gate_intent_accuracy", "gate_domain_accuracy"] {
         assert!(
             last.dev_metrics[k] >= old[k] - margin,
@@ -356,7 +361,7 @@ async fn client_paths_stay_under_the_artifact_root_and_retrains_run_one_at_a_tim
     while first.message().await.unwrap().is_some() {}
     // Once it has ended, the next one may run; a caller that leaves cancels it, and nothing
     // is written after that.
-    let heads = server.engine.config.admin.state_dir.join("heads");
+    let heads = server.engine.config().admin.state_dir.join("heads");
     let written = || std::fs::read_dir(&heads).map(|d| d.count()).unwrap_or(0);
     let before = written();
     assert!(before >= 1, "the finished retrain wrote its heads");

@@ -118,7 +118,7 @@ impl TestServer {
                 .unwrap()
                 .unwrap();
         }
-        let state = &self.engine.config.admin.state_dir;
+        let state = self.engine.config().admin.state_dir.clone();
         let ours = state.starts_with(env!("CARGO_TARGET_TMPDIR"))
             && state
                 .file_name()

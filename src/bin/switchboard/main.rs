@@ -204,10 +204,10 @@ async fn serve(
         let engine = server::load_engine(cfg).await?;
         println!(
             "config OK: {} backends, policies {:?}, classifier {} from {}",
-            engine.config.backends.len(),
-            engine.config.policies.keys().collect::<Vec<_>>(),
+            engine.config().backends.len(),
+            engine.config().policies.keys().collect::<Vec<_>>(),
             engine.live.snapshot().version(),
-            engine.config.server.classifier_dir.display()
+            engine.config().server.classifier_dir.display()
         );
         return Ok(());
     }

@@ -227,7 +227,7 @@ pub async fn route(
         cn_rps,
         cn: Stats::from(&mut cn),
         embed_rps,
-        rank50_us: rank_bench(&engine.config, &probe.prediction),
+        rank50_us: rank_bench(&engine.config(), &probe.prediction),
         classify_us: Stats::from(&mut classify),
         repair_us: repair_bench(&engine, &prompts),
         cache_hit: Stats::from(&mut hits),

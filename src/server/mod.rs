@@ -3,32 +3,30 @@
 //! shutdown. `grpc` and `http` receive their handles from here; neither knows the other.
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+mod load;
+pub use load::{load_engine, ServeError};
+
 use crate::auth::ApiKeys;
 use crate::backends::breaker::BreakerConfig;
 use crate::backends::Upstreams;
-use crate::classify::{Classifier, ClassifyError};
-use crate::config::{Config, ConfigError};
-use crate::embed::{EmbedError, Embedder};
-use crate::engine::{Engine, EngineParts};
+use crate::config::Config;
+use crate::engine::Engine;
 use crate::fleet::artifacts::Artifacts;
 use crate::fleet::{Store, StoreError};
 use crate::gateway::Gateway;
 use crate::grpc::admin::AdminService;
 use crate::live::fleet::Rollout;
-use crate::live::gate::GateError;
 use crate::live::registry::{Registry, RegistryDeps};
-use crate::live::{Live, LiveModel};
-use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::records::shared::SharedRecords;
-use crate::records::{DecisionLog, DecisionLogConfig, FeedbackLog};
+use crate::records::FeedbackLog;
+use crate::reload::Reloader;
 use crate::train::retrain::Retrainer;
 
 /// Settings of `switchboard serve`.
@@ -42,104 +40,6 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     /// Serve `/metrics` here instead of on the HTTP address.
     pub metrics_addr: Option<SocketAddr>,
-}
-
-/// Errors while starting or running the server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error(transparent)]
-    Classify(#[from] ClassifyError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("admin.gate_set: {0}")]
-    Gate(#[from] GateError),
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("refusing to serve {addr} without client API keys: anyone who reaches it could spend the provider keys; set server.api_keys_file, or server.allow_unauthenticated = true (--allow-unauthenticated) if something in front authenticates")]
-    Unauthenticated { addr: SocketAddr },
-    #[error("the admin token is shorter than {} characters: make a longer one (e.g. openssl rand -hex 16)", crate::grpc::admin::MIN_TOKEN_LEN)]
-    AdminToken,
-    #[error("the bound address: {0}")]
-    LocalAddr(std::io::Error),
-    #[error("admin.state_dir: {what} {}: {source}", path.display())]
-    Records {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Assets(#[from] crate::assets::AssetError),
-    #[error("fleet: {0}")]
-    Store(#[from] StoreError),
-    #[error("metrics registry: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("HTTP client for the backends: {0}")]
-    Upstreams(#[from] reqwest::Error),
-    #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("loading the encoder: {0}")]
-    Join(#[from] tokio::task::JoinError),
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("HTTP transport: {0}")]
-    Http(std::io::Error),
-}
-
-/// Loads the encoder and the classifier, validates the config against its labels, and opens
-/// the decision log (when on): the engine every transport routes through.
-pub async fn load_engine(config: Config) -> Result<Arc<Engine>, ServeError> {
-    let mut enc = config.encoder.clone();
-    let dir = config.server.classifier_dir.clone();
-    crate::assets::check_default(&dir, crate::assets::CLASSIFIER)?;
-    crate::assets::check_default(&enc.model_dir, crate::assets::ENCODER)?;
-    if let Some(own) = crate::classify::own_encoder(&dir) {
-        tracing::info!(encoder = %own.display(), "the classifier folder carries its own encoder");
-        enc.model_dir = own;
-    }
-    let embedder = tokio::task::spawn_blocking(move || Embedder::start(&enc)).await??;
-    let classifier = Classifier::load(&dir, &embedder.info())?;
-    config.validate(
-        &classifier.meta.intent_labels,
-        &classifier.meta.domain_labels,
-    )?;
-    let live = LiveModel::new(
-        Arc::new(classifier),
-        embedder.model(),
-        dir.display().to_string(),
-    );
-    let decisions = open_decision_log(&config)?;
-    Ok(Arc::new(Engine::new(EngineParts {
-        embedder,
-        live: Arc::new(Live::new(live)),
-        config: Arc::new(config),
-        metrics: Arc::new(Metrics::new()?),
-        decisions,
-    })))
-}
-
-fn open_decision_log(config: &Config) -> Result<Option<Arc<DecisionLog>>, ServeError> {
-    let a = &config.admin;
-    if !a.decision_log {
-        return Ok(None);
-    }
-    let dir = a.state_dir.join("decisions");
-    let log = DecisionLog::open(DecisionLogConfig {
-        dir: dir.clone(),
-        file_bytes: a.decision_file_bytes,
-        files: a.decision_files,
-        log_prompts: a.log_prompts,
-    })
-    .map_err(|source| ServeError::Records {
-        what: "decision log",
-        path: dir,
-        source,
-    })?;
-    Ok(Some(Arc::new(log)))
 }
 
 /// The Admin side: the registry over the live model, the feedback log and the retrainer.
@@ -157,6 +57,7 @@ struct AdminDeps {
     registry: Arc<Registry>,
     rollout: Option<Arc<Rollout>>,
     shared: Option<Arc<SharedRecords>>,
+    reloader: Arc<Reloader>,
 }
 
 fn admin_parts(
@@ -165,7 +66,7 @@ fn admin_parts(
     listener: TcpListener,
     token: String,
 ) -> Result<AdminParts, ServeError> {
-    let cfg = engine.config.admin.clone();
+    let cfg = engine.config().admin.clone();
     let path = cfg.state_dir.join("feedback.jsonl");
     let feedback = FeedbackLog::open(&path).map_err(|source| ServeError::Records {
         what: "feedback log",
@@ -178,6 +79,7 @@ fn admin_parts(
         registry,
         rollout,
         shared,
+        reloader,
     } = deps;
     let retrainer = Arc::new(Retrainer {
         registry: registry.clone(),
@@ -193,11 +95,12 @@ fn admin_parts(
         feedback,
         decisions: engine.decisions.clone(),
         retrainer,
-        artifact_root: engine.config.admin.artifact_root.clone(),
+        artifact_root: engine.config().admin.artifact_root.clone(),
         retraining: Default::default(),
         quotas,
         rollout,
         shared,
+        reloader,
     };
     Ok(AdminParts {
         listener,
@@ -216,6 +119,7 @@ pub struct Bound {
     pub gateway: Arc<Gateway>,
     admin: Option<AdminParts>,
     rollout: Option<Arc<Rollout>>,
+    reloader: Arc<Reloader>,
 }
 
 impl Bound {
@@ -274,15 +178,15 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         }
     }
     let engine = load_engine(cfg.config).await?;
-    let s = &engine.config.server;
+    let s = &engine.config().server;
     let breaker = BreakerConfig {
         consecutive_failures: s.breaker_failures.max(1),
         cooldown: Duration::from_millis(s.breaker_cooldown_ms),
         ..Default::default()
     };
-    let store = Store::start(&engine.config.fleet, engine.metrics.clone())?;
+    let store = Store::start(&engine.config().fleet, engine.metrics.clone())?;
     let upstreams = Upstreams::new(
-        &engine.config,
+        &engine.config(),
         breaker,
         engine.metrics.clone(),
         store.clone(),
@@ -293,7 +197,13 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
     };
     let quotas = Arc::new(Quotas::new(
         store.clone(),
-        &engine.config.fleet,
+        &engine.config().fleet,
+        engine.metrics.clone(),
+    ));
+    let reloader = Arc::new(Reloader::new(
+        engine.config_handle(),
+        engine.live.clone(),
+        upstreams.clone(),
         engine.metrics.clone(),
     ));
     let gateway = Arc::new(Gateway::new(
@@ -312,11 +222,12 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
                 registry,
                 rollout: rollout.clone(),
                 shared,
+                reloader: reloader.clone(),
             };
             Some(admin_parts(&engine, deps, listen(addr).await?, token)?)
         }
         (Some(addr), _) => {
-            tracing::warn!(%addr, env = %engine.config.admin.token_env, "Admin service not served: no admin token is set");
+            tracing::warn!(%addr, env = %engine.config().admin.token_env, "Admin service not served: no admin token is set");
             None
         }
         _ => None,
@@ -332,6 +243,7 @@ pub async fn bind(cfg: ServeConfig) -> Result<Bound, ServeError> {
         gateway,
         admin,
         rollout,
+        reloader,
     })
 }
 
@@ -341,13 +253,13 @@ fn rollout(
     store: Option<&Store>,
     registry: &Arc<Registry>,
 ) -> Result<Option<Arc<Rollout>>, ServeError> {
-    let (Some(store), Some(url)) = (store, &engine.config.fleet.artifact_url) else {
+    let (Some(store), Some(url)) = (store, &engine.config().fleet.artifact_url) else {
         return Ok(None);
     };
-    let cache = engine.config.admin.state_dir.join("fleet-artifacts");
+    let cache = engine.config().admin.state_dir.join("fleet-artifacts");
     let artifacts = Artifacts::open(url, cache)
         .map_err(|e| ServeError::Store(StoreError::Redis(e.to_string())))?;
-    let poll = Duration::from_millis(engine.config.fleet.rollout_poll_ms);
+    let poll = Duration::from_millis(engine.config().fleet.rollout_poll_ms);
     Ok(Some(Rollout::new(
         store.clone(),
         artifacts,
@@ -359,7 +271,7 @@ fn rollout(
 /// In a fleet, decision records also go to the shared store and feedback lives there.
 fn shared_records(engine: &Engine, store: Option<&Store>) -> Option<Arc<SharedRecords>> {
     let (store, log) = (store?, engine.decisions.as_ref()?);
-    let f = &engine.config.fleet;
+    let f = &engine.config().fleet;
     let shared = SharedRecords::new(
         store.clone(),
         f.decision_ttl_s,
@@ -375,11 +287,14 @@ fn shared_records(engine: &Engine, store: Option<&Store>) -> Option<Arc<SharedRe
 fn registry(engine: &Arc<Engine>) -> Result<Arc<Registry>, ServeError> {
     let deps = RegistryDeps {
         live: engine.live.clone(),
-        config: engine.config.clone(),
+        config: engine.config_handle(),
         tokenizer: engine.embedder.tokenizer().clone(),
         metrics: engine.metrics.clone(),
     };
-    Ok(Arc::new(Registry::new(deps, engine.config.admin.clone())?))
+    Ok(Arc::new(Registry::new(
+        deps,
+        engine.config().admin.clone(),
+    )?))
 }
 
 /// Serves until `shutdown` resolves. Then readiness and health go NOT_SERVING at once, the
@@ -392,14 +307,19 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let (grpc_addr, http_addr) = (bound.grpc_addr()?, bound.http_addr()?);
     let engine = bound.engine.clone();
-    let max = engine.config.server.max_request_bytes();
+    let max = engine.config().server.max_request_bytes();
     let (health, router) =
-        crate::grpc::router(bound.gateway.clone(), max, &engine.config.transport).await?;
+        crate::grpc::router(bound.gateway.clone(), max, &engine.config().transport).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let synced = bound.rollout.as_ref().map(|r| r.synced());
     let follower = bound.rollout.clone().map(|r| {
-        let wait = Duration::from_millis(engine.config.fleet.startup_sync_timeout_ms);
+        let wait = Duration::from_millis(engine.config().fleet.startup_sync_timeout_ms);
         tokio::spawn(r.follow(wait))
+    });
+    let watch_ms = engine.config().server.config_watch_ms;
+    let catalog_watch = (watch_ms > 0).then(|| {
+        let every = Duration::from_millis(watch_ms);
+        tokio::spawn(bound.reloader.clone().watch(every))
     });
     let warm = tokio::spawn(warm_up(
         engine.clone(),
@@ -420,7 +340,7 @@ pub async fn run(
         gateway: bound.gateway.clone(),
         ready,
     };
-    let limits = engine.config.transport.clone();
+    let limits = engine.config().transport.clone();
     let metrics_apart = bound.metrics.is_some();
     if let Some(l) = bound.metrics {
         let app = crate::http::metrics_router(state.clone());
@@ -450,7 +370,7 @@ pub async fn run(
     if let Some(f) = follower {
         f.abort();
     }
-    if let Some(w) = watcher {
+    for w in [watcher, catalog_watch].into_iter().flatten() {
         w.abort();
     }
     tracing::info!("server stopped");
@@ -476,7 +396,7 @@ impl Transports {
         gateway: &Gateway,
         engine: &Engine,
     ) -> Result<(), ServeError> {
-        let grace = Duration::from_millis(engine.config.server.shutdown_grace_ms);
+        let grace = Duration::from_millis(engine.config().server.shutdown_grace_ms);
         tokio::select! {
             r = &mut self.grpc => return self.finish(Some(r)).await,
             _ = stopped(stop) => {}
@@ -534,14 +454,14 @@ type AdminTasks = (
 
 /// The Admin service on its own listener, and the directory watch when configured.
 fn spawn_admin(a: AdminParts, engine: &Engine, stop: StopRx) -> AdminTasks {
-    let cfg = &engine.config.admin;
+    let cfg = &engine.config().admin;
     let watcher = cfg.watch_dir.clone().map(|dir| {
         let every = Duration::from_millis(cfg.watch_interval_ms.max(10));
         tokio::spawn(crate::live::watch::run(a.registry.clone(), dir, every))
     });
     // Room above the inline limit, so an oversized upload gets our message naming the limit.
     let max = cfg.max_inline_bytes * 2 + (1 << 20);
-    let router = crate::grpc::admin(a.service, &a.token, max, &engine.config.transport);
+    let router = crate::grpc::admin(a.service, &a.token, max, &engine.config().transport);
     let server = tokio::spawn(crate::grpc::serve(router, a.listener, stopped(stop)));
     (Some(server), watcher)
 }
