@@ -164,7 +164,7 @@ const GRPC: Doc = (
 );
 const RELOADS: Doc = (
     "config_reloads_total",
-    "Catalog reloads by origin (watch, admin) and outcome (ok, unchanged, invalid)",
+    "Catalog reloads by origin (watch, admin) and outcome (ok, unchanged, refused)",
 );
 const CATALOG: Doc = ("catalog_info", "1 for the catalog version in force");
 const CLASSIFIER: Doc = ("classifier_info", "1 for the live classifier version");

@@ -87,7 +87,7 @@ impl Reloader {
         let outcome = match &out {
             Ok(r) if !r.changed => "unchanged",
             Ok(_) => "ok",
-            Err(_) => "invalid",
+            Err(_) => "refused",
         };
         self.metrics
             .config_reloads

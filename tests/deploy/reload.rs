@@ -196,9 +196,9 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
     );
     assert!(
         metrics
-            .contains("switchboard_config_reloads_total{origin=\"watch\",outcome=\"invalid\"} 1")
+            .contains("switchboard_config_reloads_total{origin=\"watch\",outcome=\"refused\"} 1")
             || metrics.contains(
-                "switchboard_config_reloads_total{origin=\"admin\",outcome=\"invalid\"} 1"
+                "switchboard_config_reloads_total{origin=\"admin\",outcome=\"refused\"} 1"
             ),
         "the refused reload is counted: {metrics}"
     );
