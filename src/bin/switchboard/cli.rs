@@ -58,6 +58,8 @@ pub enum Command {
         #[arg(long, env = "SWITCHBOARD_ALLOW_UNAUTHENTICATED")]
         allow_unauthenticated: bool,
         #[command(flatten)]
+        overrides: ServeOverrides,
+        #[command(flatten)]
         encoder: EncoderArgs,
     },
     /// Route one prompt and print the decision as a table.
@@ -377,6 +379,41 @@ impl TrainArgs {
             noise_share: self.finetune_noise,
             select: self.finetune_select,
         })
+    }
+}
+
+/// Settings a deployment sets from its environment (a Kubernetes Secret, a mounted volume)
+/// rather than in the catalog file, which is shared by every replica and reloaded live.
+#[derive(Args, Clone)]
+pub struct ServeOverrides {
+    /// `server.api_keys_file`: the client API keys (TOML).
+    #[arg(long, env = "SWITCHBOARD_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// `admin.state_dir`: decision and feedback logs, retrained heads.
+    #[arg(long, env = "SWITCHBOARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// `fleet.redis_url`: share breakers, quotas, records and rollouts with other replicas.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// `fleet.artifact_url`: where classifier artifacts are published for the fleet.
+    #[arg(long, env = "SWITCHBOARD_ARTIFACT_URL")]
+    pub artifact_url: Option<String>,
+}
+
+impl ServeOverrides {
+    pub fn apply(&self, c: &mut switchboard::config::Config) {
+        if let Some(v) = &self.api_keys_file {
+            c.server.api_keys_file = Some(v.clone());
+        }
+        if let Some(v) = &self.state_dir {
+            c.admin.state_dir = v.clone();
+        }
+        if let Some(v) = &self.redis_url {
+            c.fleet.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &self.artifact_url {
+            c.fleet.artifact_url = Some(v.clone());
+        }
     }
 }
 

@@ -66,12 +66,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             validate_config,
             allow_unauthenticated,
+            overrides,
             encoder,
         } => {
             let addrs = (grpc_addr, http_addr, admin_addr, metrics_addr);
             let mut cfg = Config::read(config.as_deref())?;
             cfg.encoder = encoder.apply(cfg.encoder);
             cfg.server.allow_unauthenticated |= allow_unauthenticated;
+            overrides.apply(&mut cfg);
             serve(addrs, cfg, validate_config).await
         }
         Command::Route {
