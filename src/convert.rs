@@ -5,6 +5,7 @@ use crate::engine::{RouteOutcome, RouteRequest};
 use crate::policy::Preferences;
 use crate::proto::v1 as pb;
 use crate::proxy::{CompleteInput, GenParams, ProxyEvent};
+use crate::records::usage::{SavingsReport, Totals};
 
 /// Proxy event → proto event; `Serving` has no proto counterpart (Done names the backend).
 pub fn to_event(e: ProxyEvent) -> Option<pb::CompleteEvent> {
@@ -144,5 +145,43 @@ pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
             rank_us: o.timings.rank_us,
             total_us: o.timings.total_us,
         }),
+    }
+}
+
+fn savings_group(t: &Totals) -> pb::SavingsGroup {
+    let (q, sq, dq) = t.qualities();
+    let (ss, sp) = t.savings(t.strongest_cost_usd);
+    let (ds, dp) = t.savings(t.default_cost_usd);
+    pb::SavingsGroup {
+        name: t.name.clone(),
+        requests: t.requests,
+        prompt_tokens: t.prompt_tokens,
+        completion_tokens: t.completion_tokens,
+        cost_usd: t.cost_usd,
+        strongest_cost_usd: t.strongest_cost_usd,
+        default_cost_usd: t.default_cost_usd,
+        savings_vs_strongest_usd: ss,
+        savings_vs_strongest_percent: sp,
+        savings_vs_default_usd: ds,
+        savings_vs_default_percent: dp,
+        quality: q,
+        strongest_quality: sq,
+        default_quality: dq,
+    }
+}
+
+/// The savings report as the Admin service returns it.
+pub fn savings_report(r: &SavingsReport, fleet_wide: bool) -> pb::SavingsReport {
+    let all = |v: &[Totals]| v.iter().map(savings_group).collect();
+    pb::SavingsReport {
+        from_ms: r.from_ms,
+        to_ms: r.to_ms,
+        total: Some(savings_group(&r.total)),
+        by_tenant: all(&r.by_tenant),
+        by_key: all(&r.by_key),
+        by_backend: all(&r.by_backend),
+        by_intent: all(&r.by_intent),
+        by_domain: all(&r.by_domain),
+        fleet_wide,
     }
 }

@@ -10,8 +10,26 @@ use crate::auth::{apply_caller, ApiKeys, Caller};
 use crate::backends::Upstreams;
 use crate::engine::{new_id, Engine, RouteOutcome, RouteRequest};
 use crate::error::{Error, ErrorKind};
-use crate::proxy::{pinned_misfit, CompleteInput, Plan, Proxy, ProxyError, ProxyEvent, Served};
+use crate::proxy::{
+    pinned_misfit, CompleteInput, OnServed, Plan, Proxy, ProxyError, ProxyEvent, Served,
+};
 use crate::quota::{Ask, Limits, Quotas, Reservation, Used};
+use crate::savings::Routed;
+
+/// What the usage record needs of a completion's routing (a pinned one has no outcome).
+fn routed(plan: &Plan) -> Routed {
+    let mut r = Routed {
+        id: plan.decision_id.clone(),
+        ..Routed::default()
+    };
+    if let Some(o) = &plan.outcome {
+        r.policy = o.decision.policy.clone();
+        r.intent = o.prediction.intent.clone();
+        r.domain = o.prediction.domain.clone();
+        r.catalog_version = o.catalog_version.clone();
+    }
+    r
+}
 
 /// The events of one completion, in order; an `Err` is the last item.
 pub type CompletionRx = mpsc::Receiver<Result<ProxyEvent, Error>>;
@@ -144,7 +162,8 @@ impl Gateway {
                     Err(e) => Err(e),
                 };
                 match reserved {
-                    Ok((plan, r)) => {
+                    Ok((mut plan, r)) => {
+                        plan.on_served = this.usage_hook(&plan, caller.as_ref());
                         let served = this.proxy.run(&input, plan, &tx).await;
                         this.settle(r, served);
                     }
@@ -218,16 +237,27 @@ impl Gateway {
     /// Charges what was served (or gives the reservation back when nothing was).
     fn settle(&self, r: Reservation, served: Option<Served>) {
         match served {
-            Some(s) => self.quotas.settle(
-                r,
-                &Used {
+            Some(s) => {
+                let used = Used {
+                    tokens: s.tokens(),
                     backend: s.backend,
-                    tokens: s.tokens,
                     usd: s.cost_usd,
-                },
-            ),
+                };
+                self.quotas.settle(r, &used)
+            }
             None => self.quotas.release(r),
         }
+    }
+
+    /// Logs a served completion's usage with its counterfactual costs (the savings report),
+    /// when the decision log is on.
+    fn usage_hook(&self, plan: &Plan, caller: Option<&Caller>) -> Option<OnServed> {
+        let log = self.engine.decisions.clone()?;
+        let (engine, routed, caller) = (self.engine.clone(), routed(plan), caller.cloned());
+        Some(Arc::new(move |s: &Served| {
+            let cfg = engine.config();
+            log.usage(&crate::savings::record(&cfg, &routed, caller.as_ref(), s));
+        }))
     }
 
     /// Who a completion tries, in order. Health is left to the proxy's own slot check, so
@@ -246,6 +276,7 @@ impl Gateway {
                 decision_id: new_id(),
                 outcome: None,
                 candidates: vec![name.clone()],
+                on_served: None,
             });
         }
         let up = &self.upstreams;
@@ -257,6 +288,7 @@ impl Gateway {
             decision_id: o.decision_id.clone(),
             candidates: o.decision.ranked.iter().map(|r| r.name.clone()).collect(),
             outcome: Some(o),
+            on_served: None,
         })
     }
 

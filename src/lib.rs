@@ -29,5 +29,6 @@ pub mod proxy;
 pub mod quota;
 pub mod records;
 pub mod reload;
+pub mod savings;
 pub mod server;
 pub mod train;

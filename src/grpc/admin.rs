@@ -83,6 +83,8 @@ pub struct AdminService {
     pub shared: Option<Arc<SharedRecords>>,
     /// Re-reads the config file and swaps its catalog in (`ReloadConfig`).
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Where the savings report reads usage records (none with the decision log off).
+    pub savings: Option<crate::savings::Source>,
 }
 
 /// The retrain slot, taken for one retrain; freed when dropped (the retrain ended, or its task
@@ -198,6 +200,41 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn get_savings(
+        &self,
+        req: Request<pb::GetSavingsRequest>,
+    ) -> Result<Response<pb::SavingsReport>, Status> {
+        let r = req.into_inner();
+        let to = if r.to_ms == 0 {
+            crate::records::now_ms()
+        } else {
+            r.to_ms
+        };
+        let from = if r.from_ms == 0 {
+            to.saturating_sub(86_400_000)
+        } else {
+            r.from_ms
+        };
+        if from >= to {
+            let m = format!("must be before to_ms ({to}), found {from}");
+            return Err(Error::field(ErrorKind::InvalidArgument, "from_ms", m).status());
+        }
+        let rep = crate::savings::report(self.savings.as_ref(), from, to)
+            .await
+            .map_err(|e| {
+                let kind = match e {
+                    crate::savings::ReportError::NoRecords => ErrorKind::FailedPrecondition,
+                    crate::savings::ReportError::Store(_) => ErrorKind::Unavailable,
+                    crate::savings::ReportError::Io(_) => ErrorKind::Internal,
+                };
+                Error::new(kind, e.to_string()).status()
+            })?;
+        let fleet_wide = matches!(self.savings, Some(crate::savings::Source::Fleet(_)));
+        Ok(Response::new(crate::convert::savings_report(
+            &rep, fleet_wide,
+        )))
+    }
+
     async fn reload_config(
         &self,
         _: Request<pb::ReloadConfigRequest>,

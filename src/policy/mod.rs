@@ -91,10 +91,16 @@ pub fn cost_usd(b: &Backend, prompt_tokens: u32, output_tokens: u32) -> f64 {
 
 /// Quality of `b` for this prompt: the domain's score when the backend has one, else the intent's.
 pub fn quality(b: &Backend, p: &Prediction) -> (f64, &'static str) {
-    if let Some(q) = b.domain_quality.get(&p.domain) {
+    quality_for(b, &p.intent, &p.domain)
+}
+
+/// `quality` by label: the domain's score when the backend has one, else the intent's, else
+/// its default.
+pub fn quality_for(b: &Backend, intent: &str, domain: &str) -> (f64, &'static str) {
+    if let Some(q) = b.domain_quality.get(domain) {
         return (*q, "domain");
     }
-    match b.quality.get(&p.intent) {
+    match b.quality.get(intent) {
         Some(q) => (*q, "intent"),
         None => (b.quality.get("default").copied().unwrap_or(0.0), "default"),
     }

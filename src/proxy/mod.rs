@@ -28,13 +28,19 @@ pub struct CompleteInput {
 }
 
 /// Who to call, in order: the routing decision's ranking, or the pinned backend alone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Plan {
     /// The routing decision's id, or a fresh one when pinned.
     pub decision_id: String,
     pub outcome: Option<RouteOutcome>,
     pub candidates: Vec<String>,
+    /// Told what was served before the client gets `Done`, so a record of it (the usage
+    /// log) exists by the time the client can ask about it.
+    pub on_served: Option<OnServed>,
 }
+
+/// See `Plan::on_served`.
+pub type OnServed = Arc<dyn Fn(&Served) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct AttemptInfo {
@@ -145,8 +151,15 @@ fn describe(a: &[AttemptInfo]) -> String {
 #[derive(Debug, Clone)]
 pub struct Served {
     pub backend: String,
-    pub tokens: u64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
     pub cost_usd: f64,
+}
+
+impl Served {
+    pub fn tokens(&self) -> u64 {
+        u64::from(self.prompt_tokens) + u64::from(self.completion_tokens)
+    }
 }
 
 /// How one completion ended.
@@ -236,6 +249,7 @@ struct Attempt<'a> {
     /// The failed attempts before this one.
     attempts: Vec<AttemptInfo>,
     tx: &'a Tx,
+    on_served: Option<&'a OnServed>,
 }
 
 impl Proxy {
@@ -329,6 +343,7 @@ impl Proxy {
             outcome: plan.outcome.map(Box::new),
             trying: plan.candidates.first().cloned().unwrap_or_default(),
         };
+        let on_served = plan.on_served;
         if tx.send(Ok(decision)).await.is_err() {
             return Ended::ClientGone;
         }
@@ -366,6 +381,7 @@ impl Proxy {
                 ttft: Duration::ZERO,
                 attempts: Vec::new(),
                 tx,
+                on_served: on_served.as_ref(),
             };
             match first {
                 FirstOutcome::Failed(e) if e.fault() == Fault::Caller => {

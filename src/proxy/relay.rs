@@ -166,12 +166,17 @@ impl Proxy {
             total_us: at.started.elapsed().as_micros() as u64,
             attempts: at.attempts.clone(),
         };
-        let _ = at.tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
-        Ended::Served(Served {
+        let served = Served {
             backend: b.name.clone(),
-            tokens: u64::from(prompt_tokens) + u64::from(completion_tokens),
+            prompt_tokens,
+            completion_tokens,
             cost_usd,
-        })
+        };
+        if let Some(f) = at.on_served {
+            f(&served);
+        }
+        let _ = at.tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
+        Ended::Served(served)
     }
 
     /// Token counts with the encoder's tokenizer, for an upstream that reports no usage.

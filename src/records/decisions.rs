@@ -13,6 +13,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use super::now_ms;
+use super::usage::UsageRecord;
 use crate::classify::Features;
 
 /// One line of the decision log.
@@ -72,8 +73,11 @@ enum Msg {
     Flush(std::sync::mpsc::SyncSender<()>),
 }
 
-/// Where a fleet's decision records also go.
-pub type Sink = Box<dyn Fn(&DecisionRecord) + Send + Sync>;
+/// Where a fleet's records also go (the shared store's writer). Must not block.
+pub trait Sink: Send + Sync {
+    fn decision(&self, r: &DecisionRecord);
+    fn usage(&self, r: &UsageRecord);
+}
 
 /// Settings of the decision log.
 #[derive(Debug, Clone)]
@@ -94,13 +98,13 @@ pub struct DecisionLog {
     log_prompts: bool,
     dir: PathBuf,
     /// In a fleet, every record is also handed to this (the shared store's writer).
-    shared: std::sync::OnceLock<Sink>,
+    shared: std::sync::OnceLock<Box<dyn Sink>>,
 }
 
 /// Decision ids remembered for RecordFeedback's check.
 const KNOWN_IDS: usize = 200_000;
 
-fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(super) fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -257,7 +261,7 @@ impl DecisionLog {
     pub fn record(&self, mut r: DecisionRecord, prompt: &str) {
         r.prompt = self.log_prompts.then(|| prompt.to_string());
         if let Some(sink) = self.shared.get() {
-            sink(&r);
+            sink.decision(&r);
         }
         let Ok(line) = serde_json::to_string(&r) else {
             return;
@@ -273,7 +277,7 @@ impl DecisionLog {
 
     /// Also hands every record to `sink` (the fleet's shared store; set once, at start).
     /// It must not block.
-    pub fn share(&self, sink: Sink) {
+    pub fn share(&self, sink: Box<dyn Sink>) {
         let _ = self.shared.set(sink);
     }
 
@@ -286,6 +290,20 @@ impl DecisionLog {
             .unwrap_or_else(|p| p.into_inner())
             .put(id.to_string(), ());
         if self.tx.try_send(Msg::Line(line.to_string())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs a served completion's usage (and its counterfactual costs), for the savings
+    /// report; never blocks.
+    pub fn usage(&self, r: &UsageRecord) {
+        if let Some(sink) = self.shared.get() {
+            sink.usage(r);
+        }
+        let Ok(line) = serde_json::to_string(r) else {
+            return;
+        };
+        if self.tx.try_send(Msg::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

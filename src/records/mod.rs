@@ -1,8 +1,9 @@
-//! Records written on every request and read by retraining: the decision log and the
-//! feedback log. They sit below the engine (which writes decisions) and know nothing of it.
+//! Records written on every request and read by retraining and reports: the decision log
+//! (with each served completion's usage) and the feedback log. They sit below the engine (which writes decisions) and know nothing of it.
 pub mod decisions;
 pub mod feedback;
 pub mod shared;
+pub mod usage;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -2,7 +2,9 @@
 //! the store under its id (with a TTL, through a bounded queue off the request path), so
 //! feedback sent to any replica finds the decision whichever replica made it; feedback goes
 //! to one Redis Stream, and is acknowledged only once the store has it; a retrain on any
-//! replica reads the whole fleet's feedback and the decisions it names.
+//! replica reads the whole fleet's feedback and the decisions it names. Usage records (one per
+//! served completion) go to a Redis Stream whose entry ids are the store's clock, so the
+//! savings report reads a time window with one XRANGE.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::decisions::DecisionRecord;
 use super::feedback::FeedbackRecord;
+use super::usage::UsageRecord;
 use crate::fleet::{Store, StoreError};
 use crate::metrics::Metrics;
 
@@ -27,12 +30,20 @@ static APPEND: std::sync::LazyLock<redis::Script> =
 
 /// Feedback records kept in the stream (the oldest are trimmed past it).
 const MAX_FEEDBACK: u64 = 1_000_000;
+/// Usage records kept (the oldest are trimmed past it): at ~600 bytes each, ~3 GB at most.
+const MAX_USAGE: u64 = 5_000_000;
+
+/// A record waiting to be written: a decision (SET with a TTL) or a usage record (XADD).
+enum Write {
+    Decision { key: String, json: String },
+    Usage { key: String, json: String },
+}
 /// Entries read per round trip.
 const PAGE: usize = 5_000;
 
 pub struct SharedRecords {
     store: Store,
-    writes: mpsc::Sender<(String, String)>,
+    writes: mpsc::Sender<Write>,
     ttl_s: u64,
     metrics: Arc<Metrics>,
 }
@@ -55,16 +66,9 @@ impl SharedRecords {
         self.store.key(&format!("decision:{id}"))
     }
 
-    /// Queues a decision record for the store; never blocks (a full queue drops and counts).
-    pub fn decision(&self, r: &DecisionRecord) {
-        let Ok(json) = serde_json::to_string(r) else {
-            return;
-        };
-        if self
-            .writes
-            .try_send((self.decision_key(&r.id), json))
-            .is_err()
-        {
+    /// Queues a write; never blocks (a full queue drops and counts).
+    fn queue(&self, w: Write) {
+        if self.writes.try_send(w).is_err() {
             self.metrics.store_writes_dropped.inc();
         }
     }
@@ -99,18 +103,33 @@ impl SharedRecords {
 
     /// The fleet's feedback, oldest first.
     pub async fn feedback(&self) -> Result<Vec<FeedbackRecord>, StoreError> {
-        let key = self.store.key("feedback");
+        self.read_stream("feedback", "-".into(), "+".into()).await
+    }
+
+    /// The fleet's usage records with `from_ms <= ts < to_ms` (by the store's clock).
+    pub async fn usage(&self, from_ms: u64, to_ms: u64) -> Result<Vec<UsageRecord>, StoreError> {
+        let end = format!("({}", to_ms.max(1));
+        self.read_stream("usage", from_ms.to_string(), end).await
+    }
+
+    /// Every record of stream `name` between ids `start` and `end`, page by page.
+    async fn read_stream<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &'static str,
+        mut start: String,
+        end: String,
+    ) -> Result<Vec<T>, StoreError> {
+        let key = self.store.key(name);
         let mut out = Vec::new();
-        let mut from = "-".to_string();
         loop {
-            let (k, start) = (key.clone(), from.clone());
+            let (k, s, e) = (key.clone(), start.clone(), end.clone());
             let page: Vec<(String, Vec<(String, String)>)> = self
                 .store
-                .run("feedback_read", |mut c| async move {
+                .run("stream_read", |mut c| async move {
                     redis::cmd("XRANGE")
                         .arg(&k)
-                        .arg(&start)
-                        .arg("+")
+                        .arg(&s)
+                        .arg(&e)
                         .arg("COUNT")
                         .arg(PAGE)
                         .query_async(&mut c)
@@ -119,12 +138,12 @@ impl SharedRecords {
                 .await?;
             let n = page.len();
             for (id, fields) in page {
-                from = format!("({id}");
-                for (_, v) in fields {
-                    if let Ok(r) = serde_json::from_str::<FeedbackRecord>(&v) {
-                        out.push(r);
-                    }
-                }
+                start = format!("({id}");
+                out.extend(
+                    fields
+                        .iter()
+                        .filter_map(|(_, v)| serde_json::from_str(v).ok()),
+                );
             }
             if n < PAGE {
                 return Ok(out);
@@ -159,22 +178,51 @@ impl SharedRecords {
     }
 }
 
-/// Writes decision records in order, retrying while the store is unreachable.
-async fn writer(store: Store, mut rx: mpsc::Receiver<(String, String)>, ttl_s: u64) {
-    while let Some((key, json)) = rx.recv().await {
+impl super::decisions::Sink for Arc<SharedRecords> {
+    fn decision(&self, r: &DecisionRecord) {
+        if let Ok(json) = serde_json::to_string(r) {
+            let key = self.decision_key(&r.id);
+            self.queue(Write::Decision { key, json });
+        }
+    }
+
+    fn usage(&self, r: &UsageRecord) {
+        if let Ok(json) = serde_json::to_string(r) {
+            let key = self.store.key("usage");
+            self.queue(Write::Usage { key, json });
+        }
+    }
+}
+
+/// The command that stores one record.
+fn command(w: &Write, ttl_s: u64) -> (&'static str, redis::Cmd) {
+    match w {
+        Write::Decision { key, json } => {
+            let mut c = redis::cmd("SET");
+            c.arg(key).arg(json).arg("EX").arg(ttl_s);
+            ("decision_write", c)
+        }
+        Write::Usage { key, json } => {
+            let mut c = redis::cmd("XADD");
+            c.arg(key).arg("MAXLEN").arg("~").arg(MAX_USAGE);
+            c.arg("*").arg("r").arg(json);
+            ("usage_write", c)
+        }
+    }
+}
+
+/// Writes records in order, retrying while the store is unreachable.
+async fn writer(store: Store, mut rx: mpsc::Receiver<Write>, ttl_s: u64) {
+    while let Some(w) = rx.recv().await {
+        let (op, cmd) = command(&w, ttl_s);
         let mut delay = Duration::from_millis(50);
         for tries in 1.. {
-            let (k, j) = (key.clone(), json.clone());
+            let c2 = cmd.clone();
             let res = store
-                .run("decision_write", |mut c| async move {
-                    redis::cmd("SET")
-                        .arg(&k)
-                        .arg(&j)
-                        .arg("EX")
-                        .arg(ttl_s)
-                        .query_async::<()>(&mut c)
-                        .await
-                })
+                .run(
+                    op,
+                    |mut c| async move { c2.query_async::<()>(&mut c).await },
+                )
                 .await;
             if res.is_ok() || (store.is_up() && tries >= 5) {
                 break;

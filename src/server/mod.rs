@@ -98,6 +98,11 @@ fn admin_parts(
         artifact_root: engine.config().admin.artifact_root.clone(),
         retraining: Default::default(),
         quotas,
+        savings: match (&shared, &engine.decisions) {
+            (Some(s), _) => Some(crate::savings::Source::Fleet(s.clone())),
+            (None, Some(log)) => Some(crate::savings::Source::Local(log.clone())),
+            (None, None) => None,
+        },
         rollout,
         shared,
         reloader,
@@ -278,8 +283,7 @@ fn shared_records(engine: &Engine, store: Option<&Store>) -> Option<Arc<SharedRe
         f.max_pending_writes,
         engine.metrics.clone(),
     );
-    let sink = shared.clone();
-    log.share(Box::new(move |r| sink.decision(r)));
+    log.share(Box::new(shared.clone()));
     Some(shared)
 }
 

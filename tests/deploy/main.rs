@@ -9,3 +9,4 @@ mod common;
 mod observe;
 mod reload;
 mod relocate;
+mod savings;

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use crate::cli::ClassifierOp;
 
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+pub fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     Ok(switchboard::grpc::with_bearer(msg, token)?)
 }
 
@@ -20,7 +20,7 @@ fn print_swap(r: &pb::SwapClassifierResponse) {
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+pub async fn connect(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
     let channel = Channel::from_shared(addr.to_string())?
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()

@@ -152,6 +152,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What routing saved: spend by tenant, key, backend, intent and domain against the
+    /// strongest backend for each prompt and the policy's default (from the Admin service).
+    Savings {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Hours to cover, ending now.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Write a self-contained HTML page (SVG bars) to this file instead.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -502,7 +517,8 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
         | Command::HashKey { .. }
         | Command::Recalibrate { .. }
         | Command::Classifier { .. }
-        | Command::Usage { .. } => None,
+        | Command::Usage { .. }
+        | Command::Savings { .. } => None,
     }
 }
 

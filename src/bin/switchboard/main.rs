@@ -9,6 +9,7 @@ use std::time::Instant;
 mod bench;
 mod classifier;
 mod cli;
+mod savings;
 mod table;
 
 // glibc malloc spent ~15% of the proxy path's CPU (measured with perf); mimalloc's per-thread
@@ -136,6 +137,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Usage { admin, days, json } => {
             classifier::usage(&admin.admin, &admin.token, days, json).await
         }
+        Command::Savings {
+            admin,
+            hours,
+            json,
+            html,
+        } => savings::run(&admin.admin, &admin.token, hours, json, html.as_deref()).await,
     }
 }
 
