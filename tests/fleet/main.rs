@@ -250,6 +250,36 @@ async fn exact_quotas(r: &[Replica]) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    fleet_savings(r, served.len() as u64, spent).await;
+}
+
+/// The savings report read on one replica covers the completions every replica served.
+async fn fleet_savings(r: &[Replica], served: u64, spent: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut a = r[1].admin().await;
+        let req = switchboard::proto::v1::GetSavingsRequest::default();
+        let rep = a
+            .get_savings(with_key(req, common::ADMIN_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(rep.fleet_wide);
+        let t = rep.by_tenant.iter().find(|g| g.name == "thrifty");
+        if let Some(t) = t.filter(|t| t.requests == served) {
+            assert!(
+                (t.cost_usd - spent).abs() < 1e-9,
+                "{} vs {spent}",
+                t.cost_usd
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "savings never reached {served}: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The store is killed for 10 s under traffic: routing never fails, readiness holds, a
