@@ -9,6 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::classify::input::{classifier_input, Turn};
 use crate::classify::{Classifier, ClassifyError, Features, Prediction};
@@ -313,23 +314,31 @@ impl Engine {
         let t = Instant::now();
         let input = classifier.prepare(text);
         let prepare_us = t.elapsed().as_micros() as u64;
+        let embed_span = tracing::info_span!(
+            "embed",
+            tokens = tracing::field::Empty,
+            batch = tracing::field::Empty
+        );
         let e = self
             .embedder
             .embed_with(&live.encoder, &input)
+            .instrument(embed_span.clone())
             .await
             .map_err(|source| RouteError::Embed {
                 field: "messages".into(),
                 source,
             })?;
+        embed_span.record("tokens", e.tokens);
+        embed_span.record("batch", e.batch_size);
         timings.queue_us = e.queue_us;
         timings.embed_us = e.embed_us;
         self.metrics.batch_size.observe(e.batch_size as f64);
         let t = Instant::now();
-        let p = Arc::new(classifier.predict(
-            &e.vector,
-            e.tokens,
-            self.config().server.abstain_threshold,
-        )?);
+        let classify_span = tracing::info_span!("classify", classifier = %classifier.version(), intent = tracing::field::Empty);
+        let p = Arc::new(classify_span.in_scope(|| {
+            classifier.predict(&e.vector, e.tokens, self.config().server.abstain_threshold)
+        })?);
+        classify_span.record("intent", p.intent.as_str());
         timings.classify_us = prepare_us + t.elapsed().as_micros() as u64;
         let features = Arc::new(Features {
             embedding: e.vector,
@@ -360,8 +369,18 @@ impl Engine {
         tok.count_tokens(&all.join("\n")) as u32
     }
 
-    /// Routes one request.
+    /// Routes one request (in a `route` span, with `embed`, `classify` and `rank` below it).
     pub async fn route(
+        &self,
+        req: &RouteRequest,
+        health: &(dyn Fn(&str) -> Health + Sync),
+    ) -> Result<RouteOutcome, RouteError> {
+        let span =
+            tracing::info_span!("route", policy = %req.policy, cache_hit = tracing::field::Empty);
+        self.route_inner(req, health).instrument(span).await
+    }
+
+    async fn route_inner(
         &self,
         req: &RouteRequest,
         health: &(dyn Fn(&str) -> Health + Sync),
@@ -386,7 +405,10 @@ impl Engine {
             request_key: &req.request_key,
         };
         let cfg = self.config();
-        let mut decision = policy::rank(&cfg, &req.policy, &input, health)?;
+        tracing::Span::current().record("cache_hit", cache_hit);
+        let rank_span = tracing::info_span!("rank", backends = cfg.backends.len());
+        let mut decision =
+            rank_span.in_scope(|| policy::rank(&cfg, &req.policy, &input, health))?;
         if req.top_k > 0 {
             decision.ranked.truncate(req.top_k);
         }

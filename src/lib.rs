@@ -31,4 +31,5 @@ pub mod records;
 pub mod reload;
 pub mod savings;
 pub mod server;
+pub mod telemetry;
 pub mod train;

@@ -30,6 +30,8 @@ pub struct Counters {
     pub requests: AtomicUsize,
     pub open_streams: AtomicUsize,
     pub completed_streams: AtomicUsize,
+    /// The `traceparent` header of the latest request, if it had one.
+    pub last_traceparent: std::sync::Mutex<Option<String>>,
 }
 
 /// A running mock.
@@ -106,8 +108,16 @@ fn usage_chunk(model: &str) -> String {
     format!("data: {v}\n\n")
 }
 
-async fn chat(State(c): State<Arc<Counters>>, Json(body): Json<Value>) -> Response {
+async fn chat(
+    State(c): State<Arc<Counters>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let n = c.requests.fetch_add(1, Ordering::SeqCst);
+    *c.last_traceparent.lock().unwrap_or_else(|p| p.into_inner()) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let model = body["model"].as_str().unwrap_or("mock").to_string();
     if c.fail_all.load(Ordering::SeqCst) || (model == "mock-flaky10" && n % 10 == 0) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response();

@@ -302,7 +302,9 @@ pub async fn open_stream(
     body["stream"] = true.into();
     body["stream_options"] = serde_json::json!({"include_usage": true});
     let url = format!("{}/chat/completions", b.base_url.trim_end_matches('/'));
-    let mut rb = http.post(url).json(&body);
+    let mut trace = reqwest::header::HeaderMap::new();
+    crate::telemetry::inject(&mut trace);
+    let mut rb = http.post(url).json(&body).headers(trace);
     if let Some(var) = &b.api_key_env {
         let key = std::env::var(var).map_err(|_| UpstreamError::MissingKey(var.clone()))?;
         rb = rb.bearer_auth(key);

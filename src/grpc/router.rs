@@ -50,6 +50,7 @@ impl Router for RouterService {
             decision_id = tracing::field::Empty,
             intent = tracing::field::Empty
         );
+        crate::telemetry::adopt_parent(&span, &|k| metadata(&request, k));
         async move {
             let caller = request.extensions().get::<Caller>().cloned();
             let req = to_route_request(request.into_inner());
@@ -79,14 +80,22 @@ impl Router for RouterService {
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let parent = |k: &str| metadata(&request, k);
+        let span = tracing::info_span!("complete", pinned = tracing::field::Empty);
+        crate::telemetry::adopt_parent(&span, &parent);
         let input = to_complete_input(request.into_inner());
-        let span = tracing::info_span!("complete", pinned = input.pinned.as_deref().unwrap_or(""));
+        span.record("pinned", input.pinned.as_deref().unwrap_or(""));
         // The producer stops (and drops the upstream request) once the client is gone.
         let rx = span.in_scope(|| self.gateway.complete(input, caller.as_ref()));
         self.count("Complete", rx.as_ref().err());
         let rx = rx.map_err(IntoStatus::status)?;
         Ok(Response::new(Box::pin(events(rx))))
     }
+}
+
+/// A metadata value as text (trace context headers).
+fn metadata<T>(r: &Request<T>, key: &str) -> Option<String> {
+    r.metadata().get(key)?.to_str().ok().map(str::to_string)
 }
 
 /// The completion's events as proto events. The stream always ends with `Done` or an error: if

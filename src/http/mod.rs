@@ -53,6 +53,10 @@ async fn guard(State(s): State<HttpState>, mut req: Request, next: Next) -> Resp
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!("http", method = %req.method(), path = %path, status = tracing::field::Empty);
+    let headers = req.headers();
+    crate::telemetry::adopt_parent(&span, &|k| {
+        headers.get(k)?.to_str().ok().map(str::to_string)
+    });
     async move {
         let start = Instant::now();
         let h = req

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::backends::openai::{self, ChatEvent, ChatMessage, ChatRequest, Fault, UpstreamError};
 use crate::backends::{Slot, Upstreams};
@@ -250,6 +251,27 @@ struct Attempt<'a> {
     attempts: Vec<AttemptInfo>,
     tx: &'a Tx,
     on_served: Option<&'a OnServed>,
+    /// This attempt's span (OpenTelemetry GenAI attributes are recorded on it).
+    span: tracing::Span,
+}
+
+/// One upstream call's span, named and attributed per OpenTelemetry's GenAI conventions; its
+/// context is what the call's `traceparent` header carries.
+fn upstream_span(b: &Backend) -> tracing::Span {
+    tracing::info_span!(
+        "upstream",
+        otel.name = %format!("chat {}", b.model),
+        otel.kind = "client",
+        backend = %b.name,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = %b.provider,
+        gen_ai.request.model = %b.model,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
 }
 
 impl Proxy {
@@ -372,7 +394,8 @@ impl Proxy {
             };
             calls += 1;
             let t0 = Instant::now();
-            let first = self.first(b, &req, t0).await;
+            let span = upstream_span(b);
+            let first = self.first(b, &req, t0).instrument(span.clone()).await;
             let mut at = Attempt {
                 input,
                 backend: b,
@@ -382,16 +405,21 @@ impl Proxy {
                 attempts: Vec::new(),
                 tx,
                 on_served: on_served.as_ref(),
+                span: span.clone(),
             };
             match first {
                 FirstOutcome::Failed(e) if e.fault() == Fault::Caller => {
+                    span.record("error.type", e.to_string());
                     return Ended::FailedBeforeFirstToken(self.rejected(name, slot, e));
                 }
-                FirstOutcome::Failed(e) => attempts.push(self.failed(name, slot, e, t0)),
+                FirstOutcome::Failed(e) => {
+                    span.record("error.type", e.to_string());
+                    attempts.push(self.failed(name, slot, e, t0))
+                }
                 FirstOutcome::Empty(events, ttft) => {
                     self.upstreams.finish(slot, true, Some(ttft), None);
                     (at.ttft, at.attempts) = (ttft, attempts);
-                    return self.done(&at, String::new(), events).await;
+                    return self.done(&at, String::new(), events).instrument(span).await;
                 }
                 FirstOutcome::Token(text, stream, ttft) => {
                     m.proxy_attempts
@@ -404,7 +432,7 @@ impl Proxy {
                         m.failovers.inc();
                     }
                     (at.ttft, at.attempts) = (ttft, attempts);
-                    return self.relay(at, slot, text, stream).await;
+                    return self.relay(at, slot, text, stream).instrument(span).await;
                 }
             }
         }

@@ -175,6 +175,14 @@ impl Proxy {
         if let Some(f) = at.on_served {
             f(&served);
         }
+        at.span.record("gen_ai.response.model", b.model.as_str());
+        at.span.record("gen_ai.usage.input_tokens", prompt_tokens);
+        at.span
+            .record("gen_ai.usage.output_tokens", completion_tokens);
+        at.span.record(
+            "gen_ai.response.finish_reasons",
+            done.finish_reason.as_str(),
+        );
         let _ = at.tx.send(Ok(ProxyEvent::Done(Box::new(done)))).await;
         Ended::Served(served)
     }

@@ -36,25 +36,53 @@ fn main() -> anyhow::Result<()> {
         // Must happen before any thread exists: candle reads it on every matmul.
         std::env::set_var("RAYON_NUM_THREADS", enc.threads().to_string());
     }
-    init_tracing(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(cli.command))
+    let traces = {
+        let _in_runtime = runtime.enter();
+        init_tracing(cli.log_json)?
+    };
+    let out = runtime.block_on(run(cli.command));
+    // Sends the last batch of spans (bounded by the exporter's timeout).
+    drop(traces);
+    out
 }
 
-fn init_tracing(json: bool) {
+/// Logs to stderr (text, or JSON lines), and spans to an OTLP collector when
+/// OTEL_EXPORTER_OTLP_ENDPOINT is set.
+fn init_tracing(json: bool) -> anyhow::Result<switchboard::telemetry::Guard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+    });
+    let json_lines = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    switchboard::telemetry::use_w3c_propagation();
+    let provider = if switchboard::telemetry::export_requested() {
+        Some(switchboard::telemetry::otlp_provider().context("OTLP trace exporter")?)
     } else {
-        builder.init();
-    }
+        None
+    };
+    let otel = provider.as_ref().map(switchboard::telemetry::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json_lines)
+        .with(otel)
+        .init();
+    Ok(switchboard::telemetry::Guard(
+        provider.map(std::sync::Arc::new),
+    ))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
