@@ -7,6 +7,7 @@
 mod common;
 
 mod observe;
+mod otlp;
 mod reload;
 mod relocate;
 mod savings;
