@@ -167,6 +167,12 @@ pub enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Exit 0 when the server's readiness endpoint answers 200 within 3 s (a container
+    /// HEALTHCHECK needs no curl in the image).
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -518,7 +524,8 @@ pub fn encoder_args(cmd: &Command) -> Option<&EncoderArgs> {
         | Command::Recalibrate { .. }
         | Command::Classifier { .. }
         | Command::Usage { .. }
-        | Command::Savings { .. } => None,
+        | Command::Savings { .. }
+        | Command::Probe { .. } => None,
     }
 }
 

@@ -165,6 +165,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Usage { admin, days, json } => {
             classifier::usage(&admin.admin, &admin.token, days, json).await
         }
+        Command::Probe { url } => probe(&url).await,
         Command::Savings {
             admin,
             hours,
@@ -172,6 +173,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             html,
         } => savings::run(&admin.admin, &admin.token, hours, json, html.as_deref()).await,
     }
+}
+
+/// `switchboard probe`: one bounded GET.
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let status = client.get(url).send().await?.status();
+    anyhow::ensure!(status.is_success(), "{url}: {status}");
+    Ok(())
 }
 
 /// `switchboard recalibrate`: a copy of the heads with the intent temperature scaled.
