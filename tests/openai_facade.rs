@@ -312,7 +312,9 @@ async fn outcome_feedback_names_the_completion_that_served() {
             .unwrap()
             .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
             .collect();
-        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+        // The completion's usage line carries the id too; this is the `served` one.
+        let served = |l: &&str| l.contains(&id) && l.contains("\"kind\":\"served\"");
+        if let Some(line) = text.lines().find(served) {
             break line.to_string();
         }
         assert!(

@@ -11,7 +11,7 @@ use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use switchboard::proto::v1::complete_event::Event;
 use switchboard::proto::v1::router_client::RouterClient;
-use switchboard::proto::v1::{CompleteRequest, RouteDecisionRequest};
+use switchboard::proto::v1::{CompleteRequest, DoneEvent, RouteDecisionRequest};
 use switchboard_mock::Mock;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -46,25 +46,7 @@ async fn a_streaming_completion_is_one_trace_under_the_callers_trace_id() {
         0.8,
     )]);
     let server = common::TestServer::start(cfg).await;
-    let mut req = tonic::Request::new(CompleteRequest {
-        route: Some(RouteDecisionRequest {
-            prompt: "Write a haiku about tracing".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
-    req.metadata_mut()
-        .insert("traceparent", parent.parse().unwrap());
-    let mut c = RouterClient::new(server.channel.clone());
-    let mut s = c.complete(req).await.unwrap().into_inner();
-    let mut done = None;
-    while let Some(ev) = s.message().await.unwrap() {
-        if let Some(Event::Done(d)) = ev.event {
-            done = Some(d);
-        }
-    }
-    let done = done.expect("the completion ends with Done");
+    let done = complete_with_traceparent(&server).await;
     server.stop().await;
     provider.force_flush().unwrap();
 
@@ -119,7 +101,34 @@ async fn a_streaming_completion_is_one_trace_under_the_callers_trace_id() {
         Some("stop")
     );
 
-    // The mock saw the upstream span's context: same trace, that span as the parent.
+    mock_saw(&mock, upstream);
+}
+
+/// One streaming completion whose request carries the caller's `traceparent`.
+async fn complete_with_traceparent(server: &common::TestServer) -> DoneEvent {
+    let mut req = tonic::Request::new(CompleteRequest {
+        route: Some(RouteDecisionRequest {
+            prompt: "Write a haiku about tracing".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let parent = format!("00-{TRACE}-{CALLER_SPAN}-01");
+    req.metadata_mut()
+        .insert("traceparent", parent.parse().unwrap());
+    let mut c = RouterClient::new(server.channel.clone());
+    let mut s = c.complete(req).await.unwrap().into_inner();
+    let mut done = None;
+    while let Some(ev) = s.message().await.unwrap() {
+        if let Some(Event::Done(d)) = ev.event {
+            done = Some(d);
+        }
+    }
+    done.expect("the completion ends with Done")
+}
+
+/// The mock saw the upstream span's context: same trace, that span as the parent.
+fn mock_saw(mock: &Mock, upstream: &SpanData) {
     let seen = mock.counters.last_traceparent.lock().unwrap().clone();
     let seen = seen.expect("the upstream request carried traceparent");
     let parts: Vec<&str> = seen.split('-').collect();

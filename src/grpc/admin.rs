@@ -205,8 +205,9 @@ impl Admin for AdminService {
         req: Request<pb::GetSavingsRequest>,
     ) -> Result<Response<pb::SavingsReport>, Status> {
         let r = req.into_inner();
+        // "Now" includes the current millisecond: a completion served a moment ago counts.
         let to = if r.to_ms == 0 {
-            crate::records::now_ms()
+            crate::records::now_ms() + 1
         } else {
             r.to_ms
         };

@@ -255,6 +255,29 @@ struct Attempt<'a> {
     span: tracing::Span,
 }
 
+impl<'a> Attempt<'a> {
+    /// An attempt on `backend` that started at `t0`, in a completion that started at `started`.
+    fn new(
+        input: &'a CompleteInput,
+        backend: &'a Backend,
+        (started, t0): (Instant, Instant),
+        tx: &'a Tx,
+        on_served: Option<&'a OnServed>,
+    ) -> Self {
+        Self {
+            input,
+            backend,
+            started,
+            deadline: t0 + Duration::from_millis(backend.total_timeout_ms),
+            ttft: Duration::ZERO,
+            attempts: Vec::new(),
+            tx,
+            on_served,
+            span: tracing::Span::none(),
+        }
+    }
+}
+
 /// One upstream call's span, named and attributed per OpenTelemetry's GenAI conventions; its
 /// context is what the call's `traceparent` header carries.
 fn upstream_span(b: &Backend) -> tracing::Span {
@@ -396,17 +419,8 @@ impl Proxy {
             let t0 = Instant::now();
             let span = upstream_span(b);
             let first = self.first(b, &req, t0).instrument(span.clone()).await;
-            let mut at = Attempt {
-                input,
-                backend: b,
-                started,
-                deadline: t0 + Duration::from_millis(b.total_timeout_ms),
-                ttft: Duration::ZERO,
-                attempts: Vec::new(),
-                tx,
-                on_served: on_served.as_ref(),
-                span: span.clone(),
-            };
+            let mut at = Attempt::new(input, b, (started, t0), tx, on_served.as_ref());
+            at.span = span.clone();
             match first {
                 FirstOutcome::Failed(e) if e.fault() == Fault::Caller => {
                     span.record("error.type", e.to_string());

@@ -104,23 +104,10 @@ pub struct DecisionLog {
 /// Decision ids remembered for RecordFeedback's check.
 const KNOWN_IDS: usize = 200_000;
 
-pub(super) fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("decisions-") && n.ends_with(".jsonl"))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 /// Every decision record in `dir`, oldest first; unreadable lines are skipped.
 pub fn read_decisions(dir: &Path) -> std::io::Result<Vec<DecisionRecord>> {
     let mut out = Vec::new();
-    for f in files(dir)? {
+    for f in super::log_files(dir)? {
         for line in BufReader::new(File::open(&f)?).lines() {
             if let Ok(r) = serde_json::from_str::<DecisionRecord>(&line?) {
                 out.push(r);
@@ -145,7 +132,7 @@ impl Writer {
             .join(format!("decisions-{:010}.jsonl", self.seq));
         let f = OpenOptions::new().create(true).append(true).open(path)?;
         self.out = Some((BufWriter::new(f), 0));
-        let all = files(&self.cfg.dir)?;
+        let all = super::log_files(&self.cfg.dir)?;
         for old in all
             .iter()
             .take(all.len().saturating_sub(self.cfg.files.max(1)))
@@ -216,14 +203,14 @@ impl DecisionLog {
         struct Id {
             id: String,
         }
-        for f in files(&cfg.dir)? {
+        for f in super::log_files(&cfg.dir)? {
             for line in BufReader::new(File::open(&f)?).lines() {
                 if let Ok(r) = serde_json::from_str::<Id>(&line?) {
                     known.put(r.id, ());
                 }
             }
         }
-        let seq = files(&cfg.dir)?
+        let seq = super::log_files(&cfg.dir)?
             .last()
             .and_then(|p| {
                 p.file_stem()?

@@ -5,6 +5,7 @@ pub mod feedback;
 pub mod shared;
 pub mod usage;
 
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use decisions::{read_decisions, DecisionLog, DecisionLogConfig, DecisionRecord};
@@ -16,4 +17,18 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The decision log's files in `dir`, oldest first.
+pub(crate) fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("decisions-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
 }

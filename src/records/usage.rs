@@ -159,7 +159,7 @@ pub fn report(
 /// The usage records in a decision-log folder with `from_ms <= ts_ms < to_ms`.
 pub fn read_local(dir: &Path, from_ms: u64, to_ms: u64) -> std::io::Result<Vec<UsageRecord>> {
     let mut out = Vec::new();
-    for f in super::decisions::files(dir)? {
+    for f in super::log_files(dir)? {
         for line in BufReader::new(std::fs::File::open(&f)?).lines() {
             let line = line?;
             if !line.contains("\"kind\":\"usage\"") {

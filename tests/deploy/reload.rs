@@ -85,37 +85,29 @@ async fn until_all_answer(seen: &[Arc<Seen>], version: &str, within: Duration) {
     panic!("not every replica answered with catalog {version} within {within:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
-    let scratch = scratch_dir("reload");
-    let file = scratch.join("switchboard.toml");
-    std::fs::write(&file, BUNDLED_CONFIG).unwrap();
+type Replica = (
+    std::process::Child,
+    std::collections::HashMap<String, String>,
+);
+
+/// Three serve processes on one config file, each serving.
+async fn start(scratch: &Path, file: &Path) -> (Vec<Replica>, Vec<Channel>) {
     let env = [
         ("SWITCHBOARD_CONFIG", file.to_str().unwrap()),
         ("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(spawn_serve(&scratch, &env));
-    }
+    let replicas: Vec<Replica> = (0..3).map(|_| spawn_serve(scratch, &env)).collect();
     let mut routers = Vec::new();
     for (_, addrs) in &replicas {
         let ch = channel(&addrs["grpc"]).await;
         wait_serving(ch.clone()).await;
         routers.push(ch);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Vec<Arc<Seen>> = (0..3).map(|_| Arc::new(Seen::default())).collect();
-    let mut tasks = Vec::new();
-    for (ch, s) in routers.iter().zip(&seen) {
-        for _ in 0..2 {
-            tasks.push(tokio::spawn(load(ch.clone(), s.clone(), stop.clone())));
-        }
-    }
-    let old = text_version(BUNDLED_CONFIG);
-    until_all_answer(&seen, &old, Duration::from_secs(30)).await;
+    (replicas, routers)
+}
 
-    // A valid edit: another default policy. Every replica's watch finds it on its own.
+/// A valid edit (another default policy): every replica's watch finds it within a second.
+async fn valid_edit(file: &Path, seen: &[Arc<Seen>]) -> String {
     let edited = BUNDLED_CONFIG.replacen(
         "default_policy = \"balanced\"",
         "default_policy = \"cost_first\"",
@@ -124,8 +116,8 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
     assert_ne!(edited, BUNDLED_CONFIG, "the edit must change the file");
     let new = text_version(&edited);
     let written = Instant::now();
-    write_atomically(&file, &edited);
-    until_all_answer(&seen, &new, Duration::from_secs(10)).await;
+    write_atomically(file, &edited);
+    until_all_answer(seen, &new, Duration::from_secs(10)).await;
     for (i, s) in seen.iter().enumerate() {
         let first = s.first.lock().unwrap();
         let at = first.iter().find(|(v, _)| *v == new).unwrap().1;
@@ -133,19 +125,22 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
         eprintln!("replica {i}: the edit answered after {took:?}");
         assert!(took < Duration::from_secs(1), "replica {i} took {took:?}");
     }
+    edited
+}
 
-    // An invalid edit: refused by ReloadConfig with the key named; the edit stays live.
+/// An invalid edit: refused by ReloadConfig with the key named, while every replica keeps
+/// answering with the last valid catalog; then fixed and reloaded by hand.
+async fn invalid_edit(file: &Path, edited: &str, admin_addr: &str, seen: &[Arc<Seen>]) {
+    let (old, new) = (text_version(BUNDLED_CONFIG), text_version(edited));
     let broken = edited.replacen(
         "default_policy = \"cost_first\"",
         "default_policy = \"nope\"",
         1,
     );
-    write_atomically(&file, &broken);
-    let mut admin = AdminClient::new(channel(&replicas[0].1["admin"]).await);
-    let err = admin
-        .reload_config(with_bearer(ReloadConfigRequest {}, ADMIN_TOKEN).unwrap())
-        .await
-        .unwrap_err();
+    write_atomically(file, &broken);
+    let mut admin = AdminClient::new(channel(admin_addr).await);
+    let reload = || with_bearer(ReloadConfigRequest {}, ADMIN_TOKEN).unwrap();
+    let err = admin.reload_config(reload()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(
         err.message().contains("default_policy"),
@@ -158,10 +153,8 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (i, s) in seen.iter().enumerate() {
-        assert!(
-            s.answered.load(Ordering::Relaxed) > before[i],
-            "replica {i} stopped answering"
-        );
+        let n = s.answered.load(Ordering::Relaxed);
+        assert!(n > before[i], "replica {i} stopped answering");
         let versions: Vec<String> = s
             .first
             .lock()
@@ -171,15 +164,33 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
             .collect();
         assert_eq!(versions, vec![old.clone(), new.clone()], "replica {i}");
     }
-
-    // Fixed again and reloaded by hand: the response names what changed.
-    write_atomically(&file, &edited);
-    let r = admin
-        .reload_config(with_bearer(ReloadConfigRequest {}, ADMIN_TOKEN).unwrap())
-        .await
-        .unwrap()
-        .into_inner();
+    write_atomically(file, edited);
+    let r = admin.reload_config(reload()).await.unwrap().into_inner();
     assert_eq!(r.version, new, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
+    let scratch = scratch_dir("reload");
+    let file = scratch.join("switchboard.toml");
+    std::fs::write(&file, BUNDLED_CONFIG).unwrap();
+    let (replicas, routers) = start(&scratch, &file).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Vec<Arc<Seen>> = (0..3).map(|_| Arc::new(Seen::default())).collect();
+    let mut tasks = Vec::new();
+    for (ch, s) in routers.iter().zip(&seen) {
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(load(ch.clone(), s.clone(), stop.clone())));
+        }
+    }
+    until_all_answer(
+        &seen,
+        &text_version(BUNDLED_CONFIG),
+        Duration::from_secs(30),
+    )
+    .await;
+    let edited = valid_edit(&file, &seen).await;
+    invalid_edit(&file, &edited, &replicas[0].1["admin"], &seen).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -190,25 +201,22 @@ async fn a_catalog_edit_reaches_every_replica_within_a_second_under_load() {
         .text()
         .await
         .unwrap();
+    let new = text_version(&edited);
     assert!(
         metrics.contains(&format!("switchboard_catalog_info{{version=\"{new}\"}} 1")),
         "{metrics}"
     );
+    let refused = |origin: &str| {
+        format!("switchboard_config_reloads_total{{origin=\"{origin}\",outcome=\"refused\"}} 1")
+    };
     assert!(
-        metrics
-            .contains("switchboard_config_reloads_total{origin=\"watch\",outcome=\"refused\"} 1")
-            || metrics.contains(
-                "switchboard_config_reloads_total{origin=\"admin\",outcome=\"refused\"} 1"
-            ),
+        metrics.contains(&refused("watch")) || metrics.contains(&refused("admin")),
         "the refused reload is counted: {metrics}"
     );
     for (i, s) in seen.iter().enumerate() {
         let n = s.answered.load(Ordering::Relaxed);
-        assert_eq!(
-            s.failures.load(Ordering::Relaxed),
-            0,
-            "replica {i}: failed requests ({n} answered)"
-        );
+        let failed = s.failures.load(Ordering::Relaxed);
+        assert_eq!(failed, 0, "replica {i}: failed requests ({n} answered)");
         // Load ran through every phase (each version was seen, and answers continued after
         // the refused edit); this only guards against a load that never started.
         assert!(n >= 6, "replica {i} answered only {n}");

@@ -161,17 +161,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { what } => bench::run(what).await,
+        Command::Probe { url } => probe(&url).await,
+        admin => admin_client(admin).await,
+    }
+}
+
+/// The commands that talk to the Admin service.
+async fn admin_client(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Classifier { admin, op } => classifier::run(&admin.admin, &admin.token, op).await,
         Command::Usage { admin, days, json } => {
             classifier::usage(&admin.admin, &admin.token, days, json).await
         }
-        Command::Probe { url } => probe(&url).await,
         Command::Savings {
             admin,
             hours,
             json,
             html,
         } => savings::run(&admin.admin, &admin.token, hours, json, html.as_deref()).await,
+        _ => anyhow::bail!("not an Admin service command"),
     }
 }
 

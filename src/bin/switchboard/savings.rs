@@ -18,7 +18,7 @@ pub async fn run(
         (1..=24 * 366).contains(&hours),
         "--hours must be in 1..=8784, found {hours}"
     );
-    let to = switchboard::records::now_ms();
+    let to = switchboard::records::now_ms() + 1;
     let req = pb::GetSavingsRequest {
         from_ms: to.saturating_sub(hours * 3_600_000),
         to_ms: to,
