@@ -115,6 +115,8 @@ pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
             domain: p.domain.clone(),
             domain_probabilities: probs(&c.meta.domain_labels, &p.domain_probs),
             complexity: p.complexity,
+            difficulty: p.small_fails,
+            strong_gain: p.strong_gain,
             confidence: p.confidence,
             abstained: p.abstained,
         }),

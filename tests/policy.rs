@@ -18,6 +18,7 @@ fn prediction(intent: &str, complexity: f32) -> Prediction {
         domain_probs: vec![1.0],
         complexity,
         small_fails: complexity,
+        strong_gain: complexity,
         confidence: 0.9,
         abstained: false,
     }

@@ -74,6 +74,36 @@ async fn ranking_is_ordered_explained_and_cached(c: &mut RouterClient<tonic::tra
         "second identical prompt should hit the cache"
     );
     assert_eq!(a.classification, b.classification);
+    complexity_is_explained(c).await;
+}
+
+/// `complexity` is `strong_gain` clamped to [0, 1], and `difficulty` is a probability; a proof
+/// that a small model fails about as often as the strongest gets complexity 0 while its
+/// difficulty says it is not easy.
+async fn complexity_is_explained(c: &mut RouterClient<tonic::transport::Channel>) {
+    for text in [
+        "Prove that sqrt(2) is irrational",
+        "what's the capital of France?",
+        "Design a lock-free multi-producer queue in Rust and prove it linearizable",
+    ] {
+        let cl = route(c, prompt(text)).await.classification.unwrap();
+        assert!((0.0..=1.0).contains(&cl.difficulty), "{text}: {cl:?}");
+        assert!((-1.0..=1.0).contains(&cl.strong_gain), "{text}: {cl:?}");
+        assert_eq!(
+            cl.complexity,
+            cl.strong_gain.clamp(0.0, 1.0),
+            "{text}: {cl:?}"
+        );
+    }
+    let proof = route(c, prompt("Prove that sqrt(2) is irrational"))
+        .await
+        .classification
+        .unwrap();
+    assert_eq!(proof.complexity, 0.0, "{proof:?}");
+    assert!(
+        proof.difficulty > 0.3 && proof.strong_gain < 0.0,
+        "{proof:?}"
+    );
 }
 
 async fn prompts_reach_specialist_cheap_and_strong_models(

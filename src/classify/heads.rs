@@ -125,21 +125,37 @@ pub fn softmax_t(logits: &[f32], t: f32) -> Vec<f32> {
 /// prompt), logit 1 = P(the strongest model answers it right). Older heads have only logit 0.
 pub const COMPLEXITY_OUTPUTS: usize = 2;
 
-/// The complexity score and P(a small model fails) from the complexity head's logits. With two
-/// outputs the score is the expected gain of the strongest model over a small one,
-/// P(strong right) − P(small right), clamped to [0, 1]: 0 = a small model does as well, 1 = only
-/// the strongest model answers it. Ranking by that gain routes better than P(small fails)
-/// alone, which also sends prompts no model answers to the expensive one (MODEL_CARD.md).
-/// With one output (older heads) the score is P(small fails).
-pub fn complexity_score(logits: &[f32]) -> (f32, f32) {
+/// What the complexity head says about a prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Complexity {
+    /// The routing score: `strong_gain` clamped to [0, 1].
+    pub score: f32,
+    /// P(a small model fails the prompt): how hard it is.
+    pub small_fails: f32,
+    /// P(strong right) − P(small right), in [−1, 1]: what the strongest model adds.
+    pub strong_gain: f32,
+}
+
+/// The complexity head's logits read. With two outputs the score is the expected gain of the
+/// strongest model over a small one, P(strong right) − P(small right), clamped to [0, 1]:
+/// 0 = a small model does as well (an easy prompt, or one no model answers), 1 = only the
+/// strongest model answers it. Ranking by that gain routes better than P(small fails) alone,
+/// which also sends prompts no model answers to the expensive one (MODEL_CARD.md). With one
+/// output (older heads) the score and the gain are P(small fails).
+pub fn complexity_score(logits: &[f32]) -> Complexity {
     let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
-    match logits {
+    let (small_fails, strong_gain) = match logits {
         [fail, strong, ..] => {
             let fail = sigmoid(*fail);
-            ((sigmoid(*strong) - (1.0 - fail)).clamp(0.0, 1.0), fail)
+            (fail, sigmoid(*strong) - (1.0 - fail))
         }
         [fail] => (sigmoid(*fail), sigmoid(*fail)),
         [] => (0.0, 0.0),
+    };
+    Complexity {
+        score: strong_gain.clamp(0.0, 1.0),
+        small_fails,
+        strong_gain,
     }
 }
 
@@ -216,14 +232,19 @@ mod tests {
     #[test]
     fn complexity_score_is_the_clamped_gain_of_the_strong_model() {
         // Small model fails (p 0.9), strong right (p 0.9): gain 0.8.
-        let (score, fail) = complexity_score(&[9f32.ln(), 9f32.ln()]);
-        assert!((score - 0.8).abs() < 1e-5 && (fail - 0.9).abs() < 1e-5);
-        // Both right, or neither: no gain; the strong model worse: clamped at 0.
-        assert!(complexity_score(&[-9f32.ln(), 9f32.ln()]).0 < 1e-5);
-        assert!(complexity_score(&[9f32.ln(), -9f32.ln()]).0 < 1e-5);
-        assert_eq!(complexity_score(&[-5.0, -5.0]).0, 0.0);
+        let c = complexity_score(&[9f32.ln(), 9f32.ln()]);
+        assert!((c.score - 0.8).abs() < 1e-5 && (c.small_fails - 0.9).abs() < 1e-5);
+        assert!((c.strong_gain - 0.8).abs() < 1e-5);
+        // Both right, or neither: no gain; the strong model worse: clamped at 0, and the gain
+        // says by how much it is worse.
+        assert!(complexity_score(&[-9f32.ln(), 9f32.ln()]).score < 1e-5);
+        assert!(complexity_score(&[9f32.ln(), -9f32.ln()]).score < 1e-5);
+        // Small model right (p 0.9), strong wrong (p 0.9): the gain is -0.8.
+        let worse = complexity_score(&[-(9f32.ln()), -(9f32.ln())]);
+        assert!(worse.score < 1e-5 && (worse.strong_gain + 0.8).abs() < 1e-5);
+        assert_eq!(complexity_score(&[-5.0, -5.0]).score, 0.0);
         // One output (older heads): the score is P(small fails).
-        let (score, fail) = complexity_score(&[0.0]);
-        assert_eq!((score, fail), (0.5, 0.5));
+        let c = complexity_score(&[0.0]);
+        assert_eq!((c.score, c.small_fails, c.strong_gain), (0.5, 0.5, 0.5));
     }
 }

@@ -81,6 +81,8 @@ pub struct Prediction {
     pub complexity: f32,
     /// P(a small model fails the prompt): what the data's complexity values measure.
     pub small_fails: f32,
+    /// P(strong right) − P(small right), unclamped (`complexity` is this clamped to [0, 1]).
+    pub strong_gain: f32,
     pub confidence: f32,
     pub abstained: bool,
 }
@@ -302,7 +304,7 @@ impl Classifier {
         &self,
         ip: Vec<f32>,
         dp: Vec<f32>,
-        (complexity, small_fails): (f32, f32),
+        c: heads::Complexity,
         threshold: Option<f32>,
     ) -> Prediction {
         let threshold = threshold.unwrap_or(self.meta.abstain_threshold);
@@ -313,8 +315,9 @@ impl Classifier {
             domain: self.meta.domain_labels[di].clone(),
             intent_probs: ip,
             domain_probs: dp,
-            complexity,
-            small_fails,
+            complexity: c.score,
+            small_fails: c.small_fails,
+            strong_gain: c.strong_gain,
             confidence: conf,
             abstained: conf < threshold,
         }
