@@ -117,6 +117,8 @@ pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
             complexity: p.complexity,
             difficulty: p.small_fails,
             strong_gain: p.strong_gain,
+            language: p.language.code.clone(),
+            language_confidence: p.language.confidence,
             confidence: p.confidence,
             abstained: p.abstained,
         }),

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub classifier_info: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub budget_limit: prometheus::GaugeVec,
+    pub languages: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> PromResult<T> {
@@ -172,6 +173,10 @@ const BREAKER: Doc = (
     "breaker_state",
     "Circuit breaker per backend: 0 closed, 1 half-open, 2 open",
 );
+const LANGUAGES: Doc = (
+    "language_decisions_total",
+    "Routing decisions by the prompt's detected language (ISO 639-3, or unknown)",
+);
 const BUDGET: Doc = (
     "budget_usd_limit",
     "Spend budget in USD per scope, name and period (day, month), for alerting on spend",
@@ -236,6 +241,7 @@ impl Metrics {
                     &["scope", "name", "period"],
                 )?,
             )?,
+            languages: counters(&r, LANGUAGES, &["language"])?,
             registry: r,
         })
     }

@@ -19,6 +19,7 @@ fn prediction(intent: &str, complexity: f32) -> Prediction {
         complexity,
         small_fails: complexity,
         strong_gain: complexity,
+        language: Default::default(),
         confidence: 0.9,
         abstained: false,
     }

@@ -75,6 +75,32 @@ async fn ranking_is_ordered_explained_and_cached(c: &mut RouterClient<tonic::tra
     );
     assert_eq!(a.classification, b.classification);
     complexity_is_explained(c).await;
+    languages_are_told_apart(c).await;
+}
+
+/// The fixture's prompts in sixteen languages and seven scripts: at least 90% of them get
+/// their language right, and the decision carries it.
+async fn languages_are_told_apart(c: &mut RouterClient<tonic::transport::Channel>) {
+    let text = std::fs::read_to_string(common::fixture("languages.jsonl")).unwrap();
+    let (mut right, mut wrong) = (0, Vec::new());
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (want, prompt_text) = (row["lang"].as_str().unwrap(), row["text"].as_str().unwrap());
+        assert!(prompt_text.chars().count() > 20, "{prompt_text}");
+        let cl = route(c, prompt(prompt_text)).await.classification.unwrap();
+        if cl.language == want {
+            right += 1;
+            assert!(cl.language_confidence > 0.0, "{cl:?}");
+        } else {
+            wrong.push(format!("{want} read as {:?}: {prompt_text}", cl.language));
+        }
+    }
+    let total = right + wrong.len();
+    eprintln!("languages: {right} of {total} right; wrong: {wrong:?}");
+    assert!(
+        right * 10 >= total * 9,
+        "{right} of {total} right; wrong: {wrong:#?}"
+    );
 }
 
 /// `complexity` is `strong_gain` clamped to [0, 1], and `difficulty` is a probability; a proof

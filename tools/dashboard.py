@@ -52,6 +52,8 @@ PANELS = [
     panel("Decisions by domain", [rate(f"switchboard_decisions_total{I}", "domain")], "reqps"),
     panel("Decisions by top backend", [rate(f"switchboard_decisions_total{I}", "backend")], "reqps"),
     panel("Decisions by A/B variant", [rate(f"switchboard_decisions_total{I}", "variant")], "reqps"),
+    panel("Decisions by language", [rate(f"switchboard_language_decisions_total{I}", "language")], "reqps",
+          w=24, desc="The prompt's detected language (ISO 639-3)"),
     panel("Stage latency p50", [q(0.5, "switchboard_stage_seconds", "stage")], "s"),
     panel("Stage latency p99", [q(0.99, "switchboard_stage_seconds", "stage")], "s"),
     row("Upstreams"),

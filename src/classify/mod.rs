@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod heads;
 pub mod input;
+pub mod language;
 pub mod spell;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,8 @@ pub struct Prediction {
     pub small_fails: f32,
     /// P(strong right) − P(small right), unclamped (`complexity` is this clamped to [0, 1]).
     pub strong_gain: f32,
+    /// The prompt's language (set by the engine from the text; the heads do not see it).
+    pub language: language::Language,
     pub confidence: f32,
     pub abstained: bool,
 }
@@ -318,6 +321,7 @@ impl Classifier {
             complexity: c.score,
             small_fails: c.small_fails,
             strong_gain: c.strong_gain,
+            language: language::Language::default(),
             confidence: conf,
             abstained: conf < threshold,
         }

@@ -30,6 +30,9 @@ pub struct DecisionRecord {
     pub encoder: String,
     pub intent: String,
     pub domain: String,
+    /// The prompt's language (ISO 639-3; empty when it could not be told).
+    #[serde(default)]
+    pub language: String,
     pub complexity: f32,
     pub confidence: f32,
     /// Tokens the encoder saw (the heads' length feature).

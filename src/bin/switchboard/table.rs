@@ -9,11 +9,13 @@ pub fn decision_table(r: &RouteDecisionResponse) -> String {
     if let Some(c) = &r.classification {
         let _ = writeln!(
             s,
-            "intent {} ({:.2}{})  domain {}  complexity {:.2} (difficulty {:.2}, strong-model gain {:+.2})",
+            "intent {} ({:.2}{})  domain {}  language {} ({:.2})  complexity {:.2} (difficulty {:.2}, strong-model gain {:+.2})",
             c.intent,
             c.confidence,
             if c.abstained { ", abstained" } else { "" },
             c.domain,
+            if c.language.is_empty() { "?" } else { &c.language },
+            c.language_confidence,
             c.complexity,
             c.difficulty,
             c.strong_gain
