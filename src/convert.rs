@@ -84,6 +84,7 @@ pub fn to_route_request(r: pb::RouteDecisionRequest) -> RouteRequest {
             deny: p.deny_backends,
             expected_output_tokens: p.expected_output_tokens.unwrap_or(256),
             max_output_tokens: None,
+            required_language: p.required_language,
         },
         top_k: r.top_k as usize,
         policy: r.policy,

@@ -177,6 +177,13 @@ impl Engine {
 
     /// Checks the request's preferences; errors name the field.
     fn validate_prefs(&self, p: &Preferences) -> Result<(), RouteError> {
+        let lang = p.required_language.as_str();
+        if !lang.is_empty() && lang != "auto" && !crate::classify::language::known(lang) {
+            return Err(invalid(
+                "preferences.required_language",
+                format!("unknown language {lang:?}; expected an ISO 639-3 code or \"auto\""),
+            ));
+        }
         if let Some(t) = p.trade_off {
             if !(0.0..=1.0).contains(&t) {
                 return Err(invalid(

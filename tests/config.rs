@@ -254,3 +254,20 @@ fn nan_infinity_and_zero_are_refused_with_their_path() {
         assert!(msg.contains("must be"), "{want}: {msg}");
     }
 }
+
+#[test]
+fn languages_must_be_iso_639_3_codes() {
+    let text = BASE.replace(
+        "latency_ms = 100\n",
+        "latency_ms = 100\nlanguages = [\"eng\", \"english\"]\n",
+    );
+    assert_ne!(text, BASE);
+    let (path, message) = err(&text);
+    assert_eq!(path, "backends[0].languages[1]", "{message}");
+    assert!(message.contains("ISO 639-3"), "{message}");
+    check(&BASE.replace(
+        "latency_ms = 100\n",
+        "latency_ms = 100\nlanguages = [\"jpn\"]\n",
+    ))
+    .unwrap();
+}

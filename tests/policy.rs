@@ -65,7 +65,7 @@ prop_compose! {
         (Backend {
             name: format!("b{i}"), provider: "openai_compatible".into(), base_url: "http://127.0.0.1:1/v1".into(), api_key_env: None,
             model: format!("m{i}"), input_price_per_mtok: inp, output_price_per_mtok: out, context_window: ctx,
-            capabilities: caps.iter().map(|s| s.to_string()).collect(), quality, domain_quality: BTreeMap::new(), latency_ms: lat,
+            capabilities: caps.iter().map(|s| s.to_string()).collect(), quality, domain_quality: BTreeMap::new(), languages: Vec::new(), latency_ms: lat,
             max_concurrency: 8, tags: vec![], first_token_timeout_ms: 1000, idle_timeout_ms: 30_000, total_timeout_ms: 600_000, connect_timeout_ms: 5_000,
         }, healthy)
     }
@@ -81,7 +81,7 @@ prop_compose! {
         caps in proptest::sample::subsequence(CAPS, 0..=2), out in 1u32..4000,
     ) -> Preferences {
         Preferences { trade_off: None, max_cost_usd: max_cost, max_latency_ms: max_lat,
-            required_capabilities: caps.iter().map(|s| s.to_string()).collect(), allow: vec![], deny: vec![], expected_output_tokens: out, max_output_tokens: None }
+            required_capabilities: caps.iter().map(|s| s.to_string()).collect(), allow: vec![], deny: vec![], expected_output_tokens: out, max_output_tokens: None, required_language: String::new() }
     }
 }
 
@@ -225,6 +225,7 @@ fn plain_backend(name: &str, price: f64, context_window: u32) -> Backend {
         capabilities: vec![],
         quality,
         domain_quality: BTreeMap::new(),
+        languages: Vec::new(),
         latency_ms: 10.0,
         max_concurrency: 1,
         tags: vec![],

@@ -286,3 +286,89 @@ async fn abstain_falls_back_to_the_policy_default() {
     );
     server.stop().await;
 }
+
+fn required(text: &str, language: &str, allow: &[&str]) -> RouteDecisionRequest {
+    RouteDecisionRequest {
+        prompt: text.into(),
+        preferences: Some(Preferences {
+            required_language: language.into(),
+            allow_backends: allow.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A rule on the detected language pins its backend; a required language ("auto" or a code)
+/// leaves out the backends that list others only, and a refusal names the missing language.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn language_rules_and_requirements_are_honoured() {
+    let mut cfg = common::bundled_config();
+    for b in cfg.backends.iter_mut().filter(|b| b.name == "gpt-4o-mini") {
+        b.languages = vec!["eng".into()];
+    }
+    let when = switchboard::config::Match {
+        intent: None,
+        domain: None,
+        language: Some("jpn".into()),
+        tenant: None,
+        metadata: Default::default(),
+    };
+    let default = cfg.default_policy.clone();
+    cfg.policies
+        .get_mut(&default)
+        .unwrap()
+        .rules
+        .push(switchboard::config::Rule {
+            when,
+            backend: "claude-sonnet-4".into(),
+            pin: true,
+            boost: 0.0,
+        });
+    let server = common::TestServer::start(cfg).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    let ja = "東京から大阪まで新幹線でどのくらい時間がかかりますか？教えてください。";
+    let en = "How long does the bullet train take from Tokyo to Osaka?";
+    let r = route(&mut c, prompt(ja)).await;
+    assert_eq!(r.classification.as_ref().unwrap().language, "jpn");
+    assert_eq!(top(&r), "claude-sonnet-4", "{r:?}");
+    assert!(
+        r.backends[0]
+            .reasons
+            .iter()
+            .any(|x| x.contains("language = jpn")),
+        "{r:?}"
+    );
+    let r = route(&mut c, prompt(en)).await;
+    assert!(
+        !r.backends[0]
+            .reasons
+            .iter()
+            .any(|x| x.contains("language = jpn")),
+        "{r:?}"
+    );
+
+    let r = route(&mut c, required(ja, "auto", &[])).await;
+    assert!(r.backends.iter().all(|b| b.name != "gpt-4o-mini"), "{r:?}");
+    let r = route(&mut c, required(en, "auto", &[])).await;
+    assert!(r.backends.iter().any(|b| b.name == "gpt-4o-mini"), "{r:?}");
+    let err = c
+        .route_decision(required(en, "jpn", &["gpt-4o-mini"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("gpt-4o-mini: lacks language jpn"),
+        "{err:?}"
+    );
+    let err = c
+        .route_decision(required(en, "klingon", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("preferences.required_language"),
+        "{err:?}"
+    );
+    server.stop().await;
+}

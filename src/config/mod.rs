@@ -175,6 +175,10 @@ pub struct Backend {
     /// Quality per domain, overriding the intent quality when the domain matches.
     #[serde(default)]
     pub domain_quality: BTreeMap<String, f64>,
+    /// Languages it serves well (ISO 639-3); empty = any. A request that requires a language
+    /// is not sent to a backend that lists others only.
+    #[serde(default)]
+    pub languages: Vec<String>,
     /// Typical time to first token, in milliseconds.
     pub latency_ms: f64,
     #[serde(default = "default_concurrency")]
@@ -221,6 +225,8 @@ fn default_ttft_timeout() -> u64 {
 pub struct Match {
     pub intent: Option<String>,
     pub domain: Option<String>,
+    /// The prompt's detected language (ISO 639-3).
+    pub language: Option<String>,
     pub tenant: Option<String>,
     /// Metadata key → value.
     #[serde(default)]
@@ -484,6 +490,16 @@ fn check_backend(
             ));
         }
     }
+    for (j, l) in b.languages.iter().enumerate() {
+        if whatlang::Lang::from_code(l.as_str()).is_none() {
+            return Err((
+                format!("{}[{j}]", p("languages")),
+                format!(
+                    "unknown language {l:?}; expected an ISO 639-3 code such as \"eng\" or \"jpn\""
+                ),
+            ));
+        }
+    }
     for (j, c) in b.capabilities.iter().enumerate() {
         if !CAPABILITIES.contains(&c.as_str()) {
             return Err((
@@ -524,6 +540,17 @@ fn check_rules(
                     format!("unknown domain {x:?}"),
                 ));
             }
+        }
+        if let Some(x) = r
+            .when
+            .language
+            .as_ref()
+            .filter(|x| whatlang::Lang::from_code(x.as_str()).is_none())
+        {
+            return Err((
+                format!("{at}[{i}].when.language"),
+                format!("unknown language {x:?}; expected an ISO 639-3 code"),
+            ));
         }
     }
     Ok(())

@@ -67,6 +67,9 @@ pub struct RoutingPrefs {
     #[serde(default)]
     pub deny_backends: Vec<String>,
     pub expected_output_tokens: Option<u32>,
+    /// ISO 639-3, or "auto" for the detected language.
+    #[serde(default)]
+    pub required_language: String,
     pub policy: Option<String>,
     #[serde(default)]
     pub metadata: HashMap<String, String>,
@@ -265,6 +268,7 @@ pub fn to_input(
                 deny: prefs.deny_backends,
                 expected_output_tokens: prefs.expected_output_tokens.unwrap_or(256),
                 max_output_tokens: None,
+                required_language: prefs.required_language,
             },
             top_k: 0,
             policy,

@@ -27,6 +27,8 @@ pub struct Preferences {
     /// The completion's `max_tokens`: a backend's context window must hold the prompt and
     /// this many output tokens (cost is still estimated on `expected_output_tokens`).
     pub max_output_tokens: Option<u32>,
+    /// ISO 639-3 the backend must serve ("auto": the detected language; empty: none).
+    pub required_language: String,
 }
 
 /// A backend's health as ranking sees it (from the breakers and latency measurements).
@@ -154,6 +156,7 @@ pub fn variant_for<'a>(
 fn matches(m: &Match, p: &Prediction, meta: &HashMap<String, String>) -> bool {
     m.intent.as_ref().is_none_or(|i| *i == p.intent)
         && m.domain.as_ref().is_none_or(|d| *d == p.domain)
+        && m.language.as_ref().is_none_or(|l| *l == p.language.code)
         && m.tenant
             .as_ref()
             .is_none_or(|t| meta.get("tenant") == Some(t))
@@ -168,6 +171,9 @@ fn describe(m: &Match) -> String {
     if let Some(d) = &m.domain {
         parts.push(format!("domain = {d}"));
     }
+    if let Some(l) = &m.language {
+        parts.push(format!("language = {l}"));
+    }
     if let Some(t) = &m.tenant {
         parts.push(format!("tenant = {t}"));
     }
@@ -175,6 +181,16 @@ fn describe(m: &Match) -> String {
         parts.push(format!("{k} = {v}"));
     }
     parts.join(", ")
+}
+
+/// The language a request requires: the one it names, or with "auto" the detected one (none
+/// when nothing was detected).
+fn required_language<'a>(prefs: &'a Preferences, p: &'a Prediction) -> Option<&'a str> {
+    match prefs.required_language.as_str() {
+        "" => None,
+        "auto" => Some(p.language.code.as_str()).filter(|c| !c.is_empty()),
+        code => Some(code),
+    }
 }
 
 /// Why `b` breaks a hard constraint, if it does.
@@ -198,6 +214,11 @@ fn violation(
         .find(|c| !b.capabilities.contains(c))
     {
         return Some(format!("lacks capability {c}"));
+    }
+    if let Some(lang) = required_language(prefs, input.prediction) {
+        if !b.languages.is_empty() && !b.languages.iter().any(|l| l == lang) {
+            return Some(format!("lacks language {lang}"));
+        }
     }
     let output = prefs
         .expected_output_tokens

@@ -207,6 +207,7 @@ pub fn mock_backend(name: &str, model: &str, base_url: &str, quality: f64) -> Ba
         capabilities: vec!["streaming".into()],
         quality: q,
         domain_quality: BTreeMap::new(),
+        languages: Vec::new(),
         latency_ms: 100.0,
         max_concurrency: 1000,
         tags: vec![],
