@@ -201,6 +201,8 @@ async fn route_models_and_preferences() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["classification"]["intent"], "math", "{v}");
+    assert_eq!(v["classification"]["language"], "eng", "{v}");
+    assert!(v["classification"]["difficulty"].as_f64().is_some(), "{v}");
     assert_eq!(v["backends"].as_array().unwrap().len(), 1);
     assert_eq!(v["backends"][0]["name"], "fast");
     assert_eq!(v["decision_id"].as_str().unwrap().len(), 32);
