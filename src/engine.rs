@@ -176,7 +176,7 @@ impl Engine {
     }
 
     /// Checks the request's preferences; errors name the field.
-    fn validate_prefs(&self, p: &Preferences) -> Result<(), RouteError> {
+    fn validate_prefs(p: &Preferences, cfg: &Config) -> Result<(), RouteError> {
         let lang = p.required_language.as_str();
         if !lang.is_empty() && lang != "auto" && !crate::classify::language::known(lang) {
             return Err(invalid(
@@ -205,7 +205,7 @@ impl Engine {
             ("preferences.deny_backends", &p.deny),
         ] {
             for (i, name) in list.iter().enumerate() {
-                if !self.config().backends.iter().any(|b| &b.name == name) {
+                if !cfg.backends.iter().any(|b| &b.name == name) {
                     return Err(invalid(
                         format!("{field}[{i}]"),
                         format!("unknown backend {name:?}"),
@@ -227,7 +227,8 @@ impl Engine {
     /// Validates a request (sizes, roles, preferences, policy) and returns the classifier
     /// input text. `route` calls it; a pinned completion, which skips routing, calls it too.
     pub fn validate(&self, req: &RouteRequest) -> Result<String, RouteError> {
-        let s = &self.config().server;
+        let cfg = self.config();
+        let s = &cfg.server;
         if req.messages.len() > s.max_messages {
             return Err(invalid(
                 "messages",
@@ -262,8 +263,8 @@ impl Engine {
                 ),
             });
         }
-        self.validate_prefs(&req.prefs)?;
-        if !req.policy.is_empty() && !self.config().policies.contains_key(&req.policy) {
+        Self::validate_prefs(&req.prefs, &cfg)?;
+        if !req.policy.is_empty() && !cfg.policies.contains_key(&req.policy) {
             return Err(invalid(
                 "policy",
                 format!("unknown policy {:?}", req.policy),

@@ -5,7 +5,6 @@
 //! metadata or HTTP header) becomes the parent of the request's span, and each upstream call
 //! carries the `traceparent` of its attempt's span. The exporter sends with the server's own
 //! reqwest on its tokio runtime, so the tree keeps one HTTP client stack and one tonic.
-use std::sync::Arc;
 
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TracerProvider as _;
@@ -148,7 +147,7 @@ async fn bounded_body(
 }
 
 /// Keeps the provider of an installed exporter; flushes and stops it when dropped.
-pub struct Guard(pub Option<Arc<SdkTracerProvider>>);
+pub struct Guard(pub Option<SdkTracerProvider>);
 
 impl Drop for Guard {
     fn drop(&mut self) {

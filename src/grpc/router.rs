@@ -28,7 +28,7 @@ impl RouterService {
     fn count(&self, method: &str, err: Option<&crate::error::Error>) {
         let code = match err {
             None => tonic::Code::Ok,
-            Some(e) => e.clone().status().code(),
+            Some(e) => super::status::code(e.kind),
         };
         self.gateway
             .engine()

@@ -262,7 +262,7 @@ impl<'a> Attempt<'a> {
         backend: &'a Backend,
         (started, t0): (Instant, Instant),
         tx: &'a Tx,
-        on_served: Option<&'a OnServed>,
+        (on_served, span): (Option<&'a OnServed>, &tracing::Span),
     ) -> Self {
         Self {
             input,
@@ -273,7 +273,7 @@ impl<'a> Attempt<'a> {
             attempts: Vec::new(),
             tx,
             on_served,
-            span: tracing::Span::none(),
+            span: span.clone(),
         }
     }
 }
@@ -419,8 +419,7 @@ impl Proxy {
             let t0 = Instant::now();
             let span = upstream_span(b);
             let first = self.first(b, &req, t0).instrument(span.clone()).await;
-            let mut at = Attempt::new(input, b, (started, t0), tx, on_served.as_ref());
-            at.span = span.clone();
+            let mut at = Attempt::new(input, b, (started, t0), tx, (on_served.as_ref(), &span));
             match first {
                 FirstOutcome::Failed(e) if e.fault() == Fault::Caller => {
                     span.record("error.type", e.to_string());

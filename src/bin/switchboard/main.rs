@@ -80,9 +80,7 @@ fn init_tracing(json: bool) -> anyhow::Result<switchboard::telemetry::Guard> {
         .with(json_lines)
         .with(otel)
         .init();
-    Ok(switchboard::telemetry::Guard(
-        provider.map(std::sync::Arc::new),
-    ))
+    Ok(switchboard::telemetry::Guard(provider))
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
