@@ -1,4 +1,6 @@
-//! A BERT encoder (all-MiniLM-L6-v2 and any BERT-family checkpoint with the same weight names).
+//! A BERT encoder: all-MiniLM-L6-v2 and any checkpoint of the BERT family (MiniLM, bge, gte,
+//! e5) or the XLM-RoBERTa family (multilingual MiniLM, multilingual-e5), which differ only in
+//! weight-name prefix, segment table size and where position ids start.
 //! Written here rather than using candle-transformers' `BertModel` for two reasons: inference
 //! uses fused QKV and the fused softmax/layer-norm kernels, and training mode uses the
 //! differentiable ops (the stock model silently drops encoder gradients, see shared notes).
@@ -23,6 +25,95 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub hidden_act: Option<String>,
+    /// "bert", "roberta", "xlm-roberta", …; decides where position ids start.
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    /// Only "absolute" position embeddings exist in these families' sentence encoders.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+/// Largest dimensions accepted from a config.json: past these a hostile file could ask for
+/// tables of many GiB before a weight is read.
+const MAX_HIDDEN: usize = 8_192;
+const MAX_LAYERS: usize = 64;
+const MAX_VOCAB: usize = 1_000_000;
+const MAX_POSITIONS: usize = 16_384;
+
+impl BertConfig {
+    /// First position id of a sequence. RoBERTa-style models number positions from
+    /// `padding_idx + 1` (the pad id's row of the position table is reserved); BERT from 0.
+    pub fn position_offset(&self) -> usize {
+        match self.model_type.as_deref() {
+            Some("roberta" | "xlm-roberta" | "camembert") => {
+                self.pad_token_id.unwrap_or(1) as usize + 1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Longest sequence (special tokens included) the position table covers.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+
+    /// Rejects configs this forward pass cannot run, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let bounded = |name: &str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                Err(format!("{name} {v} is outside 1..={max}"))
+            } else {
+                Ok(())
+            }
+        };
+        bounded("hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        bounded("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
+        bounded(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.hidden_size,
+        )?;
+        bounded("intermediate_size", self.intermediate_size, 8 * MAX_HIDDEN)?;
+        bounded("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        bounded(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_POSITIONS,
+        )?;
+        bounded("type_vocab_size", self.type_vocab_size, 16)?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps {} must be positive",
+                self.layer_norm_eps
+            ));
+        }
+        if let Some(t) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            return Err(format!(
+                "position_embedding_type \"{t}\" is not supported (only \"absolute\")"
+            ));
+        }
+        if self.max_tokens() < 3 {
+            return Err(format!(
+                "max_position_embeddings {} leaves no room for a sequence after the position offset {}",
+                self.max_position_embeddings,
+                self.position_offset()
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_type_vocab() -> usize {
@@ -272,16 +363,19 @@ pub struct Bert {
     cfg: BertConfig,
 }
 
+/// Checkpoints saved from a task model carry the family's prefix (`bert.`, `roberta.`);
+/// sentence-transformers folders usually have none.
 fn unprefixed(vb: VarBuilder) -> VarBuilder {
-    if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-        vb.pp("bert")
-    } else {
-        vb
+    for prefix in ["bert", "roberta", "xlm-roberta"] {
+        if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+            return vb.pp(prefix);
+        }
     }
+    vb
 }
 
 impl Bert {
-    /// Loads weights with HF names, with or without a `bert.` prefix.
+    /// Loads weights with HF names, with or without the family's prefix.
     pub fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
         Self::load_split(vb.clone(), vb, cfg, 0)
     }
@@ -294,6 +388,7 @@ impl Bert {
         cfg: &BertConfig,
         train_from: usize,
     ) -> candle_core::Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
         let (vb, top) = (unprefixed(frozen), unprefixed(top));
         let h = cfg.hidden_size;
         let e = vb.pp("embeddings");
@@ -330,7 +425,10 @@ impl Bert {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let dev = ids.device();
-        let pos = Tensor::arange(0u32, l as u32, dev)?;
+        // Right padding: a real token's position is its index (plus the family's offset); the
+        // pads' positions differ from HF's but they are masked out of attention and pooling.
+        let offset = self.cfg.position_offset() as u32;
+        let pos = Tensor::arange(offset, offset + l as u32, dev)?;
         let flat = ids.flatten_all()?;
         let x = self.word.forward(&flat)?.reshape((b, l, ()))?;
         let x = x.broadcast_add(&self.position.forward(&pos)?)?;
@@ -372,6 +470,15 @@ pub fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Resul
     let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
     let mean = sum.broadcast_div(&count)?;
     l2_normalize(&mean)
+}
+
+/// Attention-masked max over tokens, then L2 normalisation: (b, l, h) → (b, h).
+pub fn max_pool_normalize(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    // Padding gets a large negative value so it never wins (as sentence-transformers does).
+    let m = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+    let pad = ((m.ones_like()? - &m)? * -1e9)?;
+    let max = hidden.broadcast_mul(&m)?.broadcast_add(&pad)?.max(1)?;
+    l2_normalize(&max)
 }
 
 /// Row-wise L2 normalisation of (b, h).

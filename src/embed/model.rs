@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::bert::{l2_normalize, mean_pool_normalize, Bert, BertConfig, Mode};
+use super::bert::{l2_normalize, max_pool_normalize, mean_pool_normalize, Bert, BertConfig, Mode};
 use super::EmbedError;
 
 /// How token vectors become one sentence vector (sentence-transformers' 1_Pooling).
@@ -15,6 +15,7 @@ use super::EmbedError;
 pub enum Pooling {
     Mean,
     Cls,
+    Max,
 }
 
 #[derive(Deserialize)]
@@ -23,6 +24,14 @@ struct PoolingFile {
     pooling_mode_cls_token: bool,
     #[serde(default)]
     pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
 }
 
 /// Who the encoder is: heads trained on one encoder must not be used with another.
@@ -34,7 +43,7 @@ pub struct EncoderInfo {
     pub dir: PathBuf,
 }
 
-/// A BERT-family sentence encoder on one device.
+/// A BERT- or XLM-RoBERTa-family sentence encoder on one device.
 pub struct SentenceEncoder {
     bert: Bert,
     pooling: Pooling,
@@ -77,6 +86,7 @@ impl SentenceEncoder {
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| load_err(&cfg_path, e))?;
         let cfg: BertConfig =
             serde_json::from_str(&cfg_text).map_err(|e| load_err(&cfg_path, e))?;
+        cfg.validate().map_err(|e| load_err(&cfg_path, e))?;
         let weights = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .map_err(|e| load_err(&weights, e))?;
@@ -112,9 +122,9 @@ impl SentenceEncoder {
         &self.bert
     }
 
-    /// Maximum sequence length the position table allows.
+    /// Longest sequence (special tokens included) the position table allows.
     pub fn max_positions(&self) -> usize {
-        self.bert.config().max_position_embeddings
+        self.bert.config().max_tokens()
     }
 
     /// Pads `seqs` to the longest, returns (ids, mask) tensors of shape (b, l).
@@ -143,6 +153,7 @@ impl SentenceEncoder {
         let pooled = match self.pooling {
             Pooling::Mean => mean_pool_normalize(&hidden, &mask)?,
             Pooling::Cls => l2_normalize(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?,
+            Pooling::Max => max_pool_normalize(&hidden, &mask)?,
         };
         pooled.to_dtype(DType::F32)?.to_vec2()
     }
@@ -155,9 +166,23 @@ fn read_pooling(dir: &Path) -> Result<Pooling, EmbedError> {
     }
     let text = std::fs::read_to_string(&path).map_err(|e| load_err(&path, e))?;
     let p: PoolingFile = serde_json::from_str(&text).map_err(|e| load_err(&path, e))?;
-    match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
-        (true, _) => Ok(Pooling::Mean),
-        (false, true) => Ok(Pooling::Cls),
-        _ => Err(load_err(&path, "only mean or CLS pooling is supported")),
+    // sentence-transformers concatenates the vectors of every mode switched on; one mode
+    // keeps the embedding the model's own size, which is what its users compare.
+    let modes = [
+        (p.pooling_mode_mean_tokens, Some(Pooling::Mean)),
+        (p.pooling_mode_cls_token, Some(Pooling::Cls)),
+        (p.pooling_mode_max_tokens, Some(Pooling::Max)),
+        (p.pooling_mode_mean_sqrt_len_tokens, None),
+        (p.pooling_mode_weightedmean_tokens, None),
+        (p.pooling_mode_lasttoken, None),
+    ];
+    let on: Vec<_> = modes.iter().filter(|(on, _)| *on).collect();
+    match on.as_slice() {
+        [(_, Some(mode))] => Ok(*mode),
+        _ => Err(load_err(
+            &path,
+            "exactly one of pooling_mode_mean_tokens, pooling_mode_cls_token or \
+             pooling_mode_max_tokens must be true (other modes and combinations are not supported)",
+        )),
     }
 }

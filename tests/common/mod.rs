@@ -162,6 +162,13 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// one, so nothing outlives a clean clone), removed when the guard drops.
 pub struct Scratch(tempfile::TempDir);
 
+impl Scratch {
+    /// The directory, left in place (under target/tmp) for the rest of the test binary.
+    pub fn keep(self) -> PathBuf {
+        self.0.keep()
+    }
+}
+
 impl std::ops::Deref for Scratch {
     type Target = std::path::Path;
     fn deref(&self) -> &std::path::Path {
