@@ -299,3 +299,22 @@ fn stock_bert_matches_our_forward() {
         assert!(c > 0.9999, "{text:?}: cosine {c}");
     }
 }
+
+#[test]
+fn bench_embed_measures_a_random_weight_shape_and_refuses_a_bad_one() {
+    let run = |shape: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["bench", "embed", "--iterations", "2", "--rounds", "1"])
+            .args(["--shape", shape])
+            .output()
+            .unwrap()
+    };
+    let out = run("2x128");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("random-weight BERT 2 layers × 128"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("single")).count(), 3);
+    let bad = run("12x100");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--shape 12x100"));
+}

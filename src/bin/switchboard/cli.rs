@@ -261,6 +261,10 @@ pub enum BenchCommand {
         iterations: usize,
         #[arg(long, env = "SWITCHBOARD_BENCH_ROUNDS", default_value_t = 20)]
         rounds: usize,
+        /// Measure a random-weight BERT of this shape instead (LAYERSxHIDDEN, e.g. 12x768),
+        /// with the encoder folder's tokenizer.
+        #[arg(long)]
+        shape: Option<String>,
         #[command(flatten)]
         encoder: EncoderArgs,
     },

@@ -65,13 +65,29 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Embed {
             iterations,
             rounds,
-            encoder,
+            shape,
+            mut encoder,
         } => {
+            let scratch = match shape.as_deref() {
+                Some(s) => {
+                    let (layers, hidden) = super::shape::parse(s)?;
+                    let dir = std::env::temp_dir()
+                        .join(format!("switchboard-shape-{s}-{}", std::process::id()));
+                    super::shape::write(&dir, layers, hidden, &encoder.config().model_dir)?;
+                    println!("random-weight BERT {layers} layers × {hidden} (mean pooling)");
+                    encoder.model_dir = Some(dir.clone());
+                    Some(dir)
+                }
+                None => None,
+            };
             let embedder = crate::start(&encoder).await?;
             let report =
                 super::embed(&embedder, iterations, rounds, encoder.config().workers)
-                    .await?;
-            println!("{report}");
+                    .await;
+            if let Some(dir) = scratch {
+                std::fs::remove_dir_all(dir)?;
+            }
+            println!("{}", report?);
         }
         BenchCommand::Route {
             iterations,

@@ -6,6 +6,7 @@ mod local;
 #[cfg(feature = "mock")]
 pub mod proxy;
 pub mod route;
+mod shape;
 #[cfg(feature = "mock")]
 mod soak;
 #[cfg(feature = "mock")]
