@@ -122,6 +122,7 @@ pub fn to_response(o: &RouteOutcome) -> pb::RouteDecisionResponse {
             language_confidence: p.language.confidence,
             confidence: p.confidence,
             abstained: p.abstained,
+            abstain_reason: p.abstain_reason().into(),
         }),
         backends: o
             .decision

@@ -347,10 +347,10 @@ impl Engine {
         self.metrics.batch_size.observe(e.batch_size as f64);
         let t = Instant::now();
         let classify_span = tracing::info_span!("classify", classifier = %classifier.version(), intent = tracing::field::Empty, language = tracing::field::Empty);
-        let mut p = classify_span.in_scope(|| {
-            classifier.predict(&e.vector, e.tokens, self.config().server.abstain_threshold)
-        })?;
-        p.language = language;
+        let server = &self.config().server;
+        let mut p = classify_span
+            .in_scope(|| classifier.predict(&e.vector, e.tokens, server.abstain_threshold))?;
+        classifier.apply_language(&mut p, language, server.untrained_language_share());
         classify_span.record("intent", p.intent.as_str());
         classify_span.record("language", p.language.code.as_str());
         let p = Arc::new(p);
@@ -510,6 +510,7 @@ fn decision_record(o: &RouteOutcome) -> DecisionRecord {
         intent: o.prediction.intent.clone(),
         domain: o.prediction.domain.clone(),
         language: o.prediction.language.code.clone(),
+        abstain_reason: o.prediction.abstain_reason().into(),
         complexity: o.prediction.complexity,
         confidence: o.prediction.confidence,
         tokens: o.features.tokens,

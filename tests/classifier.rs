@@ -31,6 +31,19 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
     );
     let r = &first.dev_report.intent;
     assert_beats_majority(r);
+    // The artifact records its training languages (the slice is English, with unsure rows);
+    // the dev report has a slice per source group and language group, summing to the whole.
+    let langs = &first.classifier.meta.languages;
+    let total: u64 = langs.values().sum();
+    assert!(langs["eng"] * 2 > total, "{langs:?}");
+    let groups = &first.dev_report.groups;
+    let sum = |kind: &str| -> usize { groups.iter().filter(|g| g.kind == kind).map(|g| g.n).sum() };
+    assert_eq!(sum("source"), r.n, "{groups:?}");
+    assert_eq!(sum("language"), r.n, "{groups:?}");
+    assert!(first
+        .dev_report
+        .group("source", "exam")
+        .is_some_and(|g| g.domain_n > 0));
 
     // Same seed → identical weights, and the cache makes the second run embed nothing.
     let second = run::train(&embedder, &common::slice_config(&b, &cache))
@@ -57,6 +70,7 @@ async fn training_on_a_slice_beats_majority_is_deterministic_and_round_trips() {
         typo_rate: 0.05,
         out_dir: Some(out.clone()),
         spell_fix: true,
+        untrained_language_share: Some(switchboard::classify::language::DEFAULT_MIN_SHARE),
     };
     let report = evaluate::run(&embedder, &cfg).await.unwrap();
     assert_eq!(report.intent.n, r.n);

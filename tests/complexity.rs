@@ -1,5 +1,6 @@
-//! The two-output complexity head: trained on graded rows, retrainable alone (`--keep-heads`)
-//! with the other heads kept bit for bit, and heads of the older one-output format still load.
+//! The two-output complexity head: trained on graded rows, retrainable (with the domain head,
+//! `--keep-heads`) while the intent head is kept bit for bit, and heads of the older one-output
+//! format still load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -29,7 +30,7 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_heads_retrains_complexity_alone_and_one_output_heads_still_load() {
+async fn keep_heads_keeps_intent_retrains_the_rest_and_one_output_heads_still_load() {
     let embedder: Embedder = common::embedder(&common::encoder_config());
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
@@ -42,14 +43,14 @@ async fn keep_heads_retrains_complexity_alone_and_one_output_heads_still_load() 
         "the graded rows reach the dev split"
     );
 
-    // Keep intent + domain from `a`, train the complexity head alone with another seed.
+    // Keep intent from `a`, train the domain and complexity heads afresh with another seed.
     let mut cfg = config(&b, &cache);
     cfg.fit.seed = 12;
     cfg.keep_heads = Some(a.clone());
     let second = run::train(&embedder, &cfg).await.unwrap();
     let (ta, tb) = (tensors(&a), tensors(&b));
     for (name, t) in &ta {
-        let kept = !name.starts_with("complexity.");
+        let kept = name.starts_with("intent.");
         assert_eq!(same(t, &tb[name]), kept, "{name}: kept {kept}");
     }
     assert_eq!(

@@ -219,6 +219,10 @@ fn nan_infinity_and_zero_are_refused_with_their_path() {
             "policies.p.variants[0].percent",
         ),
         (format!("{BASE}\n[server]\nabstain_threshold = nan\n"), "server.abstain_threshold"),
+        (
+            format!("{BASE}\n[server]\nuntrained_language_share = 1.5\n"),
+            "server.untrained_language_share",
+        ),
         (format!("{BASE}\n[server]\nmax_prompt_bytes = 0\n"), "server.max_prompt_bytes"),
         (
             format!("{BASE}\n[server]\nmax_prompt_bytes = 9223372036854775807\n"),

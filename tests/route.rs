@@ -304,6 +304,8 @@ fn required(text: &str, language: &str, allow: &[&str]) -> RouteDecisionRequest 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn language_rules_and_requirements_are_honoured() {
     let mut cfg = common::bundled_config();
+    // The rule, not the abstention on untrained languages (tested below), is under test.
+    cfg.server.abstain_untrained_languages = false;
     for b in cfg.backends.iter_mut().filter(|b| b.name == "gpt-4o-mini") {
         b.languages = vec!["eng".into()];
     }
@@ -370,5 +372,45 @@ async fn language_rules_and_requirements_are_honoured() {
         err.message().contains("preferences.required_language"),
         "{err:?}"
     );
+    server.stop().await;
+}
+
+/// The shipped classifier saw almost no Russian in training: a Russian prompt abstains to the
+/// policy default, saying why; English does not; and the operator can turn it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_in_untrained_languages_abstain_with_the_reason() {
+    let ru = "Напиши функцию на Python, которая сортирует список чисел по убыванию.";
+    let en = "Write a Python function that sorts a list of numbers in descending order.";
+    let cfg = common::bundled_config();
+    let default_backend = cfg.policies[&cfg.default_policy].default_backend.clone();
+    let server = common::TestServer::start(cfg.clone()).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    let r = route(&mut c, prompt(ru)).await;
+    let cl = r.classification.as_ref().unwrap();
+    assert_eq!(cl.language, "rus");
+    assert!(cl.abstained, "{r:?}");
+    assert_eq!(cl.abstain_reason, "untrained_language");
+    assert_eq!(top(&r), default_backend, "{r:?}");
+    assert!(
+        r.backends[0].reasons[0].contains("classifier abstained (language rus is 0.0"),
+        "{r:?}"
+    );
+    let r = route(&mut c, prompt(en)).await;
+    let cl = r.classification.as_ref().unwrap();
+    assert_eq!(
+        (cl.language.as_str(), cl.abstained),
+        ("eng", false),
+        "{r:?}"
+    );
+    server.stop().await;
+
+    let mut off = cfg;
+    off.server.abstain_untrained_languages = false;
+    off.admin.state_dir = common::bundled_config().admin.state_dir;
+    let server = common::TestServer::start(off).await;
+    let mut c = RouterClient::new(server.channel.clone());
+    let r = route(&mut c, prompt(ru)).await;
+    let cl = r.classification.as_ref().unwrap();
+    assert_ne!(cl.abstain_reason, "untrained_language", "{r:?}");
     server.stop().await;
 }

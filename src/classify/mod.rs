@@ -63,6 +63,11 @@ pub struct ClassifierMeta {
     pub complexity_outputs: usize,
     /// Data hash, seed and hyper-parameters of the run that produced it.
     pub training: BTreeMap<String, serde_json::Value>,
+    /// Languages of its training rows as the detector tells them (ISO 639-3 → rows;
+    /// `language::UNDETERMINED` for unsure ones). Empty for artifacts from before it was
+    /// recorded: those never abstain on language.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub languages: BTreeMap<String, u64>,
     /// Dev-split metrics of that run.
     pub metrics: BTreeMap<String, f64>,
 }
@@ -88,6 +93,20 @@ pub struct Prediction {
     pub language: language::Language,
     pub confidence: f32,
     pub abstained: bool,
+    /// Set when it abstained because the prompt's language was this share of its training
+    /// rows, under the configured minimum (`apply_language`).
+    pub untrained_language_share: Option<f32>,
+}
+
+impl Prediction {
+    /// Why it abstained, as the API and the decision log name it; empty when it did not.
+    pub fn abstain_reason(&self) -> &'static str {
+        match (self.abstained, self.untrained_language_share) {
+            (false, _) => "",
+            (true, Some(_)) => "untrained_language",
+            (true, None) => "low_confidence",
+        }
+    }
 }
 
 /// The classifier's input for one prompt: the embedding and the tokens the encoder saw. The
@@ -267,6 +286,24 @@ impl Classifier {
         }
     }
 
+    /// Gives `p` the prompt's language and, when `min_share` is set, abstains if the training
+    /// data had less than that share of it: the heads' confidence does not know what the
+    /// encoder cannot read.
+    pub fn apply_language(
+        &self,
+        p: &mut Prediction,
+        language: language::Language,
+        min_share: Option<f64>,
+    ) {
+        if let Some(share) =
+            min_share.and_then(|m| language::untrained_share(&self.meta.languages, &language, m))
+        {
+            p.abstained = true;
+            p.untrained_language_share = Some(share as f32);
+        }
+        p.language = language;
+    }
+
     /// Whether `prepare` repairs typos.
     pub fn repairs_typos(&self) -> bool {
         self.spell.is_some()
@@ -324,6 +361,7 @@ impl Classifier {
             language: language::Language::default(),
             confidence: conf,
             abstained: conf < threshold,
+            untrained_language_share: None,
         }
     }
 

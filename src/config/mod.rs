@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub classifier_dir: PathBuf,
     /// Override of the classifier's own abstain threshold.
     pub abstain_threshold: Option<f32>,
+    /// Abstain (the policy's default backend) on prompts in a language that was less than
+    /// `untrained_language_share` of the classifier's training rows: its confidence there is
+    /// not to be trusted.
+    pub abstain_untrained_languages: bool,
+    pub untrained_language_share: f64,
     /// Entries of the classification cache (0 disables it).
     pub cache_entries: usize,
     /// Longest accepted conversation, in bytes of message content.
@@ -73,6 +78,8 @@ impl Default for ServerConfig {
         Self {
             classifier_dir: crate::assets::bundled(crate::assets::CLASSIFIER),
             abstain_threshold: None,
+            abstain_untrained_languages: true,
+            untrained_language_share: crate::classify::language::DEFAULT_MIN_SHARE,
             cache_entries: 10_000,
             max_prompt_bytes: 64 * 1024,
             max_messages: 256,
@@ -91,6 +98,12 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The share under which a language counts as untrained, when abstaining on it is on.
+    pub fn untrained_language_share(&self) -> Option<f64> {
+        self.abstain_untrained_languages
+            .then_some(self.untrained_language_share)
+    }
+
     /// Largest request either transport accepts: the prompt limit with room for JSON or
     /// protobuf framing and escapes, so an oversized prompt gets our message naming the limit.
     pub fn max_request_bytes(&self) -> usize {

@@ -31,6 +31,12 @@ fn server(s: &ServerConfig) -> Result<(), Bad> {
     if let Some(t) = s.abstain_threshold {
         finite_in("server.abstain_threshold".into(), t.into(), 0.0, 1.0)?;
     }
+    finite_in(
+        "server.untrained_language_share".into(),
+        s.untrained_language_share,
+        0.0,
+        1.0,
+    )?;
     positive(
         "server.max_prompt_bytes".into(),
         s.max_prompt_bytes as u64,

@@ -299,13 +299,15 @@ fn score(b: &Backend, c: &ScoreCtx<'_>, cost: f64, latency: f64, healthy: bool) 
     }
     if p.abstained && b.name == c.pol.default_backend {
         pinned = true;
-        reasons.insert(
-            0,
-            format!(
-                "policy default: classifier abstained (confidence {:.2})",
-                p.confidence
+        let why = match p.untrained_language_share {
+            Some(share) => format!(
+                "language {} is {:.2}% of its training data",
+                p.language.code,
+                share * 100.0
             ),
-        );
+            None => format!("confidence {:.2}", p.confidence),
+        };
+        reasons.insert(0, format!("policy default: classifier abstained ({why})"));
     }
     Ranked {
         name: b.name.clone(),

@@ -35,6 +35,9 @@ pub struct DecisionRecord {
     pub language: String,
     pub complexity: f32,
     pub confidence: f32,
+    /// Why the classifier abstained ("low_confidence", "untrained_language"); empty if it did not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub abstain_reason: String,
     /// Tokens the encoder saw (the heads' length feature).
     pub tokens: u32,
     /// The embedding, f32 little-endian, base64.

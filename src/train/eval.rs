@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use super::groups::GroupReport;
 use crate::classify::{Classifier, ClassifyError, Prediction};
 use crate::dataset::Row;
 
@@ -52,6 +53,8 @@ pub struct EvalReport {
     pub typo_robustness: Option<f64>,
     /// The typo figure over the real prompts (`sharegpt`) of the same sample.
     pub typo_robustness_real: Option<SubsetShare>,
+    /// The same figures per language group, language and source group.
+    pub groups: Vec<GroupReport>,
 }
 
 /// A share measured on a subset of rows, with the subset's size.
@@ -88,9 +91,34 @@ impl EvalReport {
         if let Some(t) = self.typo_robustness_real {
             m.insert("real_typo_robustness".into(), t.share);
         }
+        if let Some(g) = self.group("source", "exam").filter(|g| g.domain_n > 0) {
+            m.insert("exam_domain_macro_f1".into(), g.domain_macro_f1);
+        }
         // Undefined metrics (no graded rows, say) are left out: JSON has no NaN.
         m.retain(|_, v| v.is_finite());
         m
+    }
+}
+
+impl EvalReport {
+    /// The slice `kind`/`name` (see `groups::groups`), if it had rows.
+    pub fn group(&self, kind: &str, name: &str) -> Option<&GroupReport> {
+        self.groups
+            .iter()
+            .find(|g| g.kind == kind && g.name == name)
+    }
+}
+
+/// Gives each prediction its row's language and applies the untrained-language abstention
+/// (`min_share`; None = off), as the server does.
+pub fn apply_languages(
+    c: &Classifier,
+    rows: &[&Row],
+    preds: &mut [Prediction],
+    min_share: Option<f64>,
+) {
+    for (r, p) in rows.iter().zip(preds.iter_mut()) {
+        c.apply_language(p, crate::classify::language::detect(&r.text), min_share);
     }
 }
 
@@ -254,13 +282,17 @@ pub fn apgr(scores: &[f64], graded: &[(bool, bool)]) -> (f64, f64) {
     (area, cpt)
 }
 
-/// Evaluates `c` on rows with precomputed embeddings.
+/// Evaluates `c` on rows with precomputed embeddings, abstaining on untrained languages at
+/// the default share.
 pub fn evaluate(
     c: &Classifier,
     rows: &[&Row],
     vecs: &[&(Vec<f32>, u32)],
 ) -> Result<EvalReport, ClassifyError> {
-    Ok(evaluate_predictions(c, rows, &predict_all(c, vecs)?))
+    let mut preds = predict_all(c, vecs)?;
+    let share = Some(crate::classify::language::DEFAULT_MIN_SHARE);
+    apply_languages(c, rows, &mut preds, share);
+    Ok(evaluate_predictions(c, rows, &preds))
 }
 
 /// Evaluates `c`'s predictions `preds` of `rows`.
@@ -317,6 +349,7 @@ pub fn evaluate_predictions(c: &Classifier, rows: &[&Row], preds: &[Prediction])
         cpt50,
         typo_robustness: None,
         typo_robustness_real: None,
+        groups: super::groups::groups(c, rows, preds, &super::groups::languages(rows)),
     }
 }
 

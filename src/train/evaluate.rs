@@ -29,6 +29,9 @@ pub struct EvalConfig {
     /// Apply the classifier's typo repair (`Classifier::prepare`) before embedding, as the
     /// server does; false measures the heads on the text as written.
     pub spell_fix: bool,
+    /// Abstain on languages under this share of the classifier's training rows, as the server
+    /// does by default (`language::DEFAULT_MIN_SHARE`); None measures without it.
+    pub untrained_language_share: Option<f64>,
 }
 
 /// Rows whose intent was predicted wrong, one JSON object a line, in `--out-dir`.
@@ -159,7 +162,13 @@ pub async fn run(embedder: &Embedder, cfg: &EvalConfig) -> Result<EvalReport, Tr
     let (vectors, _) = embed_rows(embedder, &fixed, &cfg.cache_dir).await?;
     let refs: Vec<&Row> = rows.iter().collect();
     let vrefs: Vec<_> = vectors.iter().collect();
-    let predictions = eval::predict_all(&classifier, &vrefs)?;
+    let mut predictions = eval::predict_all(&classifier, &vrefs)?;
+    eval::apply_languages(
+        &classifier,
+        &refs,
+        &mut predictions,
+        cfg.untrained_language_share,
+    );
     let mut report = eval::evaluate_predictions(&classifier, &refs, &predictions);
     let mut flips = None;
     if let Some(step) = refs.len().checked_div(cfg.typo_rows) {

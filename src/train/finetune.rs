@@ -551,6 +551,7 @@ pub async fn finetune(
         labels: sets,
         inputs: dim,
         training,
+        languages: crate::classify::language::mix(tr.iter().map(|r| r.text.as_str())),
     };
     // Fine-tuning trains on the raw text with noisy copies; its heads carry no lexicon.
     let (classifier, dev_report) = run::write_head(cfg, &new.info(), head, None, &dv, &vec_refs)?;

@@ -267,7 +267,7 @@ pub(crate) fn evaluate_with(
     ))
 }
 
-/// Trains the heads. `init` warm-starts them; `only` (a head name) trains that head alone and
+/// Trains the heads. `init` warm-starts them; `only` (head names) trains those heads alone and
 /// keeps the others at their `init` values. `progress` is called after every epoch; a
 /// `Break` stops training there (its caller has gone), keeping the best epoch so far.
 pub fn fit(
@@ -276,7 +276,7 @@ pub fn fit(
     outputs: Outputs,
     cfg: &FitConfig,
     init: Option<&[(String, Tensor)]>,
-    only: Option<&str>,
+    only: Option<&[&str]>,
     progress: &mut dyn FnMut(&EpochLog) -> ControlFlow<()>,
 ) -> candle_core::Result<FitResult> {
     let dev = Device::Cpu;
@@ -343,12 +343,14 @@ pub(crate) fn snapshot(varmap: &VarMap) -> candle_core::Result<Vec<(String, Tens
         .collect()
 }
 
-/// The Vars of one head (`only`), or all of them.
-fn vars_of(varmap: &VarMap, only: Option<&str>) -> candle_core::Result<Vec<Var>> {
+/// The Vars of the heads named in `only`, or all of them.
+fn vars_of(varmap: &VarMap, only: Option<&[&str]>) -> candle_core::Result<Vec<Var>> {
     let data = vars(varmap)?;
     let vars: Vec<Var> = data
         .iter()
-        .filter(|(k, _)| only.is_none_or(|h| k.starts_with(&format!("{h}."))))
+        .filter(|(k, _)| {
+            only.is_none_or(|heads| heads.iter().any(|h| k.starts_with(&format!("{h}."))))
+        })
         .map(|(_, v)| v.clone())
         .collect();
     if vars.is_empty() {

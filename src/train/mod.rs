@@ -5,6 +5,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod finetune;
 pub mod fit;
+pub mod groups;
 pub mod report;
 pub mod retrain;
 pub mod run;

@@ -67,7 +67,67 @@ pub fn table(r: &EvalReport) -> String {
             c.label, c.precision, c.recall, c.f1, c.support
         );
     }
+    groups(&mut out, r);
     out
+}
+
+/// Per language group, language and source group: intent accuracy, macro-F1, ECE, abstain
+/// rate, and domain figures where the rows have domain labels.
+fn groups(out: &mut String, r: &EvalReport) {
+    if r.groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<26} {:>6} {:>6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8}",
+        "slice", "n", "acc", "macro-F1", "ECE", "abstain", "dom n", "dom acc", "dom F1"
+    );
+    for g in &r.groups {
+        let domain = if g.domain_n > 0 {
+            format!(
+                "{:>6} {:>7.3} {:>8.3}",
+                g.domain_n, g.domain_accuracy, g.domain_macro_f1
+            )
+        } else {
+            format!("{:>6} {:>7} {:>8}", 0, "-", "-")
+        };
+        let _ = writeln!(
+            out,
+            "{:<26} {:>6} {:>6.3} {:>8.3} {:>6.3} {:>8.3} {domain}",
+            format!("{} {}", g.kind, g.name),
+            g.n,
+            g.intent_accuracy,
+            g.intent_macro_f1,
+            g.intent_ece,
+            g.abstain_rate
+        );
+    }
+}
+
+/// The language mix of a classifier's training rows, largest first (the ten largest, then
+/// the rest together), as `train` prints it.
+pub fn language_mix(mix: &std::collections::BTreeMap<String, u64>) -> String {
+    let total: u64 = mix.values().sum();
+    if total == 0 {
+        return "training languages: not recorded".into();
+    }
+    let mut v: Vec<(&String, &u64)> = mix.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let share = |n: u64| 100.0 * n as f64 / total as f64;
+    let mut parts: Vec<String> = v
+        .iter()
+        .take(10)
+        .map(|(k, n)| format!("{k} {n} ({:.2}%)", share(**n)))
+        .collect();
+    let rest: u64 = v.iter().skip(10).map(|(_, n)| **n).sum();
+    if rest > 0 {
+        parts.push(format!(
+            "{} others {rest} ({:.2}%)",
+            v.len() - 10,
+            share(rest)
+        ));
+    }
+    format!("training languages ({total} rows): {}", parts.join(", "))
 }
 
 fn esc(s: &str) -> String {

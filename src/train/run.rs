@@ -295,6 +295,8 @@ pub(crate) struct HeadParts<'a> {
     pub labels: (Vec<String>, Vec<String>),
     pub inputs: usize,
     pub training: BTreeMap<String, serde_json::Value>,
+    /// Languages of the training rows (`language::mix`).
+    pub languages: BTreeMap<String, u64>,
 }
 
 /// Evaluates the head on the dev rows, records the metrics and writes the folder `cfg.out`.
@@ -322,6 +324,7 @@ pub(crate) fn write_head(
         abstain_threshold: cfg.abstain_threshold,
         complexity_outputs: crate::classify::heads::COMPLEXITY_OUTPUTS,
         training: head.training,
+        languages: head.languages,
         metrics: BTreeMap::new(),
     };
     let weights = varmap_bytes(head.varmap, lexicon)?;
@@ -364,9 +367,14 @@ pub(crate) fn read_heads(
     Ok((meta, w.into_iter().collect()))
 }
 
-/// `--keep-heads DIR`: its metadata and its intent and domain weights, after checking that it
-/// was made for this encoder. The complexity head starts fresh: the kept one may have another
-/// meaning (one output).
+/// Heads `--keep-heads` trains afresh on every train row; the intent head is kept. Fine-tuning
+/// samples its rows towards real prompts, so a domain head trained there saw a fraction of the
+/// exam questions that carry most domain labels (and the complexity head may have another
+/// meaning, one output); on the fine-tuned encoder, frozen, both learn from all of them.
+const REFIT_WITH_KEPT: &[&str] = &["domain", "complexity"];
+
+/// `--keep-heads DIR`: its metadata and its intent weights, after checking that it was made
+/// for this encoder. The heads in `REFIT_WITH_KEPT` start fresh.
 fn kept_heads(
     dir: &Path,
     info: &crate::embed::EncoderInfo,
@@ -384,7 +392,11 @@ fn kept_heads(
     }
     let kept = w
         .into_iter()
-        .filter(|(name, _)| !name.starts_with("complexity."))
+        .filter(|(name, _)| {
+            !REFIT_WITH_KEPT
+                .iter()
+                .any(|h| name.starts_with(&format!("{h}.")))
+        })
         .collect();
     Ok((meta, kept))
 }
@@ -396,14 +408,14 @@ fn copy_encoder(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// `fit::fit` on a blocking thread (it saturates the cores for seconds), each epoch reported to
-/// `progress`. `only` names the one head to train when `init` holds the others.
+/// `progress`. `only` names the heads to train when `init` holds the others.
 pub(crate) async fn fit_blocking(
     train: Dataset,
     dev: Dataset,
     outputs: Outputs,
     cfg: fit::FitConfig,
     init: Option<Vec<(String, candle_core::Tensor)>>,
-    only: Option<&'static str>,
+    only: Option<&'static [&'static str]>,
     mut progress: impl FnMut(&fit::EpochLog) -> std::ops::ControlFlow<()> + Send + 'static,
 ) -> Result<fit::FitResult, TrainError> {
     let result = tokio::task::spawn_blocking(move || {
@@ -455,8 +467,8 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
             .map(|(meta, w)| (Some(meta), Some(w)))?,
         None => (None, None),
     };
-    // With kept heads only the complexity head is trained.
-    let only = init.as_ref().map(|_| "complexity");
+    // With kept heads only the others are trained.
+    let only = init.as_ref().map(|_| REFIT_WITH_KEPT);
     let (tr, dv) = (train_ds.clone(), dev_ds.clone());
     let result = fit_blocking(tr, dv, outputs, fit_cfg, init, only, log_epoch).await?;
     let (t_int, t_dom) = calibrate(&result.heads, &dev_ds)?;
@@ -473,6 +485,7 @@ pub async fn train(embedder: &Embedder, cfg: &TrainConfig) -> Result<TrainOutcom
         labels: (intents, domains),
         inputs: train_ds.dim,
         training,
+        languages: crate::classify::language::mix(tr_rows.iter().map(|r| r.text.as_str())),
     };
     if let Some(enc) = cfg
         .keep_heads

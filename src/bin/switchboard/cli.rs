@@ -116,6 +116,10 @@ pub enum Command {
         /// Embed the rows as written, without the classifier's typo repair (to measure it).
         #[arg(long)]
         no_spell_fix: bool,
+        /// Abstain on prompts in languages under this share of the classifier's training rows,
+        /// as the server does (0 = never).
+        #[arg(long, default_value_t = switchboard::classify::language::DEFAULT_MIN_SHARE)]
+        untrained_language_share: f64,
         #[command(flatten)]
         encoder: EncoderArgs,
     },
@@ -345,8 +349,9 @@ pub struct TrainArgs {
     /// Share of fine-tuning rows added again with 5% character noise.
     #[arg(long, default_value_t = 0.0)]
     pub finetune_noise: f32,
-    /// Keep this classifier's intent and domain heads (made for the `--model-dir` encoder) and
-    /// train only the complexity head; its `encoder/`, if any, is copied to `--out`.
+    /// Keep this classifier's intent head (made for the `--model-dir` encoder) and train the
+    /// domain and complexity heads afresh on every train row; its `encoder/`, if any, is
+    /// copied to `--out`.
     #[arg(long, conflicts_with = "finetune_layers")]
     pub keep_heads: Option<PathBuf>,
     /// Word list the typo-repair lexicon adds to the training prompts' words (`classify::spell`).

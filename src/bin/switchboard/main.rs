@@ -135,8 +135,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             typo_rows,
             out_dir,
             no_spell_fix,
+            untrained_language_share,
             encoder,
         } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&untrained_language_share),
+                "--untrained-language-share must be in [0, 1], found {untrained_language_share}"
+            );
             let cfg = switchboard::train::evaluate::EvalConfig {
                 data,
                 head,
@@ -146,6 +151,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 typo_rate: 0.05,
                 out_dir,
                 spell_fix: !no_spell_fix,
+                untrained_language_share: (untrained_language_share > 0.0)
+                    .then_some(untrained_language_share),
             };
             eval(&cfg, encoder).await
         }
@@ -225,6 +232,10 @@ async fn train(args: &cli::TrainArgs) -> anyhow::Result<()> {
         "wrote {} (version {})",
         args.out.display(),
         out.classifier.version()
+    );
+    println!(
+        "{}",
+        switchboard::train::report::language_mix(&out.classifier.meta.languages)
     );
     println!("{}", switchboard::train::report::table(&out.dev_report));
     Ok(())

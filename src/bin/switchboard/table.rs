@@ -7,12 +7,17 @@ use switchboard::proto::v1::RouteDecisionResponse;
 pub fn decision_table(r: &RouteDecisionResponse) -> String {
     let mut s = String::new();
     if let Some(c) = &r.classification {
+        let abstained = match c.abstain_reason.as_str() {
+            _ if !c.abstained => String::new(),
+            "" => ", abstained".into(),
+            why => format!(", abstained: {why}"),
+        };
         let _ = writeln!(
             s,
             "intent {} ({:.2}{})  domain {}  language {} ({:.2})  complexity {:.2} (difficulty {:.2}, strong-model gain {:+.2})",
             c.intent,
             c.confidence,
-            if c.abstained { ", abstained" } else { "" },
+            abstained,
             c.domain,
             if c.language.is_empty() { "?" } else { &c.language },
             c.language_confidence,
