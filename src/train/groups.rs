@@ -3,7 +3,7 @@
 //! template phrasings — since a head can look good overall and fail on one of them.
 use serde::Serialize;
 
-use super::eval::label_report;
+use super::metrics::label_report;
 use crate::classify::language::{self, Language};
 use crate::classify::{Classifier, Prediction};
 use crate::dataset::Row;

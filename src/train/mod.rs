@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod finetune;
 pub mod fit;
 pub mod groups;
+pub mod metrics;
 pub mod report;
 pub mod retrain;
 pub mod run;
