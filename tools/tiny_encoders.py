@@ -92,11 +92,16 @@ def bert_tokenize(text, vocab):
     return ids + [index["[SEP]"]]
 
 
+def added_tokens(specials):
+    """The special tokens as tokenizer.json lists them (ids from 0, in order)."""
+    return [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True} for i, t in enumerate(specials)]
+
+
 def bert_tokenizer_json(vocab):
-    special = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": True} for i, t in enumerate(BERT_SPECIALS)]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": special,
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": added_tokens(BERT_SPECIALS),
         "normalizer": {"type": "BertNormalizer", "clean_text": True,
                        "handle_chinese_chars": True, "strip_accents": None, "lowercase": True},
         "pre_tokenizer": {"type": "BertPreTokenizer"},
@@ -170,10 +175,9 @@ def xlmr_tokenize(text, vocab):
 
 
 def xlmr_tokenizer_json(vocab):
-    special = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": True} for i, t in enumerate(XLMR_SPECIALS)]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": special,
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": added_tokens(XLMR_SPECIALS),
         "normalizer": {"type": "Sequence", "normalizers": [
             {"type": "NFKC"},
             {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},

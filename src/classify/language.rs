@@ -19,14 +19,19 @@ pub struct Language {
     pub confidence: f32,
 }
 
-/// The language of `text`, when there is enough of it to tell.
-pub fn detect(text: &str) -> Language {
+/// The first `MAX_CHARS` characters of `text` (cut on a character boundary).
+fn opening(text: &str) -> &str {
     let end = text
         .char_indices()
         .nth(MAX_CHARS)
         .map(|(i, _)| i)
         .unwrap_or(text.len());
-    match whatlang::detect(&text[..end]) {
+    &text[..end]
+}
+
+/// The language of `text`, when there is enough of it to tell.
+pub fn detect(text: &str) -> Language {
+    match whatlang::detect(opening(text)) {
         Some(info) => Language {
             code: info.lang().code().to_string(),
             confidence: info.confidence() as f32,
@@ -88,17 +93,10 @@ pub fn group(text: &str, language: &Language) -> &'static str {
     match language.determined() {
         None => "undetermined",
         Some("eng") => "english",
-        Some(_) => {
-            let end = text
-                .char_indices()
-                .nth(MAX_CHARS)
-                .map(|(i, _)| i)
-                .unwrap_or(text.len());
-            match whatlang::detect_script(&text[..end]) {
-                Some(whatlang::Script::Latin) => "other_latin",
-                _ => "non_latin",
-            }
-        }
+        Some(_) => match whatlang::detect_script(opening(text)) {
+            Some(whatlang::Script::Latin) => "other_latin",
+            _ => "non_latin",
+        },
     }
 }
 
