@@ -118,7 +118,8 @@ pub enum Command {
         no_spell_fix: bool,
         /// Abstain on prompts in languages under this share of the classifier's training rows,
         /// as the server does (0 = never).
-        #[arg(long, default_value_t = switchboard::classify::language::DEFAULT_MIN_SHARE)]
+        #[arg(long, default_value_t = switchboard::classify::language::DEFAULT_MIN_SHARE,
+              value_parser = share)]
         untrained_language_share: f64,
         #[command(flatten)]
         encoder: EncoderArgs,
@@ -272,6 +273,14 @@ pub enum BenchCommand {
         #[command(flatten)]
         encoder: EncoderArgs,
     },
+}
+
+/// A share in [0, 1] from the command line.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number in [0, 1], found {s:?}")),
+    }
 }
 
 #[derive(Args, Clone)]

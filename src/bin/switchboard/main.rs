@@ -138,10 +138,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             untrained_language_share,
             encoder,
         } => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&untrained_language_share),
-                "--untrained-language-share must be in [0, 1], found {untrained_language_share}"
-            );
             let cfg = switchboard::train::evaluate::EvalConfig {
                 data,
                 head,

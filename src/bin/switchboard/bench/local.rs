@@ -59,6 +59,34 @@ impl LocalServer {
     }
 }
 
+/// `bench embed`, on the configured encoder or on a random-weight one of `shape`.
+async fn bench_embed(
+    iterations: usize,
+    rounds: usize,
+    shape: Option<&str>,
+    mut encoder: EncoderArgs,
+) -> anyhow::Result<()> {
+    let scratch = match shape {
+        Some(s) => {
+            let (layers, hidden) = super::shape::parse(s)?;
+            let dir =
+                std::env::temp_dir().join(format!("switchboard-shape-{s}-{}", std::process::id()));
+            super::shape::write(&dir, layers, hidden, &encoder.config().model_dir)?;
+            println!("random-weight BERT {layers} layers × {hidden} (mean pooling)");
+            encoder.model_dir = Some(dir.clone());
+            Some(dir)
+        }
+        None => None,
+    };
+    let embedder = crate::start(&encoder).await?;
+    let report = super::embed(&embedder, iterations, rounds, encoder.config().workers).await;
+    if let Some(dir) = scratch {
+        std::fs::remove_dir_all(dir)?;
+    }
+    println!("{}", report?);
+    Ok(())
+}
+
 /// `switchboard bench …`.
 pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
     match what {
@@ -66,29 +94,8 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<()> {
             iterations,
             rounds,
             shape,
-            mut encoder,
-        } => {
-            let scratch = match shape.as_deref() {
-                Some(s) => {
-                    let (layers, hidden) = super::shape::parse(s)?;
-                    let dir = std::env::temp_dir()
-                        .join(format!("switchboard-shape-{s}-{}", std::process::id()));
-                    super::shape::write(&dir, layers, hidden, &encoder.config().model_dir)?;
-                    println!("random-weight BERT {layers} layers × {hidden} (mean pooling)");
-                    encoder.model_dir = Some(dir.clone());
-                    Some(dir)
-                }
-                None => None,
-            };
-            let embedder = crate::start(&encoder).await?;
-            let report =
-                super::embed(&embedder, iterations, rounds, encoder.config().workers)
-                    .await;
-            if let Some(dir) = scratch {
-                std::fs::remove_dir_all(dir)?;
-            }
-            println!("{}", report?);
-        }
+            encoder,
+        } => bench_embed(iterations, rounds, shape.as_deref(), encoder).await?,
         BenchCommand::Route {
             iterations,
             concurrency,
