@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::groups::GroupReport;
+use super::metrics::{domain_items, intent_items};
 pub use super::metrics::{label_report, ClassMetrics, LabelReport};
 use crate::classify::{Classifier, ClassifyError, Prediction};
 use crate::dataset::Row;
@@ -184,35 +185,16 @@ pub fn evaluate(
     Ok(evaluate_predictions(c, rows, &preds))
 }
 
-/// Evaluates `c`'s predictions `preds` of `rows`.
+/// Evaluates `c`'s predictions `preds` of `rows`, which carry their language
+/// (`apply_languages`).
 pub fn evaluate_predictions(c: &Classifier, rows: &[&Row], preds: &[Prediction]) -> EvalReport {
-    let lbl =
-        |labels: &[String], v: Option<&String>| v.and_then(|v| labels.iter().position(|l| l == v));
-    let intent_items = |real_only: bool| -> Vec<(usize, usize, f64, bool)> {
-        rows.iter()
-            .zip(preds)
-            .filter(|(r, _)| !real_only || r.is_real())
-            .filter_map(|(r, p)| {
-                let t = lbl(&c.meta.intent_labels, r.intent.as_ref())?;
-                let pi = lbl(&c.meta.intent_labels, Some(&p.intent))?;
-                Some((t, pi, p.confidence as f64, p.abstained))
-            })
-            .collect()
-    };
-    let intent = label_report(&c.meta.intent_labels, &intent_items(false), 1);
-    let real = intent_items(true);
-    let intent_real = (!real.is_empty()).then(|| label_report(&c.meta.intent_labels, &real, 10));
-    let dom: Vec<_> = rows
-        .iter()
-        .zip(preds)
-        .filter_map(|(r, p)| {
-            let t = lbl(&c.meta.domain_labels, r.domain.as_ref())?;
-            let pi = lbl(&c.meta.domain_labels, Some(&p.domain))?;
-            let conf = p.domain_probs.get(pi).copied().unwrap_or(0.0) as f64;
-            Some((t, pi, conf, false))
-        })
-        .collect();
-    let domain = (!dom.is_empty()).then(|| label_report(&c.meta.domain_labels, &dom, 1));
+    let (il, dl) = (&c.meta.intent_labels, &c.meta.domain_labels);
+    let pairs = || rows.iter().copied().zip(preds);
+    let intent = label_report(il, &intent_items(il, pairs()), 1);
+    let real = intent_items(il, pairs().filter(|(r, _)| r.is_real()));
+    let intent_real = (!real.is_empty()).then(|| label_report(il, &real, 10));
+    let dom = domain_items(dl, pairs());
+    let domain = (!dom.is_empty()).then(|| label_report(dl, &dom, 1));
     let cx: Vec<(f64, f64)> = rows
         .iter()
         .zip(preds)
@@ -238,7 +220,7 @@ pub fn evaluate_predictions(c: &Classifier, rows: &[&Row], preds: &[Prediction])
         cpt50,
         typo_robustness: None,
         typo_robustness_real: None,
-        groups: super::groups::groups(c, rows, preds, &super::groups::languages(rows)),
+        groups: super::groups::groups(c, rows, preds),
     }
 }
 

@@ -3,8 +3,8 @@
 //! template phrasings — since a head can look good overall and fail on one of them.
 use serde::Serialize;
 
-use super::metrics::label_report;
-use crate::classify::language::{self, Language};
+use super::metrics::{domain_items, intent_items, label_report};
+use crate::classify::language;
 use crate::classify::{Classifier, Prediction};
 use crate::dataset::Row;
 
@@ -38,20 +38,12 @@ pub fn source_group(source: &str) -> &'static str {
     }
 }
 
-/// The prompt languages of `rows`, as the server detects them.
-pub fn languages(rows: &[&Row]) -> Vec<Language> {
-    rows.iter().map(|r| language::detect(&r.text)).collect()
-}
-
-/// Every slice with at least one row.
-pub fn groups(
-    c: &Classifier,
-    rows: &[&Row],
-    preds: &[Prediction],
-    langs: &[Language],
-) -> Vec<GroupReport> {
+/// Every slice with at least one row; each prediction carries its row's language
+/// (`eval::apply_languages`).
+pub fn groups(c: &Classifier, rows: &[&Row], preds: &[Prediction]) -> Vec<GroupReport> {
     let mut keys: Vec<Vec<(&'static str, String)>> = Vec::with_capacity(rows.len());
-    for (r, l) in rows.iter().zip(langs) {
+    for (r, p) in rows.iter().zip(preds) {
+        let l = &p.language;
         let mut k = vec![
             ("language", language::group(&r.text, l).to_string()),
             ("source", source_group(&r.source).to_string()),
@@ -84,31 +76,14 @@ fn slice(
     kind: &'static str,
     name: String,
 ) -> Option<GroupReport> {
-    let pos = |labels: &[String], v: &str| labels.iter().position(|l| l == v);
-    let (il, dl) = (&c.meta.intent_labels, &c.meta.domain_labels);
-    let intent: Vec<_> = members
-        .iter()
-        .filter_map(|&i| {
-            let (r, p) = (rows[i], &preds[i]);
-            let t = pos(il, r.intent.as_deref()?)?;
-            Some((t, pos(il, &p.intent)?, p.confidence as f64, p.abstained))
-        })
-        .collect();
-    let domain: Vec<_> = members
-        .iter()
-        .filter_map(|&i| {
-            let (r, p) = (rows[i], &preds[i]);
-            let t = pos(dl, r.domain.as_deref()?)?;
-            let pi = pos(dl, &p.domain)?;
-            let conf = p.domain_probs.get(pi).copied().unwrap_or(0.0) as f64;
-            Some((t, pi, conf, false))
-        })
-        .collect();
+    let pairs = || members.iter().map(|&i| (rows[i], &preds[i]));
+    let intent = intent_items(&c.meta.intent_labels, pairs());
+    let domain = domain_items(&c.meta.domain_labels, pairs());
     if intent.is_empty() && domain.is_empty() {
         return None;
     }
-    let ir = label_report(il, &intent, 1);
-    let dr = label_report(dl, &domain, 1);
+    let ir = label_report(&c.meta.intent_labels, &intent, 1);
+    let dr = label_report(&c.meta.domain_labels, &domain, 1);
     Some(GroupReport {
         kind,
         name,

@@ -3,6 +3,50 @@
 //! whole-set evaluation and its slices.
 use serde::Serialize;
 
+use crate::classify::Prediction;
+use crate::dataset::Row;
+
+/// (true label, predicted label, confidence, abstained), label positions in the head's list.
+pub type Item = (usize, usize, f64, bool);
+
+fn position(labels: &[String], v: &str) -> Option<usize> {
+    labels.iter().position(|l| l == v)
+}
+
+/// The items of the pairs whose row has an intent label the head knows.
+pub fn intent_items<'a>(
+    labels: &[String],
+    pairs: impl Iterator<Item = (&'a Row, &'a Prediction)>,
+) -> Vec<Item> {
+    pairs
+        .filter_map(|(r, p)| {
+            let t = position(labels, r.intent.as_deref()?)?;
+            Some((
+                t,
+                position(labels, &p.intent)?,
+                p.confidence as f64,
+                p.abstained,
+            ))
+        })
+        .collect()
+}
+
+/// The items of the pairs whose row has a domain label the head knows (the confidence is the
+/// predicted domain's probability; the domain head never abstains).
+pub fn domain_items<'a>(
+    labels: &[String],
+    pairs: impl Iterator<Item = (&'a Row, &'a Prediction)>,
+) -> Vec<Item> {
+    pairs
+        .filter_map(|(r, p)| {
+            let t = position(labels, r.domain.as_deref()?)?;
+            let pi = position(labels, &p.domain)?;
+            let conf = p.domain_probs.get(pi).copied().unwrap_or(0.0) as f64;
+            Some((t, pi, conf, false))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassMetrics {
     pub label: String,
